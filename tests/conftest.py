@@ -1,0 +1,17 @@
+"""Test-session setup: TensorFlow backend, quiet logs, two logical CPU devices.
+
+The logical devices must be configured before TensorFlow initialises its runtime, so this
+happens at import time of the conftest, before any test module builds a tensor.
+"""
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+# Two logical CPUs let tests run MirroredStrategy as if there were two replicas.
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
