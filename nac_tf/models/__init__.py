@@ -1,0 +1,31 @@
+"""Encoders f (images -> representation h) and the MLP heads g and phi (paper Sec. 3.5).
+
+Every encoder is a functional keras.Model: float32 images in the network's input range
+[N, H, W, C] -> h [N, F], the global-average-pooled last feature map. Its first layer
+optionally normalises each channel, (x - mean) / std, so preprocessing travels with the
+model and exported SavedModels take raw pixels. Convolutions are He-normal initialised and
+followed by BatchNorm (momentum 0.9 = PyTorch's 0.1, epsilon 1e-5) and ReLU.
+
+Variable path convention (LARS selects what to exclude from weight decay by path):
+  * paths are "<model name>/<layer name>/<variable>", e.g.
+    "encoder/stage1_block0_conv1/kernel", "encoder/stage1_block0_bn1/gamma",
+    "projection_head/hidden_dense/kernel"; they are unique within a network, and a clone
+    made with `clone_encoder(encoder, name="momentum_encoder")` gets its own prefix.
+  * every BatchNormalization layer, and only those, is named "bn", "bn<k>" or "..._bn" /
+    "..._bn<k>", so `BATCH_NORM_PATH_PATTERN` (anchored on the layer segment directly before
+    the leaf name) selects exactly the BatchNorm variables; biases are the leaf "bias".
+  * model names must not themselves end in "_bn<k>" or contain "batch_norm" (checked):
+    they prefix every path, and a looser pattern such as r"_bn\\d*/" would then match all
+    weights. Hence `vgg16_bn` names its model "vgg16" by default.
+"""
+from nac_tf.models.cloning import clone_encoder, clone_head
+from nac_tf.models.heads import ProjectionHead
+from nac_tf.models.layers import (
+    BATCH_NORM_EPSILON, BATCH_NORM_PATH_PATTERN, DEFAULT_BATCH_NORM_MOMENTUM, STEMS)
+from nac_tf.models.registry import ENCODERS, build_encoder, encoder_output_dim
+
+__all__ = [
+    "BATCH_NORM_EPSILON", "BATCH_NORM_PATH_PATTERN", "DEFAULT_BATCH_NORM_MOMENTUM", "ENCODERS",
+    "STEMS", "ProjectionHead", "build_encoder", "clone_encoder", "clone_head",
+    "encoder_output_dim",
+]

@@ -1,0 +1,208 @@
+"""The pretraining configuration: one plain dataclass, validated up front.
+
+The absl entry point (`nac_tf.train`) turns flags into a `PretrainConfig`; library code only
+ever sees this object. `validate_config` checks every field before any graph is built and
+raises `ConfigError` naming the flag and the accepted values.
+"""
+import dataclasses
+import os
+from typing import Optional, Tuple
+
+METHODS = ("nac", "nac_mq", "simclr", "moco_v2")
+STEMS = ("auto", "cifar", "imagenet")
+LR_SCALINGS = ("none", "linear", "sqrt")
+BATCH_NORM_MODES = ("sync", "per_replica", "per_view")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+class ConfigError(ValueError):
+    """A flag has a value the run cannot use; the message names the flag."""
+
+    def __init__(self, flag, message):
+        super().__init__(f"--{flag}: {message}")
+        self.flag = flag
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Every setting of a pretraining run (defaults: NAC on CIFAR-10, DESIGN.md section 1)."""
+
+    method: str = "nac"
+    # Data.
+    dataset: str = "cifar10"
+    data_dir: str = ""
+    image_size: int = 0  # 0: the dataset's native size
+    # Encoder and heads.
+    encoder: str = "resnet50"
+    stem: str = "auto"
+    code_dim: int = 128
+    head_hidden_dim: int = 0  # 0: the encoder's output width
+    head_batch_norm: bool = False
+    head_scale_by_sqrt_dim: bool = True
+    batch_norm: str = "sync"
+    # Optimisation.
+    batch_size: int = 1000
+    epochs: int = 1000
+    train_steps: int = 0  # > 0 overrides epochs
+    learning_rate: float = 3.0
+    learning_rate_scaling: str = "none"
+    warmup_epochs: float = 10.0
+    weight_decay: float = 1e-6
+    lars_momentum: float = 0.9
+    lars_trust_coefficient: float = 1e-3
+    # Objectives.
+    flip_prob: float = 0.1
+    queue_size: int = 50000
+    momentum: float = 0.99
+    l2_weight: float = 0.1
+    temperature: float = 0.5
+    # Augmentation: the CIFAR recipe of DESIGN.md section 1 by default; the ImageNet /
+    # MoCo-v2 recipe is crop_area_min=0.2, blur_prob=0.5 (see configs/).
+    crop_area_min: float = 0.08
+    flip: bool = True
+    jitter_strength: float = 1.0  # scales (0.4, 0.4, 0.4, 0.1)
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.0
+    # Run.
+    model_dir: str = ""
+    seed: int = 0
+    strategy: str = "auto"
+    tpu: str = ""
+    precision: str = "float32"
+    jit_compile: bool = False
+    steps_per_loop: int = 1
+    checkpoint_every_steps: int = 500
+    keep_checkpoints: int = 3
+    log_every_steps: int = 10
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    evaluate: bool = True
+    allow_flag_changes: bool = False
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @property
+    def jitter(self) -> Tuple[float, float, float, float]:
+        """Colour-jitter strengths (brightness, contrast, saturation, hue)."""
+        s = self.jitter_strength
+        return (0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s)
+
+    @property
+    def uses_queue(self):
+        return self.method in ("nac_mq", "moco_v2")
+
+
+# Fields whose change makes an existing run directory a different experiment; the rest
+# (logging cadence, evaluation, strategy, ...) can differ between a run and its resume.
+RUN_DEFINING_FIELDS = (
+    "method", "dataset", "data_dir", "image_size", "encoder", "stem", "code_dim",
+    "head_hidden_dim", "head_batch_norm", "head_scale_by_sqrt_dim", "batch_size", "epochs",
+    "train_steps", "learning_rate", "learning_rate_scaling", "warmup_epochs", "weight_decay",
+    "lars_momentum", "lars_trust_coefficient", "flip_prob", "queue_size", "momentum",
+    "l2_weight", "temperature", "crop_area_min", "flip", "jitter_strength",
+    "jitter_prob", "grayscale_prob", "blur_prob", "seed", "batch_norm", "precision",
+)
+
+
+def _one_of(flag, value, accepted):
+    if value not in accepted:
+        raise ConfigError(flag, f"{value!r} is not one of: {', '.join(accepted)}")
+
+
+def _in_range(flag, value, low, high, low_open=False, high_open=False):
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if below or above:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ConfigError(flag, f"{value} is outside the accepted range {lo}{low}, {high}{hi}")
+
+
+def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None):
+    """Raises ConfigError for the first unusable flag value; returns None when all is well.
+
+    `num_replicas`, when known, checks that the global batch splits evenly over replicas.
+    Filesystem checks (data_dir) happen here too, so a typo fails before any graph is built.
+    """
+    from nac_tf.data.sources import DATASETS
+    from nac_tf.models import ENCODERS
+
+    _one_of("method", config.method, METHODS)
+    _one_of("dataset", config.dataset, DATASETS)
+    _one_of("encoder", config.encoder, tuple(ENCODERS))
+    _one_of("stem", config.stem, STEMS)
+    _one_of("learning_rate_scaling", config.learning_rate_scaling, LR_SCALINGS)
+    _one_of("batch_norm", config.batch_norm, BATCH_NORM_MODES)
+    _one_of("precision", config.precision, PRECISIONS)
+    from nac_tf.distribute import STRATEGIES
+    _one_of("strategy", config.strategy, STRATEGIES)
+
+    if config.dataset in ("npz", "image_folder") and not config.data_dir:
+        raise ConfigError("data_dir", f"--dataset={config.dataset} needs --data_dir "
+                          "(the .npz file, or the root of class folders)")
+    if config.data_dir and not os.path.exists(config.data_dir):
+        raise ConfigError("data_dir", f"{config.data_dir!r} does not exist")
+    if config.dataset == "npz" and not os.path.isfile(config.data_dir):
+        raise ConfigError("data_dir", f"--dataset=npz needs a .npz file; {config.data_dir!r} "
+                          "is not a file")
+    if config.dataset == "image_folder" and not os.path.isdir(config.data_dir):
+        raise ConfigError("data_dir", f"--dataset=image_folder needs a directory of class "
+                          f"folders; {config.data_dir!r} is not a directory")
+    if config.dataset == "imagenet2012" and not config.data_dir:
+        raise ConfigError("data_dir", "--dataset=imagenet2012 needs --data_dir: the manual "
+                          "directory holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar")
+    if not config.model_dir:
+        raise ConfigError("model_dir", "is required (the run directory for checkpoints, "
+                          "TensorBoard logs, flags.json and results.json)")
+
+    if config.image_size < 0:
+        raise ConfigError("image_size", f"{config.image_size} must be >= 0 (0: native size)")
+    for flag in ("code_dim", "batch_size", "steps_per_loop", "checkpoint_every_steps",
+                 "keep_checkpoints", "log_every_steps", "knn_k"):
+        if getattr(config, flag) < 1:
+            raise ConfigError(flag, f"{getattr(config, flag)} must be a positive integer")
+    if config.code_dim % 8:
+        raise ConfigError("code_dim", f"{config.code_dim} must be a multiple of 8 "
+                          "(hash codes are packed 8 bits per byte)")
+    if config.head_hidden_dim < 0:
+        raise ConfigError("head_hidden_dim", f"{config.head_hidden_dim} must be >= 0 "
+                          "(0: the encoder's output width)")
+    if config.train_steps < 0:
+        raise ConfigError("train_steps", f"{config.train_steps} must be >= 0 (0: use --epochs)")
+    if config.train_steps == 0 and config.epochs < 1:
+        raise ConfigError("epochs", f"{config.epochs} must be >= 1 (or set --train_steps)")
+    _in_range("learning_rate", config.learning_rate, 0.0, float("inf"), low_open=True)
+    _in_range("warmup_epochs", config.warmup_epochs, 0.0, float("inf"))
+    _in_range("weight_decay", config.weight_decay, 0.0, float("inf"))
+    _in_range("lars_momentum", config.lars_momentum, 0.0, 1.0, high_open=True)
+    _in_range("lars_trust_coefficient", config.lars_trust_coefficient, 0.0, float("inf"),
+              low_open=True)
+    _in_range("flip_prob", config.flip_prob, 0.0, 0.5, low_open=True, high_open=True)
+    _in_range("momentum", config.momentum, 0.0, 1.0, high_open=True)
+    _in_range("l2_weight", config.l2_weight, 0.0, float("inf"))
+    _in_range("temperature", config.temperature, 0.0, float("inf"), low_open=True)
+    _in_range("crop_area_min", config.crop_area_min, 0.0, 1.0, low_open=True)
+    _in_range("jitter_strength", config.jitter_strength, 0.0, float("inf"))
+    for flag in ("jitter_prob", "grayscale_prob", "blur_prob"):
+        _in_range(flag, getattr(config, flag), 0.0, 1.0)
+    _in_range("knn_temperature", config.knn_temperature, 0.0, float("inf"), low_open=True)
+
+    if num_replicas is not None and config.batch_size % num_replicas:
+        raise ConfigError("batch_size", f"the global batch {config.batch_size} must be "
+                          f"divisible by the {num_replicas} replicas of --strategy="
+                          f"{config.strategy}")
+    if config.uses_queue:
+        if config.queue_size < 1:
+            raise ConfigError("queue_size", f"{config.queue_size} must be positive for "
+                              f"--method={config.method}")
+        rows_per_step = 2 * config.batch_size
+        if config.queue_size % rows_per_step:
+            raise ConfigError(
+                "queue_size", f"{config.queue_size} must be a multiple of 2 x --batch_size = "
+                f"{rows_per_step}: every step enqueues the momentum codes of both views of the "
+                "global batch, and the queue is a ring of whole batches")

@@ -1,0 +1,32 @@
+"""MoCo-v2 baseline: InfoNCE against a queue of momentum keys."""
+import keras
+import tensorflow as tf
+
+from nac_tf.methods.base import MomentumQueueMethod, PairLoss
+from nac_tf.objectives import info_nce_loss
+
+
+class MoCoV2(MomentumQueueMethod):
+    """Online encoder + MLP head (queries), momentum copies (keys), queue of keys.
+
+    Symmetrised over the two views: each view's query is matched with the other view's
+    momentum key, and both views' keys are enqueued.
+    """
+
+    def __init__(self, encoder, config, **kwargs):
+        super().__init__(encoder, config, **kwargs)
+        self.projection_head = self.make_head("projection_head")
+        self.momentum_encoder, self.momentum_projection_head = self.init_momentum(
+            [self.encoder, self.projection_head])
+
+    def view_pair_loss(self, view1, view2, training):
+        h = self.encode_views(view1, view2, training)
+        queries = keras.ops.cast(self.projection_head(h, training=training), "float32")
+        both_views = keras.ops.concatenate([view1, view2], axis=0)
+        momentum_h = self.momentum_encoder(both_views, training=training)
+        keys = tf.stop_gradient(keras.ops.normalize(keras.ops.cast(
+            self.momentum_projection_head(momentum_h, training=training), "float32"),
+            axis=-1, order=2))
+        loss = info_nce_loss(queries, keys, tf.convert_to_tensor(self.queue),
+                             self.method_config.temperature)
+        return PairLoss(loss, {}, queries[:tf.shape(view1)[0]], {"keys": keys})

@@ -1,0 +1,38 @@
+"""NAC: neural activation coding over a noisy binary channel (Eq. 19)."""
+import keras
+import tensorflow as tf
+
+from nac_tf import distribute
+from nac_tf.methods.base import PairLoss, TwoViewMethod, binary_codes
+from nac_tf.objectives import nac_loss, nac_mutual_information_bound
+
+
+class NAC(TwoViewMethod):
+    """Encoder f, projection head g (code z = tanh(a)) and inference network phi (logits r).
+
+    phi reads the representation of one view and predicts the noisy code of the other view
+    (the pairing happens inside `nac_loss`), so it cannot copy the code it is asked for.
+    Negatives are the codes of the whole global batch, self included (as the authors do).
+    """
+
+    def __init__(self, encoder, config, **kwargs):
+        super().__init__(encoder, config, **kwargs)
+        self.projection_head = self.make_head("projection_head")
+        self.inference_network = self.make_head("inference_network")
+
+    def view_pair_loss(self, view1, view2, training):
+        h = self.encode_views(view1, view2, training)
+        # Losses in float32 whatever the compute dtype (mixed precision).
+        a = keras.ops.cast(self.projection_head(h, training=training), "float32")
+        logits = keras.ops.cast(self.inference_network(h, training=training), "float32")
+        codes = keras.ops.tanh(a)
+        signs = self.flip_signs(tf.shape(codes))
+        negatives = distribute.gather_across_replicas(codes)
+        p = self.method_config.flip_prob
+        loss = nac_loss(codes, logits, signs, p, negatives=negatives)
+        # The bound of Eq. 18 holds for the binary code c = sgn(a), not for its relaxation.
+        codes_sign, negatives_sign = binary_codes(a), binary_codes(negatives)
+        mi_bound = nac_mutual_information_bound(
+            codes_sign, tf.stop_gradient(logits), signs, p, negatives=negatives_sign)
+        num_images = tf.shape(view1)[0]
+        return PairLoss(loss, {"mi_bound": mi_bound}, a[:num_images])

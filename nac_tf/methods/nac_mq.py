@@ -1,0 +1,60 @@
+"""NAC-MQ: NAC with momentum networks and a queue of momentum codes (Eq. 20)."""
+import keras
+import tensorflow as tf
+
+from nac_tf.methods.base import MomentumQueueMethod, PairLoss, binary_codes
+from nac_tf.objectives import (inference_likelihood_loss, nac_mq_loss,
+                               nac_mq_mutual_information_bound)
+
+
+class NACMQ(MomentumQueueMethod):
+    """NAC whose denominator samples come from a queue of M momentum codes.
+
+    Eq. 20 scores the online noisy code z~ with the momentum inference network r^, so the
+    online inference network phi receives no gradient from it. phi is trained by its own
+    likelihood of the other view's noisy code (stop-gradient, Eq. 13-15) on a stop-gradient
+    copy of h, so the encoder's objective stays exactly Eq. 20; its EMA r^ is then a useful
+    posterior. The lambda ||z||^2 term keeps the online code norms close to the queued
+    momentum codes (the paper's stabiliser, lambda = 0.1).
+    """
+
+    # Queue entries stand for tanh codes until real momentum codes replace them.
+    queue_initializer = keras.initializers.RandomUniform(-1.0, 1.0)
+
+    def __init__(self, encoder, config, **kwargs):
+        super().__init__(encoder, config, **kwargs)
+        self.projection_head = self.make_head("projection_head")
+        self.inference_network = self.make_head("inference_network")
+        (self.momentum_encoder, self.momentum_projection_head,
+         self.momentum_inference_network) = self.init_momentum(
+            [self.encoder, self.projection_head, self.inference_network])
+
+    def view_pair_loss(self, view1, view2, training):
+        c = self.method_config
+        h = self.encode_views(view1, view2, training)
+        a = keras.ops.cast(self.projection_head(h, training=training), "float32")
+        codes = keras.ops.tanh(a)
+        # Online phi on a stop-gradient h: its likelihood term trains phi only.
+        logits = keras.ops.cast(
+            self.inference_network(tf.stop_gradient(h), training=training), "float32")
+
+        both_views = keras.ops.concatenate([view1, view2], axis=0)
+        momentum_h = tf.stop_gradient(self.momentum_encoder(both_views, training=training))
+        momentum_codes = tf.stop_gradient(keras.ops.tanh(keras.ops.cast(
+            self.momentum_projection_head(momentum_h, training=training), "float32")))
+        momentum_logits = tf.stop_gradient(keras.ops.cast(
+            self.momentum_inference_network(momentum_h, training=training), "float32"))
+
+        signs = self.flip_signs(tf.shape(codes))
+        queue = tf.convert_to_tensor(self.queue)
+        code_loss = nac_mq_loss(codes, momentum_logits, signs, c.flip_prob, queue, c.l2_weight)
+        likelihood_loss = inference_likelihood_loss(logits, signs * codes)
+        # The bound of Eq. 18 holds for binary codes c = sgn(a), not for their relaxation.
+        mi_bound = nac_mq_mutual_information_bound(
+            binary_codes(a), momentum_logits, signs, c.flip_prob, binary_codes(queue))
+        num_images = tf.shape(view1)[0]
+        metrics = {"mi_bound": mi_bound, "code_loss": code_loss,
+                   "inference_loss": likelihood_loss,
+                   "code_norm_sq": keras.ops.mean(keras.ops.sum(codes * codes, axis=-1))}
+        return PairLoss(code_loss + likelihood_loss, metrics, a[:num_images],
+                        {"keys": momentum_codes})

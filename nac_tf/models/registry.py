@@ -1,0 +1,60 @@
+"""Encoders by name: the values accepted by the `--encoder` flag."""
+from nac_tf.models.layers import DEFAULT_BATCH_NORM_MOMENTUM
+from nac_tf.models.resnet import resnet18, resnet34, resnet50, resnet_tiny
+from nac_tf.models.small_cnn import small_cnn
+from nac_tf.models.vgg import vgg16_bn
+
+ENCODERS = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "resnet_tiny": resnet_tiny,
+    "vgg16_bn": vgg16_bn,
+    "small_cnn": small_cnn,
+}
+
+# Width F of the representation h of each encoder (tested against the built models).
+_OUTPUT_DIMS = {
+    "resnet18": 512,
+    "resnet34": 512,
+    "resnet50": 2048,
+    "resnet_tiny": 128,
+    "vgg16_bn": 512,
+    "small_cnn": 128,
+}
+_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet_tiny")
+
+
+def _check_encoder_name(name):
+    if name not in ENCODERS:
+        raise ValueError(f"encoder={name!r} (flag --encoder) is not a known encoder; accepted "
+                         f"values: {', '.join(ENCODERS)}")
+
+
+def build_encoder(name, input_shape, *, stem="cifar", mean=None, std=None,
+                  synchronized_batch_norm=False,
+                  batch_norm_momentum=DEFAULT_BATCH_NORM_MOMENTUM, zero_init_residual=False,
+                  model_name=None):
+    """The encoder `name` for images of `input_shape` (H, W, C): a keras.Model images -> h.
+
+    `stem` ("cifar" or "imagenet") selects the ResNet stem; the other encoders accept and
+    ignore it. `zero_init_residual` exists for ResNets only. `model_name` (default "encoder")
+    names the model and prefixes its variable paths ("encoder/stage1_block0_bn1/gamma").
+    See `nac_tf.models.resnet.build_resnet` for the other arguments.
+    """
+    _check_encoder_name(name)
+    kwargs = dict(stem=stem, mean=mean, std=std,
+                  synchronized_batch_norm=synchronized_batch_norm,
+                  batch_norm_momentum=batch_norm_momentum, name=model_name or "encoder")
+    if name in _RESNETS:
+        kwargs["zero_init_residual"] = zero_init_residual
+    elif zero_init_residual:
+        raise ValueError(f"zero_init_residual=True applies to ResNet encoders "
+                         f"({', '.join(_RESNETS)}), not to encoder={name!r}")
+    return ENCODERS[name](tuple(input_shape), **kwargs)
+
+
+def encoder_output_dim(name):
+    """Width F of the representation h of encoder `name`."""
+    _check_encoder_name(name)
+    return _OUTPUT_DIMS[name]

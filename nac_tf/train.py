@@ -1,0 +1,111 @@
+"""Entry point: python -m nac_tf.train --flagfile=configs/<experiment>.flags [--flag=value ...]
+
+Parses absl flags into a PretrainConfig (the only place flags are read), validates every value
+before any graph is built, and runs `nac_tf.training.pretrain`.
+"""
+import dataclasses
+import json
+import sys
+
+from absl import app, flags
+
+from nac_tf.config import ConfigError, PretrainConfig, validate_config
+
+_HELP = {
+    "method": "Pretraining method: nac, nac_mq, simclr or moco_v2.",
+    "dataset": "digits (bundled with scikit-learn), cifar10 / imagenet2012 (TFDS), npz "
+               "(archive with x_train, y_train, x_test, y_test) or image_folder (root/<class>/).",
+    "data_dir": "npz: the .npz file; image_folder: the root; imagenet2012: the TFDS manual dir; "
+                "cifar10: optional TFDS data_dir.",
+    "image_size": "Training resolution; 0 keeps the dataset's native size.",
+    "encoder": "resnet18, resnet34, resnet50, resnet_tiny, vgg16_bn or small_cnn.",
+    "stem": "ResNet stem: cifar (3x3, no max-pool), imagenet (7x7 + max-pool), or auto (cifar "
+            "up to 64 px).",
+    "code_dim": "Code dimension D (bits of the activation code).",
+    "head_hidden_dim": "Hidden width of the projection head and inference network; 0: the "
+                       "encoder's output width.",
+    "head_batch_norm": "BatchNorm in the heads (off on CIFAR, as the authors do).",
+    "head_scale_by_sqrt_dim": "Divide head outputs by sqrt(D) before tanh / sigmoid (authors' "
+                              "code).",
+    "batch_norm": "sync (statistics over the global batch), per_replica, or per_view (separate "
+                  "passes for the two views, the authors' behaviour).",
+    "batch_size": "Global batch size K (images; each gives two views).",
+    "epochs": "Training epochs (ignored when --train_steps > 0).",
+    "train_steps": "Total optimizer steps; 0: epochs x steps per epoch.",
+    "learning_rate": "Peak learning rate before scaling.",
+    "learning_rate_scaling": "none, linear (x batch/256) or sqrt (x sqrt(batch)).",
+    "warmup_epochs": "Linear warm-up length in epochs (per-step), then cosine decay to 0.",
+    "weight_decay": "LARS coupled weight decay (BatchNorm parameters and biases excluded).",
+    "lars_momentum": "LARS momentum.",
+    "lars_trust_coefficient": "LARS trust coefficient eta.",
+    "flip_prob": "Bit-flip probability p of the noisy channel, 0 < p < 0.5.",
+    "queue_size": "Queue length M (nac_mq, moco_v2); a multiple of 2 x batch_size.",
+    "momentum": "EMA decay of the momentum networks (nac_mq, moco_v2).",
+    "l2_weight": "lambda of the ||z||^2 term of NAC-MQ (Eq. 20).",
+    "temperature": "Softmax temperature of SimCLR / MoCo-v2.",
+    "crop_area_min": "Smallest random-resized-crop area fraction (0.08 CIFAR, 0.2 MoCo-v2).",
+    "flip": "Random horizontal flips.",
+    "jitter_strength": "Scales colour jitter (0.4, 0.4, 0.4, 0.1).",
+    "jitter_prob": "Probability of colour jitter.",
+    "grayscale_prob": "Probability of grayscale.",
+    "blur_prob": "Probability of Gaussian blur (0 on CIFAR, 0.5 in the MoCo-v2 recipe).",
+    "model_dir": "Run directory: flags.json, checkpoints/, tensorboard/, results.json.",
+    "seed": "Random seed (initialisation, data order, augmentation, channel noise).",
+    "strategy": "auto, one_device, mirrored, multi_worker or tpu.",
+    "tpu": "TPU name or address for --strategy=tpu (empty: the local TPU VM).",
+    "precision": "float32, mixed_bfloat16 or mixed_float16 (losses stay float32).",
+    "jit_compile": "XLA-compile the per-replica step.",
+    "steps_per_loop": "Optimizer steps per tf.function call (larger amortises host overhead).",
+    "checkpoint_every_steps": "Checkpoint interval in steps.",
+    "keep_checkpoints": "How many recent checkpoints to keep.",
+    "log_every_steps": "TensorBoard scalar interval in steps.",
+    "knn_k": "Neighbours of the kNN monitor.",
+    "knn_temperature": "Vote temperature of the kNN monitor.",
+    "evaluate": "Evaluate the encoder (and its random initialisation) when training ends.",
+    "allow_flag_changes": "Resume a model_dir even if its flags.json differs.",
+}
+
+
+def define_flags(flag_values=flags.FLAGS):
+    """One absl flag per PretrainConfig field, typed by the field's default."""
+    for field in dataclasses.fields(PretrainConfig):
+        default, help_text = field.default, _HELP[field.name]
+        if isinstance(default, bool):
+            flags.DEFINE_bool(field.name, default, help_text, flag_values=flag_values)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(field.name, default, help_text, flag_values=flag_values)
+        elif isinstance(default, float):
+            flags.DEFINE_float(field.name, default, help_text, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(field.name, default, help_text, flag_values=flag_values)
+
+
+define_flags()
+
+
+def config_from_flags(flag_values=flags.FLAGS):
+    return PretrainConfig(**{f.name: flag_values[f.name].value
+                             for f in dataclasses.fields(PretrainConfig)})
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = config_from_flags()
+    try:
+        validate_config(config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    from nac_tf.training import pretrain  # heavy imports only once flags are valid
+
+    try:
+        results = pretrain(config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(results, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,90 @@
+"""Flag validation: every bad value stops with one message naming the flag."""
+import glob
+import os
+
+import pytest
+from absl import flags
+
+from nac_tf.config import ConfigError, PretrainConfig, validate_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _valid(tmp_path, **changes):
+    base = PretrainConfig(dataset="digits", encoder="small_cnn", model_dir=str(tmp_path),
+                          batch_size=64, queue_size=1280)
+    return base.replace(**changes)
+
+
+def test_defaults_with_model_dir_are_valid(tmp_path):
+    validate_config(_valid(tmp_path))
+
+
+@pytest.mark.parametrize("changes, flag, words", [
+    ({"flip_prob": 0.5}, "flip_prob", "(0.0, 0.5)"),
+    ({"flip_prob": 0.0}, "flip_prob", "(0.0, 0.5)"),
+    ({"flip_prob": -0.1}, "flip_prob", "(0.0, 0.5)"),
+    ({"method": "byol"}, "method", "nac, nac_mq, simclr, moco_v2"),
+    ({"dataset": "svhn"}, "dataset", "digits"),
+    ({"encoder": "resnet101"}, "encoder", "resnet50"),
+    ({"stem": "tiny"}, "stem", "cifar"),
+    ({"batch_norm": "group"}, "batch_norm", "per_view"),
+    ({"strategy": "gpu"}, "strategy", "mirrored"),
+    ({"precision": "float16"}, "precision", "mixed_float16"),
+    ({"learning_rate_scaling": "cubic"}, "learning_rate_scaling", "sqrt"),
+    ({"batch_size": 0}, "batch_size", "positive"),
+    ({"code_dim": 100}, "code_dim", "multiple of 8"),
+    ({"learning_rate": 0.0}, "learning_rate", "range"),
+    ({"momentum": 1.0}, "momentum", "range"),
+    ({"temperature": 0.0}, "temperature", "range"),
+    ({"jitter_prob": 1.5}, "jitter_prob", "range"),
+    ({"model_dir": ""}, "model_dir", "required"),
+    ({"dataset": "npz"}, "data_dir", "needs --data_dir"),
+    ({"dataset": "image_folder", "data_dir": "/no/such/dir"}, "data_dir", "does not exist"),
+    ({"dataset": "imagenet2012"}, "data_dir", "manual"),
+    ({"method": "nac_mq", "queue_size": 1000}, "queue_size", "multiple of 2 x --batch_size"),
+    ({"method": "moco_v2", "queue_size": 0}, "queue_size", "positive"),
+])
+def test_bad_values_name_the_flag(tmp_path, changes, flag, words):
+    with pytest.raises(ConfigError) as error:
+        validate_config(_valid(tmp_path, **changes))
+    assert error.value.flag == flag
+    assert str(error.value).startswith(f"--{flag}:")
+    assert words in str(error.value)
+
+
+def test_npz_data_dir_must_be_a_file(tmp_path):
+    with pytest.raises(ConfigError, match="needs a .npz file"):
+        validate_config(_valid(tmp_path, dataset="npz", data_dir=str(tmp_path)))
+
+
+def test_batch_must_split_over_replicas(tmp_path):
+    validate_config(_valid(tmp_path, batch_size=64), num_replicas=2)
+    with pytest.raises(ConfigError, match="divisible by the 2 replicas") as error:
+        validate_config(_valid(tmp_path, batch_size=63), num_replicas=2)
+    assert error.value.flag == "batch_size"
+
+
+def _parse_flagfile(path, extra=()):
+    """Parses a flagfile with the entry point's flag definitions, as the CLI does."""
+    import nac_tf.train as entry
+
+    values = flags.FlagValues()
+    entry.define_flags(values)
+    values(["prog", f"--flagfile={path}", *extra])
+    return entry.config_from_flags(values)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.flags"))))
+def test_every_flagfile_parses_and_validates(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # nested --flagfile paths are relative to the repository root
+    config = _parse_flagfile(path, [f"--model_dir={tmp_path}", f"--data_dir={tmp_path}"])
+    if config.dataset in ("npz",):
+        pytest.fail(f"{path} uses an npz archive; configs should name real datasets")
+    if config.dataset == "digits":
+        config = config.replace(data_dir="")
+    validate_config(config)
+    with open(path) as f:
+        header = f.read().split("\n--", 1)[0]
+    assert "python -m nac_tf.train --flagfile=configs/" in header, "header states the command"
+    assert "%" in header, "header states the paper's result it targets"

@@ -1,0 +1,133 @@
+"""The methods' train_step: losses, channel noise, momentum networks, queue, checkpoints.
+
+Tiny networks (small CNN on 8x8 images) keep every test to a few seconds.
+"""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nac_tf.methods import MethodConfig, build_method
+from nac_tf.models import build_encoder
+from nac_tf.objectives import nac_loss
+from nac_tf.optim import LARS
+
+IMAGE_SHAPE = (8, 8, 3)
+K = 8
+
+
+def _method(name, **changes):
+    fields = dict(code_dim=16, head_hidden_dim=32, flip_prob=0.2, queue_size=4 * K,
+                  momentum=0.9, temperature=0.5, seed=3)
+    fields.update(changes)
+    encoder = build_encoder("small_cnn", IMAGE_SHAPE)
+    method = build_method(name, encoder, MethodConfig(**fields))
+    method.build_networks(IMAGE_SHAPE)
+    method.compile(optimizer=LARS(0.1))
+    method.optimizer.build(method.optimized_variables)
+    return method
+
+
+def _views(seed=0):
+    rng = np.random.default_rng(seed)
+    return (tf.constant(rng.uniform(size=(K,) + IMAGE_SHAPE), tf.float32),
+            tf.constant(rng.uniform(size=(K,) + IMAGE_SHAPE), tf.float32))
+
+
+@pytest.mark.parametrize("name", ["nac", "nac_mq", "simclr", "moco_v2"])
+def test_train_step_updates_online_weights_and_logs(name):
+    method = _method(name)
+    before = [v.numpy().copy() for v in method.optimized_variables]
+    logs = tf.function(method.train_step)(_views())
+    assert np.isfinite(float(logs["loss"]))
+    for key in ("distinct_code_fraction", "mean_hamming_distance", "bit_balance"):
+        assert 0.0 <= float(logs[key]) <= 1.0
+    if name.startswith("nac"):
+        assert np.isfinite(float(logs["mi_bound"]))
+    moved = [not np.allclose(b, v.numpy()) for b, v in zip(before, method.optimized_variables)]
+    assert sum(moved) > len(moved) // 2
+    assert int(method.optimizer.iterations.numpy()) == 1
+
+
+def test_momentum_copies_are_not_optimized():
+    method = _method("nac_mq")
+    optimized = {id(v) for v in method.optimized_variables}
+    momentum = method.momentum_variables()
+    assert momentum and not any(id(v) in optimized for v in momentum)
+    # The online inference network is optimized (by its likelihood term).
+    assert any("inference_network" in v.path and not v.path.startswith("momentum")
+               for v in method.optimized_variables)
+
+
+def test_nac_step_loss_matches_objective_with_the_same_noise():
+    method = _method("nac")
+    view1, view2 = _views()
+    # Recompute the step's loss outside train_step with the mask the step draws at step 0.
+    h = method.encoder(tf.concat([view1, view2], 0), training=True)
+    a = method.projection_head(h, training=True)
+    r = method.inference_network(h, training=True)
+    signs = method.flip_signs(tf.shape(a))
+    expected = float(nac_loss(tf.tanh(a), r, signs, 0.2))
+    logs = method.train_step((view1, view2))
+    np.testing.assert_allclose(float(logs["loss"]), expected, rtol=1e-5)
+
+
+def test_flip_signs_are_fresh_each_step_and_have_probability_p():
+    method = _method("nac", flip_prob=0.2)
+    first = method.flip_signs((2000, 16)).numpy()
+    assert set(np.unique(first)) == {-1.0, 1.0}
+    # 32000 draws: the standard error of the flip rate is 0.0022; allow 5 of them.
+    assert abs(np.mean(first == -1.0) - 0.2) < 0.011
+    again = method.flip_signs((2000, 16)).numpy()
+    np.testing.assert_array_equal(first, again)  # same step: same mask (reproducible)
+    method.optimizer.iterations.assign(1)
+    assert np.mean(method.flip_signs((2000, 16)).numpy() != first) > 0.2
+
+
+def test_nac_mq_ema_and_queue_after_one_step():
+    method = _method("nac_mq", momentum=0.9)
+    view1, view2 = _views()
+    pairs = method._momentum.pairs()
+    old_copy = [c.numpy().copy() for _, c in pairs]
+    both = tf.concat([view1, view2], 0)
+    # Keys are computed with the momentum weights before the step.
+    h_hat = method.momentum_encoder(both, training=True)
+    expected_keys = np.tanh(method.momentum_projection_head(h_hat, training=True).numpy())
+    method.train_step((view1, view2))
+    for (online, copy), old in zip(pairs, old_copy):
+        np.testing.assert_allclose(copy.numpy(), 0.9 * old + 0.1 * online.numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    queue = method.queue.numpy()
+    np.testing.assert_allclose(queue[:2 * K], expected_keys, rtol=1e-4, atol=1e-5)
+    assert int(method.queue_pointer.numpy()) == 2 * K
+    method.train_step(_views(1))
+    method.train_step(_views(2))
+    assert int(method.queue_pointer.numpy()) == (6 * K) % (4 * K)  # ring buffer wraps
+
+
+def test_momentum_copies_start_equal_to_online():
+    method = _method("moco_v2")
+    for online, copy in method._momentum.pairs():
+        np.testing.assert_array_equal(online.numpy(), copy.numpy())
+
+
+def test_checkpoint_round_trip_restores_queue_momentum_and_optimizer(tmp_path):
+    method = _method("nac_mq")
+    step = tf.function(method.train_step)
+    step(_views(0))
+    step(_views(1))
+    checkpoint = tf.train.Checkpoint(method=method, optimizer=method.optimizer)
+    path = checkpoint.save(str(tmp_path / "ckpt"))
+    saved = [v.numpy().copy() for v in method.weights]
+    saved_iterations = int(method.optimizer.iterations.numpy())
+
+    restored = _method("nac_mq")
+    tf.train.Checkpoint(method=restored, optimizer=restored.optimizer).restore(
+        path).assert_existing_objects_matched()
+    assert int(restored.optimizer.iterations.numpy()) == saved_iterations
+    assert len(restored.weights) == len(saved)
+    for v, value in zip(restored.weights, saved):
+        np.testing.assert_array_equal(v.numpy(), value, err_msg=v.path)
+    # Momentum slots of LARS came back too: the next step is identical.
+    logs_a = method.train_step(_views(5))
+    logs_b = restored.train_step(_views(5))
+    np.testing.assert_allclose(float(logs_a["loss"]), float(logs_b["loss"]), rtol=1e-6)

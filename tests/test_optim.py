@@ -1,0 +1,357 @@
+"""LARS against a float64 NumPy implementation of its update rule; the schedule against its
+closed form; exclusion by variable path; tf.function, MirroredStrategy, checkpoints, configs.
+"""
+import copy
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nac_tf.optim import LARS, WarmupCosineSchedule, scaled_learning_rate
+
+# float32 Keras vs float64 NumPy after several steps: relative 1e-6, plus an absolute floor
+# for entries that are (nearly) zero, far below the per-step updates (>= 1e-3, checked).
+RTOL, ATOL = 1e-6, 1e-7
+
+
+def _reference_schedule(step, peak, total, warmup):
+    """Warm-up + cosine learning rate, float64, from the formula in the task statement."""
+    if step >= total:
+        return 0.0
+    if step < warmup:
+        return peak * step / warmup
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+def _reference_lars(weights, grads_per_step, lrs, decay_flags, adapt_flags, momentum,
+                    weight_decay, eta, nesterov):
+    """Plain float64 LARS with coupled weight decay, written from the update rule."""
+    w = [x.astype(np.float64) for x in weights]
+    v = [np.zeros_like(x) for x in w]
+    for grads, lr in zip(grads_per_step, lrs):
+        for i, g in enumerate(grads):
+            g = g.astype(np.float64)
+            if decay_flags[i]:
+                g = g + weight_decay * w[i]
+            scaled_lr = lr
+            if adapt_flags[i]:
+                w_norm, g_norm = np.linalg.norm(w[i]), np.linalg.norm(g)
+                scaled_lr = lr * (eta * w_norm / g_norm if w_norm > 0 and g_norm > 0 else 1.0)
+            v[i] = momentum * v[i] + scaled_lr * g
+            w[i] = w[i] - (momentum * v[i] + scaled_lr * g if nesterov else v[i])
+    return w
+
+
+def _variable(path, value):
+    """A keras.Variable whose path is exactly `path` ("scope/.../leaf")."""
+    *scopes, leaf = path.split("/")
+
+    def create(remaining):
+        if not remaining:
+            return keras.Variable(value.astype(np.float32), name=leaf)
+        with keras.name_scope(remaining[0]):
+            return create(remaining[1:])
+
+    variable = create(scopes)
+    assert variable.path == path
+    return variable
+
+
+# path, initial value kind, gradient is zero, default decay/adapt flag, flag under CUSTOM.
+_CASES = [
+    ("net/dense/kernel", "normal", False, True, True),
+    ("net/dense/bias", "normal", False, False, False),
+    ("net/stem_bn/gamma", "ones", False, False, True),
+    ("net/stem_bn/beta", "zeros", False, False, True),
+    ("net/zero_init/kernel", "zeros", False, True, True),  # zero-initialised: must train
+    ("net/unused/kernel", "normal", True, True, True),  # zero gradient, decay still acts
+    ("net/unused/bias", "normal", True, False, False),  # zero gradient, excluded: frozen
+    ("vgg16_bn/subnet/kernel", "normal", False, True, True),  # "bn" only in longer words
+]
+# Custom exclusion: only biases lose weight decay; every variable gets the trust ratio.
+_CUSTOM = dict(exclude_from_weight_decay=r"(^|/)bias$", exclude_from_layer_adaptation=[])
+_SHAPES = [(5, 4), (4,), (4,), (4,), (4, 3), (4, 2), (2,), (3, 3)]
+
+
+def _initial_values(rng):
+    values = []
+    for (_, kind, *_), shape in zip(_CASES, _SHAPES):
+        values.append({"normal": rng.normal(size=shape), "ones": np.ones(shape),
+                       "zeros": np.zeros(shape)}[kind].astype(np.float32))
+    return values
+
+
+@pytest.mark.parametrize("use_tf_function", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])
+@pytest.mark.parametrize("exclusions", ["default", "custom"])
+def test_matches_float64_numpy_reference(exclusions, nesterov, use_tf_function):
+    rng = np.random.default_rng(0)
+    initial = _initial_values(rng)
+    variables = [_variable(case[0], value) for case, value in zip(_CASES, initial)]
+    peak, total, warmup, steps = 0.5, 8, 2, 6
+    hyper = dict(momentum=0.9, weight_decay=0.05, trust_coefficient=0.02)
+    optimizer = LARS(WarmupCosineSchedule(peak, total, warmup), nesterov=nesterov,
+                     **hyper, **(_CUSTOM if exclusions == "custom" else {}))
+    flags = [case[3] if exclusions == "default" else case[4] for case in _CASES]
+    decay_flags = flags
+    adapt_flags = flags if exclusions == "default" else [True] * len(_CASES)
+    assert [optimizer.uses_weight_decay(v) for v in variables] == decay_flags
+    assert [optimizer.uses_layer_adaptation(v) for v in variables] == adapt_flags
+
+    def apply(grads):
+        optimizer.apply_gradients(zip(grads, variables))
+
+    if use_tf_function:
+        apply = tf.function(apply)
+    grads_per_step = []
+    for _ in range(steps):
+        grads = [np.zeros(s, np.float32) if case[2] else
+                 rng.normal(size=s).astype(np.float32) for case, s in zip(_CASES, _SHAPES)]
+        grads_per_step.append(grads)
+        apply([tf.constant(g) for g in grads])
+
+    lrs = [_reference_schedule(s, peak, total, warmup) for s in range(steps)]
+    expected = _reference_lars(initial, grads_per_step, lrs, decay_flags, adapt_flags,
+                               nesterov=nesterov, eta=hyper["trust_coefficient"],
+                               momentum=hyper["momentum"], weight_decay=hyper["weight_decay"])
+    assert int(optimizer.iterations.numpy()) == steps
+    for variable, start, want, case in zip(variables, initial, expected, _CASES):
+        np.testing.assert_allclose(variable.numpy(), want, rtol=RTOL, atol=ATOL,
+                                   err_msg=variable.path)
+        moved = np.abs(want - start).max()
+        if case[0] == "net/unused/bias":  # no gradient and no decay: exactly frozen
+            np.testing.assert_array_equal(variable.numpy(), start)
+        else:  # the comparison above is meaningful: updates dwarf the tolerance
+            assert moved > 1e-3, (case[0], moved)
+    assert np.abs(variables[4].numpy()).min() > 0, "zero-initialised kernel must train"
+
+
+def test_default_exclusions_on_real_keras_layers():
+    """Ground truth by layer type: normalisation parameters and biases are excluded."""
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(3, 3, use_bias=False, name="stem_conv")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.Conv2D(3, 1, name="subnet_conv")(x)
+    x = keras.layers.BatchNormalization()(x)  # Keras' default name "batch_normalization_<k>"
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.LayerNormalization(name="norm")(x)
+    x = keras.layers.Dense(4, name="bn_projection")(x)
+    x = keras.layers.Dense(4, use_bias=False, name="gamma")(x)  # a kernel called by "gamma"
+    model = keras.Model(inputs, x, name="encoder")
+    norm_types = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)
+    optimizer = LARS(0.1)
+    checked = 0
+    for layer in model.layers:
+        for variable in layer.trainable_variables:
+            excluded = isinstance(layer, norm_types) or variable.name == "bias"
+            assert optimizer.uses_weight_decay(variable) is not excluded, variable.path
+            assert optimizer.uses_layer_adaptation(variable) is not excluded, variable.path
+            checked += 1
+    assert checked == len(model.trainable_variables) == 12
+
+
+def test_exclusion_is_by_path_not_short_name():
+    encoder_kernel = _variable("encoder/dense/kernel", np.ones((2, 2)))
+    head_kernel = _variable("head/dense/kernel", np.ones((2, 2)))
+    assert encoder_kernel.name == head_kernel.name == "kernel"
+    by_prefix = LARS(0.1, exclude_from_weight_decay=r"^head/")  # one string = one pattern
+    assert by_prefix.uses_weight_decay(encoder_kernel)
+    assert not by_prefix.uses_weight_decay(head_kernel)
+    assert not by_prefix.uses_layer_adaptation(head_kernel)  # None: same as weight decay
+
+    default = LARS(0.1)
+    # The holding layer's name decides even when the leaf looks like any other kernel...
+    assert not default.uses_weight_decay(_variable("net/stem_bn/kernel", np.ones(2)))
+    assert not default.uses_weight_decay(_variable("net/bn/kernel", np.ones(2)))
+    assert not default.uses_weight_decay(_variable("net/block0_bn2/kernel", np.ones(2)))
+    assert not default.uses_weight_decay(
+        _variable("net/batch_normalization_3/kernel", np.ones(2)))
+    # ...but "bn" inside a longer word, or in an outer scope, does not exclude.
+    for path in ["net/subnet/kernel", "net/bnorm_proj/kernel", "net/bn_proj/kernel",
+                 "vgg16_bn/conv1/kernel", "net/gamma/kernel", "net/bias_proj/kernel",
+                 "net/dense/gamma_kernel", "net/dense/biases"]:
+        assert default.uses_weight_decay(_variable(path, np.ones(2))), path
+    nothing = LARS(0.1, exclude_from_weight_decay=None)
+    assert nothing.uses_weight_decay(_variable("net/stem_bn/gamma", np.ones(2)))
+    no_decay = LARS(0.1, weight_decay=0.0)
+    assert not no_decay.uses_weight_decay(encoder_kernel)
+
+
+def test_mirrored_strategy_equals_single_device():
+    """Two replicas with half the batch each and loss / num_replicas (Keras all-reduces the
+    gradients by SUM) must give the single-device full-batch result."""
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    assert len(devices) >= 2, "conftest should provide two logical CPUs"
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 5)).astype(np.float32)
+    y = rng.normal(size=(8, 3)).astype(np.float32)
+    initial = [rng.normal(size=s).astype(np.float32) for s in [(5, 6), (6,), (6, 3), (3,)]]
+
+    def run(strategy):
+        with strategy.scope():
+            model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6, name="d1"),
+                                      keras.layers.ReLU(), keras.layers.Dense(3, name="d2")],
+                                     name="net")
+            model.set_weights(initial)
+            optimizer = LARS(WarmupCosineSchedule(0.3, 10, 1), weight_decay=1e-2,
+                             trust_coefficient=0.05)
+            optimizer.build(model.trainable_variables)
+
+        def replica_step(xb, yb):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean((model(xb) - yb) ** 2) / strategy.num_replicas_in_sync
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+        iterator = iter(strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8)))
+
+        @tf.function
+        def step():
+            strategy.run(replica_step, args=next(iterator))
+
+        for _ in range(4):
+            step()
+        return model, optimizer
+
+    single, _ = run(tf.distribute.get_strategy())
+    mirrored, optimizer = run(tf.distribute.MirroredStrategy(devices[:2]))
+    for a, b, start in zip(single.trainable_variables, mirrored.trainable_variables, initial):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+        assert np.abs(a.numpy() - start).max() > 1e-3, a.path
+    for slot in optimizer.momentums:  # the per-device slot copies stay in sync
+        first, second = slot.value.values
+        np.testing.assert_array_equal(first.numpy(), second.numpy())
+        assert np.abs(first.numpy()).max() > 0
+
+
+def test_loss_scale_optimizer_wrapping_matches_plain_lars():
+    """Mixed precision wraps LARS in LossScaleOptimizer; the update must be the same."""
+    rng = np.random.default_rng(2)
+    start = rng.normal(size=(4, 3)).astype(np.float32)
+    grad = rng.normal(size=(4, 3)).astype(np.float32)
+    plain_var = _variable("plain/dense/kernel", start)
+    scaled_var = _variable("scaled/dense/kernel", start)
+    plain = LARS(0.2, trust_coefficient=0.05)
+    wrapped = keras.optimizers.LossScaleOptimizer(LARS(0.2, trust_coefficient=0.05))
+    wrapped.build([scaled_var])
+    for _ in range(2):
+        plain.apply_gradients([(tf.constant(grad), plain_var)])
+        scale = float(wrapped.dynamic_scale.numpy())  # a power of two: exact scaling
+        wrapped.apply_gradients([(tf.constant(grad * scale), scaled_var)])
+    np.testing.assert_allclose(scaled_var.numpy(), plain_var.numpy(), rtol=1e-6)
+    assert np.abs(plain_var.numpy() - start).max() > 1e-3
+
+
+def test_checkpoint_round_trip_of_momentum_slots(tmp_path):
+    rng = np.random.default_rng(3)
+    values = _initial_values(rng)
+
+    def make():
+        variables = [_variable(case[0], value) for case, value in zip(_CASES, values)]
+        optimizer = LARS(WarmupCosineSchedule(0.5, 10, 1), trust_coefficient=0.05)
+        optimizer.build(variables)
+        return variables, optimizer
+
+    grads = [tf.constant(rng.normal(size=v.shape).astype(np.float32)) for v in values]
+    variables, optimizer = make()
+    assert {id(m) for m in optimizer.momentums} <= {id(v) for v in optimizer.variables}
+    for _ in range(3):
+        optimizer.apply_gradients(zip(grads, variables))
+    path = tf.train.Checkpoint(variables=variables, optimizer=optimizer).save(
+        str(tmp_path / "ckpt"))
+    slots = [m.numpy().copy() for m in optimizer.momentums]
+    assert all(np.abs(s).max() > 0 for s in slots)
+
+    other_variables, other = make()
+    tf.train.Checkpoint(variables=other_variables, optimizer=other).restore(
+        path).assert_consumed()
+    assert int(other.iterations.numpy()) == 3
+    for restored, saved in zip(other.momentums, slots):
+        np.testing.assert_array_equal(restored.numpy(), saved)
+    # One more identical step: restored momentum (not zeros) drives the same update.
+    optimizer.apply_gradients(zip(grads, variables))
+    other.apply_gradients(zip(grads, other_variables))
+    for a, b in zip(variables, other_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_get_config_round_trip():
+    optimizer = LARS(WarmupCosineSchedule(1.5, 100, 10), momentum=0.8, weight_decay=1e-4,
+                     trust_coefficient=2e-3, eps=1e-9, nesterov=True,
+                     exclude_from_weight_decay=["x"], clipnorm=1.0)
+    config = optimizer.get_config()
+    clone = LARS.from_config(copy.deepcopy(config))  # Keras' from_config edits its argument
+    assert clone.get_config() == config
+    assert (clone.momentum, clone.lars_weight_decay, clone.trust_coefficient, clone.eps,
+            clone.nesterov, clone.clipnorm) == (0.8, 1e-4, 2e-3, 1e-9, True, 1.0)
+    assert clone.weight_decay is None  # Keras' decoupled decay stays off
+    assert clone.weight_decay_exclusions == clone.layer_adaptation_exclusions == ("x",)
+    assert config["learning_rate"]["config"] == {"peak_learning_rate": 1.5,
+                                                 "total_steps": 100, "warmup_steps": 10}
+    # Through Keras' generic (de)serialisation, as Keras model saving does.
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert isinstance(restored, LARS) and restored.get_config() == config
+    plain = LARS(3)  # an int learning rate is accepted
+    assert LARS.from_config(plain.get_config()).get_config() == plain.get_config()
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    ({"momentum": 1.0}, "momentum"), ({"momentum": -0.1}, "momentum"),
+    ({"weight_decay": -1e-6}, "weight_decay"), ({"trust_coefficient": 0.0}, "trust_coefficient"),
+    ({"eps": -1.0}, "eps"), ({"exclude_from_weight_decay": ["("]}, "exclude_from_weight_decay"),
+    ({"exclude_from_layer_adaptation": [3]}, "exclude_from_layer_adaptation"),
+])
+def test_lars_rejects_bad_arguments(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        LARS(0.1, **kwargs)
+
+
+def test_schedule_closed_form_values():
+    schedule = WarmupCosineSchedule(2.0, total_steps=110, warmup_steps=10)
+    assert float(schedule(0)) == 0.0
+    np.testing.assert_allclose(float(schedule(5)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(10)), 2.0, rtol=1e-6)  # warm-up end: peak
+    np.testing.assert_allclose(float(schedule(60)), 1.0, rtol=1e-6)  # cosine midpoint
+    np.testing.assert_allclose(float(schedule(35)), 1.0 + math.cos(math.pi / 4), rtol=1e-6)
+    assert float(schedule(110)) == 0.0 and float(schedule(10_000)) == 0.0
+    steps = np.arange(0, 130)
+    got = keras.ops.convert_to_numpy(schedule(steps))
+    want = [_reference_schedule(s, 2.0, 110, 10) for s in steps]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    # Inside tf.function with the optimizer's int64 iteration variable.
+    iteration = tf.Variable(35, dtype=tf.int64)
+    np.testing.assert_allclose(float(tf.function(lambda: schedule(iteration))()),
+                               1.0 + math.cos(math.pi / 4), rtol=1e-6)
+
+    no_warmup = WarmupCosineSchedule(1.0, total_steps=4, warmup_steps=0)
+    np.testing.assert_allclose([float(no_warmup(s)) for s in range(5)],
+                               [1.0, 0.5 + 0.5 * math.cos(math.pi / 4), 0.5,
+                                0.5 - 0.5 * math.cos(math.pi / 4), 0.0], rtol=1e-6, atol=1e-7)
+    only_warmup = WarmupCosineSchedule(1.0, total_steps=4, warmup_steps=4)
+    np.testing.assert_allclose([float(only_warmup(s)) for s in range(6)],
+                               [0.0, 0.25, 0.5, 0.75, 0.0, 0.0], rtol=1e-6)
+    assert WarmupCosineSchedule.from_config(schedule.get_config()).get_config() \
+        == schedule.get_config()
+
+
+@pytest.mark.parametrize("args, argument", [
+    ((0.0, 10, 0), "peak_learning_rate"), ((1.0, 0, 0), "total_steps"),
+    ((1.0, 10, 11), "warmup_steps"), ((1.0, 10, -1), "warmup_steps"),
+    ((1.0, 10.5, 1), "total_steps"),
+])
+def test_schedule_rejects_bad_arguments(args, argument):
+    with pytest.raises(ValueError, match=argument):
+        WarmupCosineSchedule(*args)
+
+
+def test_scaled_learning_rate():
+    assert scaled_learning_rate(0.3, 512, "linear") == pytest.approx(0.6, rel=1e-12)
+    assert scaled_learning_rate(0.075, 512, "sqrt") == pytest.approx(1.6970563, rel=1e-7)
+    assert scaled_learning_rate(3.0, 1000, "none") == 3.0
+    with pytest.raises(ValueError, match=r"scaling='log'.*linear, sqrt, none"):
+        scaled_learning_rate(1.0, 10, "log")
+    with pytest.raises(ValueError, match="batch_size"):
+        scaled_learning_rate(1.0, 0, "linear")

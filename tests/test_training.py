@@ -1,0 +1,77 @@
+"""End to end: the entry point, the run directory, resume, refusal of changed flags."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nac_tf.config import ConfigError, PretrainConfig
+from nac_tf.training import pretrain
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny(tmp_path, **changes):
+    fields = dict(method="nac", dataset="digits", image_size=8, encoder="small_cnn",
+                  batch_size=32, train_steps=6, learning_rate=0.5, warmup_epochs=0.2,
+                  code_dim=16, head_hidden_dim=32, crop_area_min=0.5, flip=False,
+                  jitter_prob=0.0, grayscale_prob=0.0, knn_k=10, checkpoint_every_steps=3,
+                  log_every_steps=2, model_dir=str(tmp_path / "run"), queue_size=128)
+    fields.update(changes)
+    return PretrainConfig(**fields)
+
+
+@pytest.mark.parametrize("method", ["nac", "nac_mq", "simclr", "moco_v2"])
+def test_pretrain_writes_the_run_directory(tmp_path, method):
+    config = _tiny(tmp_path, method=method)
+    results = pretrain(config, log=lambda *_: None)
+    run = config.model_dir
+    assert results["steps"] == 6
+    assert 0.0 <= results["knn_top1"] <= 1.0 and 0.0 <= results["random_init_knn_top1"] <= 1.0
+    with open(os.path.join(run, "results.json")) as f:
+        assert json.load(f) == results
+    with open(os.path.join(run, "flags.json")) as f:
+        assert json.load(f)["method"] == method
+    assert tf.train.latest_checkpoint(os.path.join(run, "checkpoints")).endswith("-6")
+    assert os.listdir(os.path.join(run, "tensorboard"))
+    for key in ("loss", "distinct_code_fraction", "mean_hamming_distance", "bit_balance"):
+        assert np.isfinite(results["final_metrics"][key])
+    if method.startswith("nac"):
+        assert np.isfinite(results["final_metrics"]["mi_bound"])
+
+
+def test_same_command_resumes_from_the_latest_checkpoint(tmp_path):
+    messages = []
+    short = _tiny(tmp_path, train_steps=6)
+    pretrain(short, log=messages.append)
+    # Same run, longer schedule: refused (train_steps defines the run) ...
+    with pytest.raises(ConfigError, match="train_steps: 6 -> 9"):
+        pretrain(short.replace(train_steps=9), log=messages.append)
+    # ... unless explicitly allowed; then it continues from step 6, not from 0.
+    results = pretrain(short.replace(train_steps=9, allow_flag_changes=True),
+                       log=messages.append)
+    assert any("Resumed from" in m and "at step 6" in m for m in messages)
+    assert results["steps"] == 9
+    # Running the finished command again trains nothing and reports the same step.
+    again = pretrain(short.replace(train_steps=9, allow_flag_changes=True),
+                     log=messages.append)
+    assert again["steps"] == 9 and again["train_seconds_this_session"] < 5
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "nac_tf.train", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_rejects_bad_flags_before_building_anything(tmp_path):
+    result = _cli("--flagfile=configs/quickstart.flags", "--flip_prob=0.7",
+                  f"--model_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "--flip_prob: 0.7 is outside the accepted range (0.0, 0.5)" in result.stderr
+    assert not os.listdir(tmp_path)  # nothing written
+    result = _cli("--flagfile=configs/quickstart.flags", "--encoder=resnet9",
+                  f"--model_dir={tmp_path}")
+    assert result.returncode == 2 and "--encoder: 'resnet9' is not one of" in result.stderr
