@@ -5,6 +5,7 @@ directory holds `flags.json` (the resolved configuration), `checkpoints/` (model
 step, momentum networks and queue; the same command resumes from the latest one),
 `tensorboard/` (scalars every `log_every_steps`), and `results.json` at the end.
 """
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +25,9 @@ from nac_tf.evaluation.knn import knn_accuracy
 from nac_tf.methods import MethodConfig, build_method
 from nac_tf.models import build_encoder, encoder_output_dim
 from nac_tf.optim import LARS, WarmupCosineSchedule, scaled_learning_rate
+
+
+INPUT_STATISTICS_FILE = "input_statistics.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -87,12 +91,53 @@ def method_config(config: PretrainConfig, representation_dim, num_replicas):
         l2_weight=config.l2_weight, temperature=config.temperature, seed=config.seed)
 
 
-def build_encoder_for(config, source, image_size, num_replicas):
-    mean, std = dataset_statistics(config.dataset, source)
-    return build_encoder(
+def build_pretraining_method(config: PretrainConfig, input_statistics, num_replicas=1):
+    """The method of `config` (encoder, heads, momentum copies) with every variable created.
+
+    `input_statistics` is the run's {"image_size", "mean", "std"} (`input_statistics.json`
+    of the run directory): everything besides the flags that fixes the architecture, so a
+    run directory alone rebuilds the model (export, evaluation tools). Call inside the
+    strategy's scope when training distributed.
+    """
+    image_size = int(input_statistics["image_size"])
+    sync_bn = config.batch_norm == "sync" and num_replicas > 1
+    encoder = build_encoder(
         config.encoder, (image_size, image_size, 3), stem=resolve_stem(config, image_size),
-        mean=mean, std=std,
-        synchronized_batch_norm=config.batch_norm == "sync" and num_replicas > 1)
+        mean=input_statistics["mean"], std=input_statistics["std"],
+        synchronized_batch_norm=sync_bn)
+    method = build_method(
+        config.method, encoder,
+        method_config(config, encoder_output_dim(config.encoder), num_replicas))
+    method.build_networks((image_size, image_size, 3))
+    return method
+
+
+def read_run_config(model_dir):
+    """(PretrainConfig, input statistics) of a run directory written by `pretrain`."""
+    paths = {name: os.path.join(model_dir, name)
+             for name in ("flags.json", INPUT_STATISTICS_FILE)}
+    for name, path in paths.items():
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{model_dir!r} is not a pretraining run directory: "
+                                    f"{name} is missing")
+    with open(paths["flags.json"]) as f:
+        flags = json.load(f)
+    known = {field.name for field in dataclasses.fields(PretrainConfig)}
+    config = PretrainConfig(**{k: v for k, v in flags.items() if k in known})
+    with open(paths[INPUT_STATISTICS_FILE]) as f:
+        return config, json.load(f)
+
+
+def restore_pretrained_method(model_dir, checkpoint=None):
+    """The method of a run directory with the weights of its latest (or given) checkpoint."""
+    config, statistics = read_run_config(model_dir)
+    method = build_pretraining_method(config, statistics)
+    path = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if path is None:
+        raise FileNotFoundError(f"{model_dir!r} has no checkpoint in checkpoints/")
+    # expect_partial: the optimizer slots in the checkpoint are not needed here.
+    tf.train.Checkpoint(method=method).restore(path).expect_partial()
+    return config, method
 
 
 def schedule_lengths(config, num_train):
@@ -124,10 +169,17 @@ def knn_top1(encoder, source, image_size, config):
 
 
 # ----------------------------------------------------------------------------- the run
-def pretrain(config: PretrainConfig, log=print):
-    """Pretrains (or resumes) the run described by `config`; returns the results dict."""
+def pretrain(config: PretrainConfig, log=print, strategy=None):
+    """Pretrains (or resumes) the run described by `config`; returns the results dict.
+
+    `strategy`: a tf.distribute strategy to use instead of making one from
+    `config.strategy`. TensorFlow's collective ops allow one MirroredStrategy per device set
+    and process (a second one reuses its collective keys and aborts), so a process that
+    runs several pretrainings passes the same strategy to each.
+    """
     validate_config(config)
-    strategy = distribute.make_strategy(config.strategy, config.tpu)
+    if strategy is None:
+        strategy = distribute.make_strategy(config.strategy, config.tpu)
     replicas = strategy.num_replicas_in_sync
     validate_config(config, num_replicas=replicas)
     prepare_run_directory(config)
@@ -144,12 +196,12 @@ def pretrain(config: PretrainConfig, log=print):
         lambda context: make_pretrain_dataset(source, augmenter, config.batch_size, context,
                                               seed=config.seed))
 
+    mean, std = dataset_statistics(config.dataset, source)
+    input_statistics = {"image_size": image_size, "mean": list(mean), "std": list(std)}
+    _write_json(os.path.join(config.model_dir, INPUT_STATISTICS_FILE), input_statistics)
     with strategy.scope():
-        encoder = build_encoder_for(config, source, image_size, replicas)
-        method = build_method(
-            config.method, encoder,
-            method_config(config, encoder_output_dim(config.encoder), replicas))
-        method.build_networks((image_size, image_size, 3))
+        method = build_pretraining_method(config, input_statistics, replicas)
+        encoder = method.encoder
         peak_lr = scaled_learning_rate(config.learning_rate, config.batch_size,
                                        config.learning_rate_scaling)
         optimizer = LARS(WarmupCosineSchedule(peak_lr, total_steps, warmup_steps),

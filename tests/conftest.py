@@ -15,3 +15,17 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
 )
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def two_replica_strategy():
+    """One MirroredStrategy over the two logical CPUs, shared by every test.
+
+    TensorFlow allows one MirroredStrategy per device set and process: a second instance
+    starts its collective instance keys where the first did, and the collective runtime
+    aborts on the mismatch ("Collective instance 100 expected type ...").
+    """
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -448,8 +448,8 @@ def test_pretrain_dataset_shards_and_batches_per_replica():
     assert not set(seen[0]) & set(seen[1])
 
 
-def test_pretrain_dataset_with_augmenter_under_mirrored_strategy(digits):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_pretrain_dataset_with_augmenter_under_mirrored_strategy(digits, two_replica_strategy):
+    strategy = two_replica_strategy
     augmenter = ViewPairAugmenter(views.cifar_recipe(image_size=8), seed=0)
     distributed = strategy.distribute_datasets_from_function(
         lambda context: pipeline.make_pretrain_dataset(digits, augmenter, 8, context, seed=0))

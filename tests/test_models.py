@@ -350,11 +350,9 @@ def test_batch_norm_options_propagate(synchronized):
 
 
 @pytest.mark.parametrize("synchronized", [False, True])
-def test_synchronized_batch_norm_uses_global_batch_statistics(synchronized):
-    devices = tf.config.list_logical_devices("CPU")
-    if len(devices) < 2:
-        pytest.skip("needs the two logical CPUs set up by conftest.py")
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+def test_synchronized_batch_norm_uses_global_batch_statistics(synchronized,
+                                                              two_replica_strategy):
+    strategy = two_replica_strategy
     with strategy.scope():
         model = small_cnn((8, 8, 3), synchronized_batch_norm=synchronized)
     x = images((4, 8, 8, 3), seed=5)

@@ -450,11 +450,8 @@ def test_functions_trace_with_a_dynamic_batch_size():
                                    ref_info_nce(codes, logits, queue, 0.2), rtol=1e-5)
 
 
-def test_losses_under_mirrored_strategy_with_all_gathered_negatives():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    if len(devices) < 2:
-        pytest.skip("needs the two logical CPUs set up by conftest")
-    strategy = tf.distribute.MirroredStrategy(devices)
+def test_losses_under_mirrored_strategy_with_all_gathered_negatives(two_replica_strategy):
+    strategy = two_replica_strategy
     p, k_local, d = 0.1, 3, 8
     inputs = [_nac_inputs(30 + r, k_local, d, 1, p)[:3] for r in range(2)]
 
