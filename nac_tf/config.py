@@ -77,6 +77,7 @@ class PretrainConfig:
     log_every_steps: int = 10
     knn_k: int = 200
     knn_temperature: float = 0.1
+    linear_eval_epochs: int = 100  # 0 skips the linear probe of the final evaluation
     evaluate: bool = True
     allow_flag_changes: bool = False
 
@@ -153,6 +154,19 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None):
     if config.dataset == "image_folder" and not os.path.isdir(config.data_dir):
         raise ConfigError("data_dir", f"--dataset=image_folder needs a directory of class "
                           f"folders; {config.data_dir!r} is not a directory")
+    if config.dataset == "flickr25k" and not config.data_dir:
+        raise ConfigError("data_dir", "--dataset=flickr25k needs --data_dir: the directory "
+                          "holding mirflickr/ (im1.jpg ... im25000.jpg) and "
+                          "mirflickr25k_annotations_v080/ (MIRFLICKR-25000 is not in TFDS)")
+    if config.dataset == "flickr25k" and not os.path.isdir(config.data_dir):
+        raise ConfigError("data_dir", f"--dataset=flickr25k needs a directory holding "
+                          f"mirflickr/ and mirflickr25k_annotations_v080/; {config.data_dir!r} "
+                          "is not a directory")
+    if (config.dataset == "cifar10_hashing" and os.path.isfile(config.data_dir)
+            and not config.data_dir.endswith(".npz")):
+        raise ConfigError("data_dir", f"--dataset=cifar10_hashing accepts an .npz archive "
+                          f"(x_train, y_train, x_test, y_test), a TFDS data directory, or "
+                          f"nothing; {config.data_dir!r} is a file that is not .npz")
     if config.dataset == "imagenet2012" and not config.data_dir:
         raise ConfigError("data_dir", "--dataset=imagenet2012 needs --data_dir: the manual "
                           "directory holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar")
@@ -169,6 +183,9 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None):
     if config.code_dim % 8:
         raise ConfigError("code_dim", f"{config.code_dim} must be a multiple of 8 "
                           "(hash codes are packed 8 bits per byte)")
+    if config.linear_eval_epochs < 0:
+        raise ConfigError("linear_eval_epochs", f"{config.linear_eval_epochs} must be >= 0 "
+                          "(0 skips the linear probe)")
     if config.head_hidden_dim < 0:
         raise ConfigError("head_hidden_dim", f"{config.head_hidden_dim} must be >= 0 "
                           "(0: the encoder's output width)")

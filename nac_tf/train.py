@@ -14,9 +14,14 @@ from nac_tf.config import ConfigError, PretrainConfig, validate_config
 _HELP = {
     "method": "Pretraining method: nac, nac_mq, simclr or moco_v2.",
     "dataset": "digits (bundled with scikit-learn), cifar10 / imagenet2012 (TFDS), npz "
-               "(archive with x_train, y_train, x_test, y_test) or image_folder (root/<class>/).",
+               "(archive with x_train, y_train, x_test, y_test), image_folder (root/<class>/), "
+               "cifar10_hashing (CIFAR-10 retrieval split: trains on 500 images per class, "
+               "1000 queries per class) or flickr25k (MIRFLICKR-25000 from --data_dir: trains "
+               "on 5000 images, 2000 queries).",
     "data_dir": "npz: the .npz file; image_folder: the root; imagenet2012: the TFDS manual dir; "
-                "cifar10: optional TFDS data_dir.",
+                "cifar10: optional TFDS data_dir; cifar10_hashing: optional .npz archive or "
+                "TFDS data_dir; flickr25k: the dir holding mirflickr/ and "
+                "mirflickr25k_annotations_v080/.",
     "image_size": "Training resolution; 0 keeps the dataset's native size.",
     "encoder": "resnet18, resnet34, resnet50, resnet_tiny, vgg16_bn or small_cnn.",
     "stem": "ResNet stem: cifar (3x3, no max-pool), imagenet (7x7 + max-pool), or auto (cifar "
@@ -61,6 +66,8 @@ _HELP = {
     "log_every_steps": "TensorBoard scalar interval in steps.",
     "knn_k": "Neighbours of the kNN monitor.",
     "knn_temperature": "Vote temperature of the kNN monitor.",
+    "linear_eval_epochs": "Epochs of each linear-probe fit in the final evaluation (learning rate "
+                          "searched over 0.01, 0.1, 1, 10); 0 skips the linear probe.",
     "evaluate": "Evaluate the encoder (and its random initialisation) when training ends.",
     "allow_flag_changes": "Resume a model_dir even if its flags.json differs.",
 }

@@ -13,15 +13,16 @@ import sys
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from nac_tf import distribute
 from nac_tf.config import RUN_DEFINING_FIELDS, ConfigError, PretrainConfig, validate_config
-from nac_tf.data.pipeline import make_eval_dataset, make_pretrain_dataset
+from nac_tf.data.pipeline import make_pretrain_dataset
 from nac_tf.data.sources import dataset_statistics, load_source
 from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter
-from nac_tf.evaluation.knn import knn_accuracy
+from nac_tf.evaluation.linear import LinearEvalConfig
+from nac_tf.evaluation.report import EvaluationConfig, evaluate_model
+from nac_tf.export import ExportedModel, build_export_module
 from nac_tf.methods import MethodConfig, build_method
 from nac_tf.models import build_encoder, encoder_output_dim
 from nac_tf.optim import LARS, WarmupCosineSchedule, scaled_learning_rate
@@ -152,20 +153,23 @@ def schedule_lengths(config, num_train):
 
 
 # ----------------------------------------------------------------------------- evaluation
-def encode_images(encoder, images, image_size, batch_size=256):
-    """Representations h of uint8 images [N, H, W, 3] with the encoder in inference mode."""
-    features = []
-    for batch, _ in make_eval_dataset(images, np.zeros(len(images), np.int64), batch_size,
-                                      image_size=image_size):
-        features.append(encoder(batch, training=False).numpy())
-    return np.concatenate(features, axis=0)
+def evaluation_config(config: PretrainConfig):
+    return EvaluationConfig(
+        knn_k=config.knn_k, knn_temperature=config.knn_temperature,
+        linear=LinearEvalConfig(epochs=config.linear_eval_epochs, seed=config.seed)
+        if config.linear_eval_epochs else None)
 
 
-def knn_top1(encoder, source, image_size, config):
-    train = encode_images(encoder, source.train_images, image_size)
-    test = encode_images(encoder, source.test_images, image_size)
-    return knn_accuracy(train, source.train_labels, test, source.test_labels,
-                        source.num_classes, k=config.knn_k, temperature=config.knn_temperature)
+def evaluate_method(method, source, input_statistics, config, prefix=""):
+    """kNN, linear probe and hash retrieval of the online networks (`evaluate_model`).
+
+    The networks are wrapped in the export module, so these are the numbers the exported
+    SavedModel gives. Keys get `prefix` (e.g. "random_init_").
+    """
+    model = ExportedModel.from_module(build_export_module(
+        method, input_statistics["image_size"], input_statistics))
+    report = evaluate_model(model, source, evaluation_config(config))
+    return {prefix + key: value for key, value in report.items()}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -201,7 +205,6 @@ def pretrain(config: PretrainConfig, log=print, strategy=None):
     _write_json(os.path.join(config.model_dir, INPUT_STATISTICS_FILE), input_statistics)
     with strategy.scope():
         method = build_pretraining_method(config, input_statistics, replicas)
-        encoder = method.encoder
         peak_lr = scaled_learning_rate(config.learning_rate, config.batch_size,
                                        config.learning_rate_scaling)
         optimizer = LARS(WarmupCosineSchedule(peak_lr, total_steps, warmup_steps),
@@ -222,9 +225,10 @@ def pretrain(config: PretrainConfig, log=print, strategy=None):
         log(f"Resumed from {manager.latest_checkpoint} at step "
             f"{int(optimizer.iterations.numpy())}")
     elif config.evaluate and source.has_arrays:
-        # The same encoder at its random initialisation: the baseline the run must beat.
-        _write_json(initial_eval_path,
-                    {"random_init_knn_top1": knn_top1(encoder, source, image_size, config)})
+        # The same networks at their random initialisation: the baseline the run must beat.
+        log("Evaluating the networks at their random initialisation")
+        _write_json(initial_eval_path, evaluate_method(
+            method, source, input_statistics, config, prefix="random_init_"))
 
     log(f"{config.method} on {config.dataset}: encoder {config.encoder}, {replicas} "
         f"replica(s), global batch {config.batch_size}, {total_steps} steps "
@@ -238,12 +242,12 @@ def pretrain(config: PretrainConfig, log=print, strategy=None):
                "train_seconds_this_session": round(train_seconds, 2),
                "final_metrics": metrics}
     if config.evaluate and source.has_arrays:
-        results["knn_top1"] = knn_top1(encoder, source, image_size, config)
+        log("Evaluating the pretrained networks")
+        results.update(evaluate_method(method, source, input_statistics, config))
         if os.path.exists(initial_eval_path):
             with open(initial_eval_path) as f:
                 results.update(json.load(f))
-        results["knn"] = {"k": config.knn_k, "temperature": config.knn_temperature,
-                          "num_train": int(source.num_train), "num_test": int(source.num_test)}
+        log(summary_table(results))
     _write_json(os.path.join(config.model_dir, "results.json"), results)
     return results
 
@@ -296,6 +300,19 @@ def _train_loop(config, strategy, method, optimizer, dataset, manager, total_ste
                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     writer.flush()
     return metrics, time.time() - start
+
+
+SUMMARY_METRICS = ("knn_top1", "linear_top1", "map_all")
+
+
+def summary_table(results):
+    """The headline metrics, pretrained next to random initialisation, as text."""
+    lines = [f"{'metric':<14}{'pretrained':>12}{'random init':>13}"]
+    for name in SUMMARY_METRICS:
+        if name in results:
+            baseline = results.get("random_init_" + name, float("nan"))
+            lines.append(f"{name:<14}{results[name]:>12.4f}{baseline:>13.4f}")
+    return "\n".join(lines)
 
 
 def _current_learning_rate(optimizer):

@@ -1,14 +1,21 @@
-"""Where images come from: scikit-learn's digits, NumPy archives, image folders, TFDS.
+"""Where images come from: scikit-learn's digits, NumPy archives, image folders, TFDS, and
+the two hashing datasets (CIFAR-10 retrieval split, FLICKR-25K).
 
 Every loader returns an `ImageSource`: a train and a test split of (uint8 RGB image
-[H, W, 3], int64 label). Data that fits in memory (everything but ImageNet) is held as
-NumPy arrays, which evaluation code reads directly; ImageNet is streamed from TFDS and
-decoded lazily. `load_source` dispatches on the `--dataset` flag's names (`DATASETS`).
+[H, W, 3], int64 label), the label being a class id, or a multi-hot vector [C] for
+multi-label data (`source.multi_label`). Data that fits in memory (everything but ImageNet)
+is held as NumPy arrays, which evaluation code reads directly; ImageNet is streamed from
+TFDS and decoded lazily. `load_source` dispatches on the `--dataset` flag's names
+(`DATASETS`).
+
+The hashing datasets also carry the retrieval protocol's query and database sets in
+`source.retrieval` (a `RetrievalArrays`; None for every other dataset). Their train split
+is the pretraining subset and their test split the queries.
 
 Images of a source all have one size, so the augmenter can crop whole batches. Loaders that
-resize (digits, image folders, ImageNet) resize to a square `image_size` without cropping:
-every pixel of the original stays in the frame and the aspect ratio is not kept (as the
-HashNet / NAC code prepares FLICKR-25K).
+resize (digits, image folders, ImageNet, FLICKR-25K) resize to a square `image_size`
+without cropping: every pixel of the original stays in the frame and the aspect ratio is
+not kept.
 """
 import dataclasses
 import os
@@ -18,7 +25,8 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-DATASETS = ("digits", "cifar10", "imagenet2012", "npz", "image_folder")
+DATASETS = ("digits", "cifar10", "imagenet2012", "npz", "image_folder", "cifar10_hashing",
+            "flickr25k")
 TFDS_DATASETS = ("cifar10", "imagenet2012")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -47,6 +55,11 @@ DATASET_DEFAULTS = {
     "imagenet2012": DatasetDefaults(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "npz": DatasetDefaults(image_size=None),
     "image_folder": DatasetDefaults(image_size=224),
+    # Pixels of CIFAR-10, so CIFAR-10's statistics.
+    "cifar10_hashing": DatasetDefaults(32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    # Flickr photos at ImageNet resolution; the NAC authors normalise them with torchvision's
+    # ImageNet statistics (hash_utils.flickr_train_transform).
+    "flickr25k": DatasetDefaults(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 # For sources without arrays and without known statistics: [0, 1] pixels mapped to
 # roughly [-2, 2], a neutral choice that keeps the first layer's inputs well scaled.
@@ -59,7 +72,9 @@ class ImageSource:
     """A labelled image dataset with a train and a test split.
 
     Attributes: `name`, `num_train`, `num_test`, `num_classes`, `image_shape` (H, W, 3),
-    `class_names` (or None), `num_skipped` (unreadable files left out while loading).
+    `class_names` (or None), `num_skipped` (unreadable files left out while loading),
+    `multi_label` (labels are multi-hot [C] rather than class ids), `retrieval` (the
+    retrieval protocol's `RetrievalArrays` for the hashing datasets, else None).
     `train_dataset()` / `test_dataset()` give tf.data.Datasets of
     (uint8 image [H, W, 3], int64 label) in a fixed order (the pipeline shuffles).
     `train_dataset(input_context)` holds only that input pipeline's shard, cut as early as
@@ -67,6 +82,8 @@ class ImageSource:
     """
 
     has_arrays = False
+    retrieval = None
+    multi_label = False
 
     def __init__(self, name, num_train, num_test, num_classes, image_shape, class_names=None,
                  num_skipped=0):
@@ -93,26 +110,32 @@ class ImageSource:
 
 class ArrayImageSource(ImageSource):
     """A source held in memory: `train_images`, `test_images` uint8 [N, H, W, 3] and
-    `train_labels`, `test_labels` int64 [N]. Grayscale input ([N, H, W] or [N, H, W, 1])
-    is replicated to three channels."""
+    `train_labels`, `test_labels` int64, either class ids [N] or multi-hot {0, 1} [N, C]
+    (both splits the same kind). Grayscale input ([N, H, W] or [N, H, W, 1]) is replicated
+    to three channels. Arrays already uint8 RGB are kept as given (views stay views).
+    `retrieval`: the retrieval protocol's arrays, for the hashing datasets."""
 
     has_arrays = True
 
     def __init__(self, name, train_images, train_labels, test_images, test_labels,
-                 num_classes=None, class_names=None, num_skipped=0):
+                 num_classes=None, class_names=None, num_skipped=0,
+                 retrieval: Optional["RetrievalArrays"] = None):
         train_images, test_images = as_rgb(train_images), as_rgb(test_images)
         train_labels = _as_labels(train_labels, len(train_images), "train_labels")
         test_labels = _as_labels(test_labels, len(test_images), "test_labels")
         if train_images.shape[1:] != test_images.shape[1:]:
             raise ValueError(f"train images are {train_images.shape[1:]} but test images are "
                              f"{test_images.shape[1:]}; a source has one image shape")
-        if num_classes is None:
-            num_classes = int(max(train_labels.max(initial=-1),
-                                  test_labels.max(initial=-1))) + 1
+        num_classes = _labels_num_classes(num_classes, train_labels, test_labels)
         super().__init__(name, len(train_images), len(test_images), num_classes,
                          train_images.shape[1:], class_names, num_skipped)
         self.train_images, self.train_labels = train_images, train_labels
         self.test_images, self.test_labels = test_images, test_labels
+        self.retrieval = retrieval
+
+    @property
+    def multi_label(self):
+        return self.train_labels.ndim == 2
 
     def train_dataset(self, input_context=None):
         pipelines, pipeline_id = _shard_of(input_context)
@@ -142,6 +165,66 @@ class StreamImageSource(ImageSource):
         return self._make_test_dataset()
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class RetrievalArrays:
+    """The query and database sets of the hash-code retrieval protocol (DESIGN.md §2).
+
+    query_images: uint8 [Q, H, W, 3]; query_labels: int64 class ids [Q] or multi-hot [Q, C].
+    database_images, database_labels: the same for the M database items.
+    query_ids, database_ids: int64, each item's identity in the original dataset (CIFAR-10:
+      the index in official train-then-test order, 0..59 999; FLICKR-25K: n of im<n>.jpg).
+    num_train: the database starts with the `num_train` pretraining images (the source's
+      train split), so `database_images[:num_train]` is `source.train_images`.
+    num_dropped: images the protocol left out before splitting (FLICKR-25K: no label).
+
+    Memory: every image array here and the source's train / test images are views of one
+    pooled array ordered [queries | training images | rest of the database]
+    (`retrieval_source`), so no image is stored twice: CIFAR-10 is 60 000 × 3 072 B ≈ 184 MB,
+    FLICKR-25K at 224² is 24 581 × 150 528 B ≈ 3.7 GB. Encode the database in slices
+    (`database_images[i:i + batch]`) to keep it that way; fancy indexing copies.
+    """
+
+    query_images: np.ndarray
+    query_labels: np.ndarray
+    database_images: np.ndarray
+    database_labels: np.ndarray
+    query_ids: np.ndarray
+    database_ids: np.ndarray
+    num_train: int
+    num_dropped: int = 0
+
+    def __post_init__(self):
+        for images, labels, ids, what in (
+                (self.query_images, self.query_labels, self.query_ids, "query"),
+                (self.database_images, self.database_labels, self.database_ids, "database")):
+            if not len(images) == len(labels) == len(ids):
+                raise ValueError(f"{what}: {len(images)} images, {len(labels)} labels and "
+                                 f"{len(ids)} ids; they must match")
+        if self.query_labels.ndim != self.database_labels.ndim:
+            raise ValueError("query and database labels must be the same kind (class ids or "
+                             "multi-hot)")
+        if not 0 <= self.num_train <= len(self.database_images):
+            raise ValueError(f"num_train={self.num_train} must be within the "
+                             f"{len(self.database_images)} database items")
+
+    @property
+    def multi_label(self):
+        return self.query_labels.ndim == 2
+
+    @property
+    def num_queries(self):
+        return len(self.query_images)
+
+    @property
+    def num_database(self):
+        return len(self.database_images)
+
+    @property
+    def train_ids(self):
+        """Original ids of the pretraining images (a prefix of the database)."""
+        return self.database_ids[:self.num_train]
+
+
 def _shard_of(input_context):
     """(number of input pipelines, this pipeline's id); (1, 0) without a context."""
     if input_context is None:
@@ -165,13 +248,37 @@ def as_rgb(images):
 
 
 def _as_labels(labels, count, what):
+    """int64 class ids [count] or multi-hot {0, 1} [count, C], validated."""
     labels = np.asarray(labels)
-    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{what} must be integer class ids of shape [{count}]; received "
-                         f"shape {labels.shape}, dtype {labels.dtype}")
-    if count and labels.min() < 0:
+    integer = np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_
+    if labels.ndim not in (1, 2) or len(labels) != count or not integer:
+        raise ValueError(f"{what} must be integer class ids of shape [{count}] or multi-hot "
+                         f"{{0, 1}} integers of shape [{count}, C]; received shape "
+                         f"{labels.shape}, dtype {labels.dtype}")
+    if labels.ndim == 2 and labels.size and not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"{what} is multi-hot [{count}, {labels.shape[1]}], so its values must "
+                         f"be 0 or 1; found values in [{labels.min()}, {labels.max()}]")
+    if labels.ndim == 1 and count and labels.min() < 0:
         raise ValueError(f"{what} must be class ids >= 0; found {labels.min()}")
     return labels.astype(np.int64)
+
+
+def _labels_num_classes(num_classes, *label_arrays):
+    """The class count that fits every label array (all class ids, or all multi-hot [N, C]
+    with one C); `num_classes` None means: infer it."""
+    kinds = {labels.ndim for labels in label_arrays}
+    if len(kinds) > 1:
+        raise ValueError("labels mix class ids [N] and multi-hot [N, C]; every split of a "
+                         "source must use the same kind")
+    if kinds == {2}:
+        widths = {labels.shape[1] for labels in label_arrays}
+        if len(widths) > 1 or (num_classes is not None and widths != {num_classes}):
+            raise ValueError(f"multi-hot labels have {sorted(widths)} columns; expected one "
+                             f"width{'' if num_classes is None else f' = {num_classes}'}")
+        return widths.pop()
+    if num_classes is None:
+        num_classes = int(max(labels.max(initial=-1) for labels in label_arrays)) + 1
+    return num_classes
 
 
 def _check_positive_int(name, value):
@@ -202,6 +309,68 @@ def stratified_split(labels, test_fraction, seed):
 def _check_test_fraction(test_fraction):
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"`test_fraction` must be in (0, 1); received {test_fraction}")
+
+
+def _permute_rows_in_place(array, order):
+    """Reorders rows so that array[k] holds the former array[order[k]] (`order` a permutation
+    of range(len(array))), following the permutation's cycles with one spare row: a
+    fancy-indexed copy would double the peak memory of a 3.7 GB FLICKR-25K pool."""
+    order = np.asarray(order, np.int64)
+    if order.shape != (len(array),) or not np.array_equal(np.sort(order),
+                                                            np.arange(len(array))):
+        raise ValueError(f"`order` must be a permutation of range({len(array)})")
+    placed = np.zeros(len(order), bool)
+    for start in range(len(order)):
+        if placed[start]:
+            continue
+        saved = array[start].copy()
+        k = start
+        while True:
+            placed[k] = True
+            source = order[k]
+            if source == start:
+                array[k] = saved
+                break
+            array[k] = array[source]
+            k = source
+
+
+def retrieval_source(name, pool_images, pool_labels, split, *, pool_ids=None,
+                     num_classes=None, class_names=None, num_skipped=0, num_dropped=0):
+    """An ArrayImageSource for the retrieval protocol: train split = `split.train`, test
+    split = `split.query`, and `.retrieval` with the query and database sets.
+
+    pool_images: uint8 [N, H, W, 3], which this function takes over: its rows are reordered
+      IN PLACE to [query | train | rest of database | unused] so that every set is a view
+      (see RetrievalArrays for the memory this saves).
+    pool_labels: class ids [N] or multi-hot [N, C]; pool_ids: each row's identity in the
+      original dataset (default: the row index).
+    split: a hashing_splits.RetrievalSplit of row indices; rows in neither set are left out.
+    """
+    from nac_tf.data.hashing_splits import contiguous_order
+
+    pool_images = as_rgb(pool_images)
+    pool_labels = _as_labels(pool_labels, len(pool_images), "pool_labels")
+    pool_ids = (np.arange(len(pool_images), dtype=np.int64) if pool_ids is None
+                else np.asarray(pool_ids, np.int64))
+    if pool_ids.shape != (len(pool_images),):
+        raise ValueError(f"pool_ids must have shape [{len(pool_images)}]; received "
+                         f"{pool_ids.shape}")
+    order = contiguous_order(split, len(pool_images))
+    _permute_rows_in_place(pool_images, order)
+    labels, ids = pool_labels[order], pool_ids[order]
+    num_query, num_train, num_database = len(split.query), len(split.train), len(split.database)
+    query = slice(0, num_query)
+    database = slice(num_query, num_query + num_database)
+    train = slice(num_query, num_query + num_train)
+    retrieval = RetrievalArrays(
+        query_images=pool_images[query], query_labels=labels[query],
+        database_images=pool_images[database], database_labels=labels[database],
+        query_ids=ids[query], database_ids=ids[database], num_train=num_train,
+        num_dropped=num_dropped)
+    return ArrayImageSource(name, pool_images[train], labels[train], pool_images[query],
+                            labels[query], num_classes=num_classes, class_names=class_names,
+                            num_skipped=num_skipped, retrieval=retrieval)
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -363,6 +532,49 @@ def load_tfds_source(name, data_dir=None, manual_dir=None, image_size=None):
         class_names=label_feature.names)
 
 
+def cifar10_hashing_source(x_train, y_train, x_test, y_test, seed=0, queries_per_class=1000,
+                           train_per_class=500, class_names=None):
+    """The CIFAR-10 retrieval split (DESIGN.md §2, paper Table 3) from CIFAR-10's arrays.
+
+    Pools train + test (60 000, ids in that order), draws `queries_per_class` queries per
+    class (seeded); the rest is the database, and `train_per_class` images per class of the
+    database are the pretraining set. The source's train split holds those 5 000, its test
+    split the 10 000 queries; `.retrieval` the queries and the 50 000-image database.
+    """
+    from nac_tf.data.hashing_splits import class_balanced_retrieval_split
+
+    pool_images = np.concatenate([as_rgb(x_train), as_rgb(x_test)])  # a fresh array: ours
+    pool_labels = np.concatenate([_as_labels(y_train, len(x_train), "y_train"),
+                                  _as_labels(y_test, len(x_test), "y_test")])
+    if pool_labels.ndim != 1:
+        raise ValueError("CIFAR-10 labels must be class ids [N]")
+    split = class_balanced_retrieval_split(pool_labels, queries_per_class, train_per_class,
+                                           seed=seed)
+    return retrieval_source("cifar10_hashing", pool_images, pool_labels, split,
+                            num_classes=10, class_names=class_names)
+
+
+def load_cifar10_hashing_source(data_dir=None, seed=0, queries_per_class=1000,
+                                train_per_class=500):
+    """`cifar10_hashing_source` on CIFAR-10 read from `data_dir`: an .npz archive with
+    x_train, y_train, x_test, y_test (e.g. ../shared/data/cifar10.npz on machines without
+    internet; note its README: 8 983 of its test images are JPEG-degraded, and pooling
+    spreads them over queries and database), or else a TFDS data directory (None: TFDS's
+    default; TFDS downloads CIFAR-10 if it is not there yet)."""
+    if data_dir and os.path.isfile(data_dir):
+        if not data_dir.endswith(".npz"):
+            raise ValueError(f"--data_dir={data_dir!r}: --dataset=cifar10_hashing takes an .npz "
+                             f"archive with keys {', '.join(NPZ_KEYS)} or a TFDS data directory")
+        cifar = load_npz_source(data_dir)
+    else:
+        cifar = load_tfds_source("cifar10", data_dir=data_dir or None)
+    return cifar10_hashing_source(cifar.train_images, cifar.train_labels, cifar.test_images,
+                                  cifar.test_labels, seed=seed,
+                                  queries_per_class=queries_per_class,
+                                  train_per_class=train_per_class,
+                                  class_names=cifar.class_names)
+
+
 def _materialise(dataset, chunk=4096):
     """(images, labels) NumPy arrays of a dataset of (image, label) pairs."""
     # In chunks rather than as_dataset(batch_size=-1): that one sizes its single batch
@@ -388,10 +600,14 @@ def load_source(dataset, data_dir=None, image_size=None, seed=0):
 
     data_dir: npz: the .npz file; image_folder: the root of class folders; imagenet2012:
       the TFDS manual directory with the ImageNet tars (prepared files are written there
-      too); cifar10: an optional TFDS data directory; digits: unused.
-    image_size: size to resize to for digits, image_folder and imagenet2012 (defaults in
-      DATASET_DEFAULTS); cifar10 and npz keep their native size.
-    seed: the train/test split of digits and image_folder.
+      too); cifar10: an optional TFDS data directory; cifar10_hashing: an optional .npz
+      archive or TFDS data directory; flickr25k: the directory holding mirflickr/ and
+      mirflickr25k_annotations_v080/; digits: unused.
+    image_size: size to resize to for digits, image_folder, imagenet2012 and flickr25k
+      (defaults in DATASET_DEFAULTS); cifar10, cifar10_hashing and npz keep their native
+      size.
+    seed: the train/test split of digits and image_folder, and the retrieval split of
+      cifar10_hashing and flickr25k.
     """
     if dataset not in DATASETS:
         raise ValueError(f"--dataset={dataset!r} is not one of: {', '.join(DATASETS)}")
@@ -400,10 +616,18 @@ def load_source(dataset, data_dir=None, image_size=None, seed=0):
         return load_digits_source(image_size=size, seed=seed)
     if dataset == "cifar10":
         return load_tfds_source("cifar10", data_dir=data_dir or None)
+    if dataset == "cifar10_hashing":
+        if data_dir and not os.path.exists(data_dir):
+            raise FileNotFoundError(f"--data_dir={data_dir!r} does not exist; "
+                                    "--dataset=cifar10_hashing takes an optional .npz archive "
+                                    "or TFDS data directory")
+        return load_cifar10_hashing_source(data_dir or None, seed=seed)
     needs = {"npz": "the path of the .npz archive",
              "image_folder": "the root directory of class folders",
              "imagenet2012": "the TFDS manual directory holding ILSVRC2012_img_train.tar and "
-                             "ILSVRC2012_img_val.tar"}[dataset]
+                             "ILSVRC2012_img_val.tar",
+             "flickr25k": "the directory holding mirflickr/ (im1.jpg ... im25000.jpg) and "
+                          "mirflickr25k_annotations_v080/"}[dataset]
     if not data_dir:
         raise ValueError(f"--data_dir is required for --dataset={dataset}: {needs}")
     if not os.path.exists(data_dir):
@@ -413,6 +637,10 @@ def load_source(dataset, data_dir=None, image_size=None, seed=0):
         return load_npz_source(data_dir)
     if dataset == "image_folder":
         return load_image_folder_source(data_dir, image_size=size, seed=seed)
+    if dataset == "flickr25k":
+        from nac_tf.data import flickr25k  # it builds on this module
+
+        return flickr25k.load_flickr25k_source(data_dir, image_size=size, seed=seed)
     return load_tfds_source("imagenet2012", data_dir=data_dir, manual_dir=data_dir,
                             image_size=size)
 

@@ -1,0 +1,262 @@
+"""SavedModel export: signatures, equality with the Keras model, input checks, the tool."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nac_tf.config import PretrainConfig
+from nac_tf.data.pipeline import make_eval_dataset
+from nac_tf.export import (IMAGE_FORMAT, METADATA_FILE, export_saved_model,
+                           load_exported_model, pack_bits, read_export_metadata)
+from nac_tf.training import (INPUT_STATISTICS_FILE, build_pretraining_method,
+                             prepare_run_directory, pretrain, restore_pretrained_method)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(REPO, "tools", "export_saved_model.py")
+IMAGE_SIZE = 8
+CODE_DIM = 16
+# Subprocesses do not get the conftest: set the backend and quiet TensorFlow explicitly.
+SUBPROCESS_ENV = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+# Hash bits are compared only where the pre-activation is farther than this from 0: the
+# SavedModel's graph optimiser may fuse ops and change a by a few ulps, which could flip
+# the sign of an a that is (numerically) zero.
+SAFE_MARGIN = 1e-4
+
+
+def _tiny_config(tmp_path, method="nac", train_steps=3):
+    """A pretraining run of a few seconds: small CNN on 8x8 digits, no evaluation."""
+    return PretrainConfig(
+        method=method, dataset="digits", image_size=IMAGE_SIZE, encoder="small_cnn",
+        batch_size=32, train_steps=train_steps, learning_rate=0.5, warmup_epochs=0.2,
+        code_dim=CODE_DIM, head_hidden_dim=32, crop_area_min=0.5, flip=False,
+        jitter_prob=0.0, grayscale_prob=0.0, checkpoint_every_steps=train_steps,
+        log_every_steps=train_steps, queue_size=128, evaluate=False,
+        model_dir=str(tmp_path / f"run_{method}"))
+
+
+def _perturbed_run(tmp_path, method):
+    """A run directory whose checkpoint holds random weights, without training (cheap).
+
+    Every variable is moved by its own noise, so the momentum copies differ from the online
+    networks and BatchNorm has non-trivial moving statistics: exporting the wrong networks,
+    or BatchNorm in training mode, would change the outputs.
+    """
+    config = _tiny_config(tmp_path, method)
+    prepare_run_directory(config)
+    statistics = {"image_size": IMAGE_SIZE, "mean": [0.3, 0.4, 0.5], "std": [0.2, 0.3, 0.4]}
+    with open(os.path.join(config.model_dir, INPUT_STATISTICS_FILE), "w") as f:
+        json.dump(statistics, f)
+    model = build_pretraining_method(config, statistics)
+    rng = np.random.default_rng(3)
+    for variable in model.weights:
+        value = np.asarray(variable.numpy())
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        if "moving_variance" in variable.path:
+            variable.assign(rng.uniform(0.5, 2.0, value.shape).astype(value.dtype))
+        else:
+            variable.assign(value + rng.normal(0, 0.1, value.shape).astype(value.dtype))
+    tf.train.Checkpoint(method=model).save(os.path.join(config.model_dir, "checkpoints", "ckpt"))
+    return config.model_dir
+
+
+def _images(seed, shape):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _keras_outputs(method, images):
+    """(h, a) of the Keras networks on make_eval_dataset's preprocessing, inference mode."""
+    features, pre_activations = [], []
+    for batch, _ in make_eval_dataset(images, np.zeros(len(images), np.int64), 64,
+                                      image_size=IMAGE_SIZE):
+        h = method.encoder(batch, training=False)
+        features.append(h.numpy())
+        pre_activations.append(method.projection_head(h, training=False).numpy())
+    return np.concatenate(features), np.concatenate(pre_activations)
+
+
+def _assert_matches_keras(outputs, h, a):
+    """features/codes within 1e-5; hash codes bit-exact on rows with no a near 0."""
+    np.testing.assert_allclose(outputs["features"], h, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(outputs["codes"], np.tanh(a), rtol=0, atol=1e-5)
+    safe = np.all(np.abs(a) > SAFE_MARGIN, axis=1)
+    assert safe.mean() >= 0.75, "too few rows with every |a| > 1e-4 to compare hash codes"
+    assert outputs["hash_codes"].dtype == np.uint8
+    assert outputs["hash_codes"].shape == (len(a), CODE_DIM // 8)
+    np.testing.assert_array_equal(outputs["hash_codes"][safe],
+                                  np.packbits(a[safe] > 0, axis=1))
+
+
+@pytest.fixture(scope="module")
+def nac_export(tmp_path_factory):
+    """(run directory, export directory) of a tiny NAC run exported by the command-line tool."""
+    tmp_path = tmp_path_factory.mktemp("export")
+    config = _tiny_config(tmp_path)
+    pretrain(config, log=lambda *_: None)
+    run = config.model_dir
+    export_dir = str(tmp_path / "saved_model")
+    result = subprocess.run(
+        [sys.executable, TOOL, f"--model_dir={run}", f"--export_dir={export_dir}"],
+        cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in ("features: features float32 [None, 128]",
+                 "serving_default: features float32 [None, 128]",
+                 f"hash_codes: hash_codes uint8 [None, {CODE_DIM // 8}]",
+                 f"codes: codes float32 [None, {CODE_DIM}]",
+                 f"Export path: {export_dir}"):
+        assert line in result.stdout, result.stdout
+    return run, export_dir
+
+
+_RELOAD_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+
+    export_dir, inputs, outputs = sys.argv[1:]
+    model = tf.saved_model.load(export_dir)
+    arrays = dict(np.load(inputs))
+    results = {}
+    for key, images in arrays.items():
+        for name in ("features", "hash_codes", "codes"):
+            # Through the signature, as a server would call it.
+            out = model.signatures[name](images=tf.constant(images))
+            results[f"{key}/{name}"] = out[name].numpy()
+        results[f"{key}/serving_default"] = model.signatures["serving_default"](
+            images=tf.constant(images))["features"].numpy()
+    results["image_size"] = model.image_size.numpy()
+    results["code_dim"] = model.code_dim.numpy()
+    results["method"] = model.method.numpy()
+    results["input_mean"] = model.input_mean.numpy()
+    np.savez(outputs, **results)
+""")
+
+
+def test_reloaded_in_a_fresh_process_matches_the_keras_model(nac_export, tmp_path):
+    run, export_dir = nac_export
+    same_size = _images(0, (48, IMAGE_SIZE, IMAGE_SIZE, 3))
+    other_size = _images(1, (10, 13, 11, 3))  # resized inside the SavedModel
+    inputs, outputs = str(tmp_path / "inputs.npz"), str(tmp_path / "outputs.npz")
+    np.savez(inputs, same=same_size, other=other_size)
+    result = subprocess.run([sys.executable, "-c", _RELOAD_SCRIPT, export_dir, inputs, outputs],
+                            cwd=str(tmp_path), env=SUBPROCESS_ENV, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reloaded = dict(np.load(outputs))
+
+    _, method = restore_pretrained_method(run)
+    for key, images in (("same", same_size), ("other", other_size)):
+        h, a = _keras_outputs(method, images)
+        got = {name: reloaded[f"{key}/{name}"] for name in ("features", "hash_codes", "codes")}
+        _assert_matches_keras(got, h, a)
+        np.testing.assert_array_equal(reloaded[f"{key}/serving_default"], got["features"])
+    assert int(reloaded["image_size"]) == IMAGE_SIZE
+    assert int(reloaded["code_dim"]) == CODE_DIM
+    assert reloaded["method"] == b"nac"
+    assert reloaded["input_mean"].shape == (3,)
+
+
+def test_metadata_asset_describes_the_export(nac_export):
+    run, export_dir = nac_export
+    metadata = read_export_metadata(export_dir)
+    assert os.path.isfile(os.path.join(export_dir, "assets", METADATA_FILE))
+    assert metadata["method"] == "nac" and metadata["image_size"] == IMAGE_SIZE
+    assert metadata["code_dim"] == CODE_DIM and metadata["hash_code_bytes"] == CODE_DIM // 8
+    assert metadata["feature_dim"] == 128
+    assert metadata["checkpoint"].endswith("ckpt-3")
+    assert len(metadata["input_statistics"]["mean"]) == 3
+
+
+def _saved_model_cli():
+    # The console script installed with TensorFlow, beside this interpreter if not on PATH.
+    beside = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    found = shutil.which("saved_model_cli") or (beside if os.path.exists(beside) else None)
+    if found is None:
+        pytest.skip("saved_model_cli is not installed")
+    return found
+
+
+def test_saved_model_cli_lists_the_signatures(nac_export):
+    _, export_dir = nac_export
+    result = subprocess.run([_saved_model_cli(), "show", "--dir", export_dir, "--all"],
+                            env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("features", "serving_default", "hash_codes", "codes"):
+        assert f"signature_def['{name}']" in result.stdout
+    assert "DT_UINT8" in result.stdout and "(-1, -1, -1, 3)" in result.stdout
+
+
+_WRONG_IMAGES = {
+    "float32": np.zeros((2, 8, 8, 3), np.float32),
+    "rank 3": np.zeros((8, 8, 3), np.uint8),
+    "1 channel": np.zeros((2, 8, 8, 1), np.uint8),
+    "empty": np.zeros((2, 0, 8, 3), np.uint8),
+}
+
+
+@pytest.mark.parametrize("problem", list(_WRONG_IMAGES))
+def test_wrong_images_give_a_clear_error(nac_export, problem):
+    images = _WRONG_IMAGES[problem]
+    _, export_dir = nac_export
+    model = load_exported_model(export_dir)
+    if problem != "empty":
+        # The Python wrapper refuses before calling TensorFlow (which would silently cast
+        # a NumPy float array to uint8).
+        with pytest.raises(ValueError, match=r"images must be uint8 \[N, H, W, 3\]; got"):
+            model.features(images)
+    # A signature call, as TF Serving makes it: the dtype is checked by the signature, the
+    # shape by the assertion inside the graph.
+    if problem == "float32":
+        expected = "expected to be a uint8 tensor but is a float tensor"
+    else:
+        expected = re.escape(IMAGE_FORMAT + "; received shape") if problem != "empty" \
+            else re.escape(IMAGE_FORMAT + " with H, W > 0")
+    for name in ("features", "hash_codes", "codes"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+            model.module.signatures[name](images=tf.constant(images))
+
+
+def test_pack_bits_equals_numpy_packbits():
+    bits = np.random.default_rng(0).integers(0, 2, (5, 13)).astype(bool)  # partial last byte
+    np.testing.assert_array_equal(pack_bits(tf.constant(bits)).numpy(),
+                                  np.packbits(bits, axis=1))
+
+
+@pytest.mark.parametrize("method", ["nac_mq", "simclr"])
+def test_other_methods_export_their_online_networks(tmp_path, method):
+    run = _perturbed_run(tmp_path, method)
+    export_dir = export_saved_model(run, str(tmp_path / "export"))
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_saved_model(run, export_dir)
+    # Only the online encoder and projection head: no momentum copies, queue or phi.
+    names = [name for name, _ in tf.train.list_variables(
+        os.path.join(export_dir, "variables", "variables"))]
+    assert not any(word in name for name in names
+                   for word in ("momentum", "queue", "inference_network"))
+    model = load_exported_model(export_dir)
+    assert model.metadata["method"] == method
+    images = _images(2, (32, IMAGE_SIZE, IMAGE_SIZE, 3))
+    _, keras_method = restore_pretrained_method(run)
+    h, a = _keras_outputs(keras_method, images)
+    outputs = {"features": model.features(images), "codes": model.codes(images),
+               "hash_codes": model.hash_codes(images)}
+    _assert_matches_keras(outputs, h, a)
+
+
+def test_tool_refuses_a_missing_model_dir(tmp_path):
+    missing = str(tmp_path / "no_such_run")
+    result = subprocess.run([sys.executable, TOOL, f"--model_dir={missing}"], cwd=REPO,
+                            env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "--model_dir" in result.stderr and "no_such_run" in result.stderr
+    result = subprocess.run([sys.executable, TOOL], cwd=REPO, env=SUBPROCESS_ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "--model_dir: is required" in result.stderr
+    assert not os.path.exists(missing)
