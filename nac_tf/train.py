@@ -5,7 +5,13 @@ before any graph is built, and runs `nac_tf.training.pretrain`.
 """
 import dataclasses
 import json
+import logging
+import os
 import sys
+
+# Before TensorFlow is imported: its C++ runtime logs CUDA probing and CPU-feature notes on
+# every start; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
@@ -105,6 +111,11 @@ def main(argv):
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     from nac_tf.training import pretrain  # heavy imports only once flags are valid
+
+    # keras-cv's vectorised augmentation makes TensorFlow's Python logger warn once per
+    # random op it cannot vectorise ("Using a while_loop for converting ..."): hundreds of
+    # lines that say nothing about the run. The run's own progress goes to stdout.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
     try:
         results = pretrain(config)

@@ -1,0 +1,214 @@
+"""Hash-code retrieval (DESIGN.md section 2) with an exported SavedModel's codes.
+
+    python tools/hash_retrieval.py --saved_model=runs/x/saved_model --dataset=cifar10_hashing
+        [--data_dir=...] [--image_size=0] [--seed=0] [--batch_size=256] [--top_k=1000]
+        [--ties=stable|expected] [--empty_queries=exclude|zero] [--authors_inner_product]
+        [--output=<saved_model>/hash_retrieval_<dataset>.json]
+        [--plot=<saved_model>/hash_retrieval_<dataset>.png | none]
+
+Codes are the SavedModel's `hash_codes` (the bits 1[a > 0] of the projection head, packed
+8 per byte). Queries and database are the retrieval protocol's for cifar10_hashing and
+flickr25k; for every other dataset the test split queries the training split. The database
+is ranked by Hamming distance; an item is relevant when it shares a label with the query.
+Reported: mAP@all (ties in database order, and the exact expectation over random order
+within ties), mAP@k with --top_k (tie rule --ties), precision within Hamming radius 2 and
+the number of empty balls, the precision-recall curve (also drawn as a PNG: needs
+matplotlib, `pip install "nac_tf[plot]"`), and with --authors_inner_product the mAP of the
+NAC authors' inner-product ranking (a compatibility number, not Hamming ranking).
+
+Flags are checked before TensorFlow is imported; a bad flag exits with code 2 and a message
+naming it.
+"""
+import os
+import sys
+import time
+
+from absl import app, flags
+
+# Run as a script, tools/ is the import root: make the repository's package importable
+# without installing it.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+from nac_tf.config import ConfigError  # noqa: E402 (after the path set-up)
+from nac_tf.evaluation import tool_support  # noqa: E402 (no TensorFlow import)
+
+flags.DEFINE_string("saved_model", "", "SavedModel directory written by "
+                    "tools/export_saved_model.py.")
+flags.DEFINE_string("dataset", "", f"Dataset: one of {', '.join(tool_support.DATASETS)} "
+                    "(not imagenet2012: streamed). cifar10_hashing and flickr25k use their "
+                    "retrieval protocol; the others query the training split with the test "
+                    "split.")
+flags.DEFINE_string("data_dir", "", "Where the dataset is (see nac_tf.data.sources."
+                    "load_source); unused for digits, optional for cifar10(_hashing).")
+flags.DEFINE_integer("image_size", 0, "Size the resizing loaders (digits, image_folder, "
+                     "flickr25k) load images at; 0: the SavedModel's training size.")
+flags.DEFINE_integer("seed", 0, "Seed of the dataset's split (the retrieval split of "
+                     "cifar10_hashing and flickr25k).")
+flags.DEFINE_integer("batch_size", 256, "Images per SavedModel call.")
+flags.DEFINE_integer("top_k", None, "Also report mAP@k for this k (e.g. 1000; FLICKR-25K "
+                     "papers use 5000).")
+flags.DEFINE_enum("ties", "stable", ["stable", "expected"], "Tie rule of mAP@k: database "
+                  "order, or the expectation over random order within equal distances "
+                  "(mAP@all is reported both ways).")
+flags.DEFINE_enum("empty_queries", "exclude", ["exclude", "zero"], "Queries without a "
+                  "relevant item: left out of the means (as the NAC and HashNet code do), "
+                  "or counted as AP 0.")
+flags.DEFINE_bool("authors_inner_product", False, "Also report the mAP of the NAC authors' "
+                  "evaluation, which ranks {0,1} codes by inner product (NOT Hamming).")
+flags.DEFINE_string("output", "", "JSON report path; empty: "
+                    "<saved_model>/hash_retrieval_<dataset>.json.")
+flags.DEFINE_string("plot", "", "Precision-recall PNG path; empty: "
+                    "<saved_model>/hash_retrieval_<dataset>.png; 'none': no plot.")
+
+FLAGS = flags.FLAGS
+
+
+def validate_flags():
+    """The settings as a dict, or ConfigError naming the first unusable flag."""
+    metadata = tool_support.check_saved_model(FLAGS.saved_model)
+    tool_support.check_dataset(FLAGS.dataset, FLAGS.data_dir)
+    saved_model = os.path.abspath(FLAGS.saved_model)
+    stem = os.path.join(saved_model, f"hash_retrieval_{FLAGS.dataset}")
+    settings = {
+        "saved_model": saved_model,
+        "metadata": metadata,
+        "dataset": FLAGS.dataset,
+        "data_dir": FLAGS.data_dir,
+        "image_size": tool_support.check_int("image_size", FLAGS.image_size, 0,
+                                             " (0: the SavedModel's training size)"),
+        "seed": tool_support.check_int("seed", FLAGS.seed, 0),
+        "batch_size": tool_support.check_int("batch_size", FLAGS.batch_size, 1),
+        "top_k": (None if FLAGS.top_k is None
+                  else tool_support.check_int("top_k", FLAGS.top_k, 1)),
+        "ties": FLAGS.ties,
+        "empty_queries": FLAGS.empty_queries,
+        "authors_inner_product": FLAGS.authors_inner_product,
+        "output": tool_support.output_path("output", FLAGS.output, stem + ".json"),
+        "plot": (None if FLAGS.plot.lower() == "none"
+                 else tool_support.output_path("plot", FLAGS.plot, stem + ".png")),
+    }
+    return settings
+
+
+def evaluate(settings):
+    """Loads model and data, computes the codes and the metrics; the report dict."""
+    from nac_tf.export import load_exported_model
+
+    metadata = settings["metadata"]
+    source = tool_support.load_arrays_source(
+        settings["dataset"], settings["data_dir"],
+        settings["image_size"] or metadata["image_size"], settings["seed"])
+    query_images, query_labels, database_images, database_labels, sets = \
+        tool_support.retrieval_sets(source)
+    model = load_exported_model(settings["saved_model"])
+    batch_size = settings["batch_size"]
+    query_codes = tool_support.embed_images(model, query_images, batch_size, "hash_codes",
+                                            "the queries")
+    database_codes = tool_support.embed_images(model, database_images, batch_size,
+                                               "hash_codes", "the database")
+    print("Ranking the database for every query")
+    metrics = tool_support.hash_retrieval_metrics(
+        query_codes, database_codes, query_labels, database_labels, top_k=settings["top_k"],
+        ties=settings["ties"], empty_queries=settings["empty_queries"],
+        authors_inner_product=settings["authors_inner_product"])
+    report = {
+        "tool": "hash_retrieval",
+        "saved_model": settings["saved_model"],
+        "dataset": settings["dataset"],
+        "data_dir": settings["data_dir"] or None,
+        "seed": settings["seed"],
+        "image_size": int(source.image_shape[0]),
+        "code_bits": int(metadata["code_dim"]),
+        "num_queries": int(len(query_codes)),
+        "num_database": int(len(database_codes)),
+        "num_train": source.num_train,
+        "num_test": source.num_test,
+    }
+    report.update(metrics)
+    report["protocol"] = dict(
+        sets,
+        codes="1[a > 0] of the SavedModel's hash_codes signature (packed, np.packbits order)",
+        ranking="Hamming distance (popcount of XOR); map_all keeps ties in database order, "
+                "map_all_expected_ties is the exact expectation over random order within "
+                "equal distances",
+        relevance="a database item is relevant to a query when they share at least one label",
+        multi_label=bool(query_labels.ndim == 2),
+        top_k=settings["top_k"],
+        ties_at_k=settings["ties"] if settings["top_k"] is not None else None,
+        map_at_k="sum of precision@rank over the relevant items in the top k, divided by "
+                 "their number (HashNet / DeepHash convention)",
+        empty_queries=settings["empty_queries"],
+        hamming_radius=2,
+        authors_inner_product=settings["authors_inner_product"])
+    report["metadata"] = metadata
+    return report
+
+
+def draw_plot(report, path):
+    """The PNG, or None with a message when it cannot be drawn (the JSON is kept)."""
+    curve = report["precision_recall_curve"]
+    if any(value is None for value in curve["precision"]):
+        print("No precision-recall plot: no query has a relevant item")
+        return None
+    title = (f"{report['metadata']['method']}, {report['code_bits']} bits, "
+             f"{report['dataset']}: mAP@all {_number(report['map_all'])}")
+    try:
+        tool_support.plot_precision_recall(curve, path, title)
+    except ImportError as error:
+        print(f"No precision-recall plot: {error}")
+        return None
+    return path
+
+
+def _number(value, digits=4):
+    return "n/a (every query excluded)" if value is None else f"{value:.{digits}f}"
+
+
+def print_summary(report, output):
+    protocol = report["protocol"]
+    print(f"Hash retrieval with {report['metadata']['method']} ({report['code_bits']}-bit "
+          f"codes of {report['saved_model']}) on {report['dataset']}: "
+          f"{report['num_queries']} queries ({protocol['queries']}) against "
+          f"{report['num_database']} database items")
+    print(f"  mAP@all              {_number(report['map_all'])}  (expected over ties: "
+          f"{_number(report['map_all_expected_ties'])})")
+    if "map_at_k" in report:
+        print(f"  mAP@{protocol['top_k']:<17d}{_number(report['map_at_k'])}  "
+              f"(ties: {protocol['ties_at_k']})")
+    print(f"  precision r<=2       {_number(report['precision_radius2'])}  "
+          f"({report['num_empty_radius2_balls']} of {report['num_queries']} balls empty)")
+    print(f"  queries without a relevant item: {report['num_queries_without_relevant']} "
+          f"(empty_queries={protocol['empty_queries']}: {report['num_excluded_queries']} "
+          "excluded from mAP@all)")
+    if "authors_inner_product" in report:
+        compatibility = report["authors_inner_product"]
+        line = f"mAP@all {_number(compatibility['map_all'])}"
+        if "map_at_k" in compatibility:
+            line += f", mAP@{protocol['top_k']} {_number(compatibility['map_at_k'])}"
+        print(f"  NAC authors' inner-product ranking (not Hamming): {line}")
+    print(f"Report: {output}")
+    if report.get("plot"):
+        print(f"Plot: {report['plot']}")
+
+
+def main(argv):
+    tool_support.reject_arguments(argv)
+    try:
+        settings = validate_flags()
+    except ConfigError as error:
+        tool_support.exit_with_flag_error(error)
+    started = time.time()
+    try:
+        report = evaluate(settings)
+    except ConfigError as error:  # found once the data is loaded (e.g. a bad archive)
+        tool_support.exit_with_flag_error(error)
+    report["seconds"] = round(time.time() - started, 2)
+    report["plot"] = draw_plot(report, settings["plot"]) if settings["plot"] else None
+    tool_support.write_json(settings["output"], report)
+    print_summary(report, settings["output"])
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=lambda argv: tool_support.parse_flags(FLAGS, argv))

@@ -1,0 +1,208 @@
+"""Linear evaluation (DESIGN.md section 2) and the kNN monitor of an exported SavedModel.
+
+    python tools/linear_eval.py --saved_model=runs/x/saved_model --dataset=cifar10
+        [--data_dir=...] [--image_size=0] [--seed=0] [--epochs=100]
+        [--learning_rates=0.01,0.1,1,10] [--batch_size=256] [--validation_fraction=0.1]
+        [--augment] [--knn_k=200] [--output=<saved_model>/linear_eval_<dataset>.json]
+
+The frozen encoder is the SavedModel's `features` signature (inference-mode BatchNorm, no
+projection head). A linear classifier on the training split's features is trained with SGD
+(Nesterov momentum 0.9, no regularisation) at every rate of --learning_rates against a
+validation split held out of the training split; the best rate is retrained on the whole
+training split and top-1 accuracy on the test split is reported, with the kNN top-1. With
+--augment the training images get pad-and-crop + flip afresh every epoch, through the
+SavedModel. Multi-label datasets (flickr25k) are refused: top-1 needs class ids.
+
+Writes a JSON report and prints a summary. Flags are checked before TensorFlow is imported;
+a bad flag exits with code 2 and a message naming it.
+"""
+import os
+import sys
+import time
+
+from absl import app, flags
+
+# Run as a script, tools/ is the import root: make the repository's package importable
+# without installing it.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+from nac_tf.config import ConfigError  # noqa: E402 (after the path set-up)
+from nac_tf.evaluation import tool_support  # noqa: E402 (no TensorFlow import)
+
+flags.DEFINE_string("saved_model", "", "SavedModel directory written by "
+                    "tools/export_saved_model.py.")
+flags.DEFINE_string("dataset", "", f"Dataset to evaluate on: one of "
+                    f"{', '.join(tool_support.DATASETS)} (not flickr25k: multi-label, not "
+                    "imagenet2012: streamed).")
+flags.DEFINE_string("data_dir", "", "Where the dataset is (see nac_tf.data.sources."
+                    "load_source); unused for digits, optional for cifar10(_hashing).")
+flags.DEFINE_integer("image_size", 0, "Size the resizing loaders (digits, image_folder) "
+                     "load images at; 0: the SavedModel's training size.")
+flags.DEFINE_integer("seed", 0, "Seed of the dataset's split and of the linear evaluation "
+                     "(validation split, mini-batch order, augmentation).")
+flags.DEFINE_integer("epochs", 100, "Training epochs of every linear classifier.")
+flags.DEFINE_list("learning_rates", ["0.01", "0.1", "1", "10"], "Candidate learning "
+                  "rates, comma-separated; one rate skips the validation split.")
+flags.DEFINE_integer("batch_size", 256, "Mini-batch of the classifier and images per "
+                     "SavedModel call.")
+flags.DEFINE_float("validation_fraction", 0.1, "Held-out share of the training split for "
+                   "the rate search, or a whole number >= 1 of held-out examples.")
+flags.DEFINE_bool("augment", False, "The CIFAR recipe on training images every epoch: "
+                  "4-pixel zero padding, random crop back, horizontal flip (the encoder runs "
+                  "in the training loop: much slower; meant for 32x32 and larger).")
+flags.DEFINE_integer("knn_k", 200, "Neighbours of the kNN monitor; 0 skips it.")
+flags.DEFINE_string("output", "", "JSON report path; empty: "
+                    "<saved_model>/linear_eval_<dataset>.json.")
+
+FLAGS = flags.FLAGS
+
+KNN_TEMPERATURE = 0.1  # report.EvaluationConfig's default, the trainer's monitor
+REFUSED = {name: "is multi-label and linear top-1 needs one class id per image; evaluate "
+                  "it with tools/hash_retrieval.py" for name in tool_support.MULTI_LABEL_DATASETS}
+
+
+def validate_flags():
+    """The settings as a dict, or ConfigError naming the first unusable flag."""
+    metadata = tool_support.check_saved_model(FLAGS.saved_model)
+    tool_support.check_dataset(FLAGS.dataset, FLAGS.data_dir, refuse=REFUSED)
+    settings = {
+        "saved_model": os.path.abspath(FLAGS.saved_model),
+        "metadata": metadata,
+        "dataset": FLAGS.dataset,
+        "data_dir": FLAGS.data_dir,
+        "image_size": tool_support.check_int("image_size", FLAGS.image_size, 0,
+                                             " (0: the SavedModel's training size)"),
+        "seed": tool_support.check_int("seed", FLAGS.seed, 0),
+        "epochs": tool_support.check_int("epochs", FLAGS.epochs, 1),
+        "learning_rates": tool_support.parse_learning_rates(FLAGS.learning_rates),
+        "batch_size": tool_support.check_int("batch_size", FLAGS.batch_size, 1),
+        "validation_fraction": tool_support.parse_validation_fraction(
+            FLAGS.validation_fraction),
+        "augment": FLAGS.augment,
+        "knn_k": tool_support.check_int("knn_k", FLAGS.knn_k, 0, " (0 skips kNN)"),
+    }
+    settings["output"] = tool_support.output_path(
+        "output", FLAGS.output,
+        os.path.join(settings["saved_model"], f"linear_eval_{FLAGS.dataset}.json"))
+    return settings
+
+
+def _check_validation_split(settings, num_train):
+    """The rate search needs at least one example on each side of the held-out split."""
+    if len(settings["learning_rates"]) == 1:
+        return
+    fraction = settings["validation_fraction"]
+    held_out = fraction if isinstance(fraction, int) else int(round(fraction * num_train))
+    if not 1 <= held_out <= num_train - 1:
+        raise ConfigError("validation_fraction", f"{fraction!r} holds out {held_out} of the "
+                          f"{num_train} training images; the learning-rate search needs at "
+                          "least one on each side")
+
+
+def evaluate(settings):
+    """Loads model and data, runs kNN and the linear evaluation; the report dict."""
+    from nac_tf.evaluation.linear import LinearEvalConfig, linear_evaluation_from_images
+    from nac_tf.evaluation.report import EvaluationConfig, classification_metrics
+    from nac_tf.export import load_exported_model
+
+    metadata = settings["metadata"]
+    source = tool_support.load_arrays_source(
+        settings["dataset"], settings["data_dir"],
+        settings["image_size"] or metadata["image_size"], settings["seed"])
+    if source.multi_label:
+        raise ConfigError("dataset", f"{settings['dataset']} has multi-hot labels; linear "
+                          "top-1 needs one class id per image")
+    _check_validation_split(settings, source.num_train)
+    model = load_exported_model(settings["saved_model"])
+    batch_size = settings["batch_size"]
+    train_features = tool_support.embed_images(model, source.train_images, batch_size,
+                                               "features", "the training split")
+    test_features = tool_support.embed_images(model, source.test_images, batch_size,
+                                              "features", "the test split")
+    linear_config = LinearEvalConfig(
+        epochs=settings["epochs"], batch_size=batch_size,
+        learning_rates=settings["learning_rates"],
+        validation_fraction=settings["validation_fraction"], seed=settings["seed"],
+        augment=settings["augment"])
+    # The augmented protocol needs the images; kNN is computed on the features either way.
+    evaluation = EvaluationConfig(knn_k=settings["knn_k"], knn_temperature=KNN_TEMPERATURE,
+                                  linear=None if settings["augment"] else linear_config,
+                                  retrieval=False, batch_size=batch_size)
+    metrics = classification_metrics(train_features, source.train_labels, test_features,
+                                     source.test_labels, source.num_classes, evaluation,
+                                     progress=True)
+    if settings["augment"]:
+        result = linear_evaluation_from_images(
+            tool_support.float_image_encoder(model), source.train_images, source.train_labels,
+            source.test_images, source.test_labels, source.num_classes, linear_config,
+            batch_size_encode=batch_size, progress=True)
+        metrics["linear_top1"], metrics["linear"] = result.top1, result.to_dict()
+    linear = metrics["linear"]
+    return {
+        "tool": "linear_eval",
+        "saved_model": settings["saved_model"],
+        "dataset": settings["dataset"],
+        "data_dir": settings["data_dir"] or None,
+        "seed": settings["seed"],
+        "image_size": int(source.image_shape[0]),
+        "num_train": source.num_train,
+        "num_test": source.num_test,
+        "num_classes": source.num_classes,
+        "feature_dim": int(train_features.shape[1]),
+        "linear_top1": metrics["linear_top1"],
+        "linear_learning_rate": linear["learning_rate"],
+        "linear_validation_top1": linear["validation_top1"],
+        "knn_top1": metrics.get("knn_top1"),
+        "linear": linear,
+        "protocol": {
+            "features": "h of the SavedModel's features signature: encoder frozen, "
+                        "inference-mode BatchNorm, projection head removed",
+            "splits": "classifiers train on the training split (the rate search holds a "
+                      "stratified validation split out of it); top-1 on the test split",
+            "linear": linear_config.to_dict(),
+            "augment": ("training images padded by 4 pixels, randomly cropped back and "
+                        "flipped, afresh every epoch" if settings["augment"]
+                        else "none: features computed once"),
+            "knn": metrics.get("knn"),
+        },
+        "metadata": metadata,
+    }
+
+
+def print_summary(report, output):
+    rates = report["linear_validation_top1"]
+    search = ("; validation top-1: " + ", ".join(f"{rate} -> {100 * top1:.2f}%"
+                                                  for rate, top1 in rates.items())
+              if rates else " (the only candidate)")
+    print(f"Linear evaluation of {report['metadata']['method']} ({report['saved_model']}) on "
+          f"{report['dataset']}: {report['num_train']} training / {report['num_test']} test "
+          f"images, {report['feature_dim']}-d features")
+    print(f"  linear top-1  {100 * report['linear_top1']:6.2f}%  (learning rate "
+          f"{report['linear_learning_rate']:g}{search})")
+    if report["knn_top1"] is not None:
+        knn = report["protocol"]["knn"]
+        print(f"  kNN top-1     {100 * report['knn_top1']:6.2f}%  (k={knn['k']}, "
+              f"temperature {knn['temperature']:g})")
+    print(f"Report: {output}")
+
+
+def main(argv):
+    tool_support.reject_arguments(argv)
+    try:
+        settings = validate_flags()
+    except ConfigError as error:
+        tool_support.exit_with_flag_error(error)
+    started = time.time()
+    try:
+        report = evaluate(settings)
+    except ConfigError as error:  # found once the data is loaded (e.g. a bad archive)
+        tool_support.exit_with_flag_error(error)
+    report["seconds"] = round(time.time() - started, 2)
+    tool_support.write_json(settings["output"], report)
+    print_summary(report, settings["output"])
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=lambda argv: tool_support.parse_flags(FLAGS, argv))
