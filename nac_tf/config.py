@@ -9,6 +9,10 @@ import os
 from typing import Optional, Tuple
 
 METHODS = ("nac", "nac_mq", "simclr", "moco_v2")
+# The --dataset values (loaders in nac_tf.data.sources; kept here, free of TensorFlow, so
+# flags can be checked before it is imported).
+DATASETS = ("digits", "cifar10", "imagenet2012", "npz", "image_folder", "cifar10_hashing",
+            "flickr25k")
 STEMS = ("auto", "cifar", "imagenet")
 LR_SCALINGS = ("none", "linear", "sqrt")
 BATCH_NORM_MODES = ("sync", "per_replica", "per_view")
@@ -124,13 +128,45 @@ def _in_range(flag, value, low, high, low_open=False, high_open=False):
         raise ConfigError(flag, f"{value} is outside the accepted range {lo}{low}, {high}{hi}")
 
 
+# What --data_dir must hold, for the datasets that need one.
+DATA_DIR_NEEDS = {
+    "npz": "the path of the .npz archive (x_train, y_train, x_test, y_test)",
+    "image_folder": "the root directory of class folders (root/<class>/<image>)",
+    "flickr25k": "the directory holding mirflickr/ (im1.jpg ... im25000.jpg) and "
+                 "mirflickr25k_annotations_v080/ (MIRFLICKR-25000 is not in TFDS)",
+    "imagenet2012": "the TFDS manual directory holding ILSVRC2012_img_train.tar and "
+                    "ILSVRC2012_img_val.tar",
+}
+
+
+def validate_data_flags(dataset, data_dir):
+    """ConfigError for an unknown --dataset or a --data_dir it cannot use (no I/O beyond
+    existence checks, no TensorFlow: the evaluation tools call it before importing it)."""
+    _one_of("dataset", dataset, DATASETS)
+    needs = DATA_DIR_NEEDS.get(dataset)
+    if needs and not data_dir:
+        raise ConfigError("data_dir", f"--dataset={dataset} needs --data_dir: {needs}")
+    if data_dir and not os.path.exists(data_dir):
+        raise ConfigError("data_dir", f"{data_dir!r} does not exist")
+    if dataset == "npz" and not os.path.isfile(data_dir):
+        raise ConfigError("data_dir", f"--dataset=npz needs {needs}; {data_dir!r} is not a "
+                          "file")
+    if dataset in ("image_folder", "flickr25k") and not os.path.isdir(data_dir):
+        raise ConfigError("data_dir", f"--dataset={dataset} needs {needs}; {data_dir!r} is "
+                          "not a directory")
+    if dataset == "cifar10_hashing" and os.path.isfile(data_dir or "") \
+            and not data_dir.endswith(".npz"):
+        raise ConfigError("data_dir", "--dataset=cifar10_hashing accepts an .npz archive "
+                          "(x_train, y_train, x_test, y_test), a TFDS data directory, or "
+                          f"nothing; {data_dir!r} is a file that is not .npz")
+
+
 def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None):
     """Raises ConfigError for the first unusable flag value; returns None when all is well.
 
     `num_replicas`, when known, checks that the global batch splits evenly over replicas.
     Filesystem checks (data_dir) happen here too, so a typo fails before any graph is built.
     """
-    from nac_tf.data.sources import DATASETS
     from nac_tf.models import ENCODERS
 
     _one_of("method", config.method, METHODS)
@@ -143,33 +179,7 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None):
     from nac_tf.distribute import STRATEGIES
     _one_of("strategy", config.strategy, STRATEGIES)
 
-    if config.dataset in ("npz", "image_folder") and not config.data_dir:
-        raise ConfigError("data_dir", f"--dataset={config.dataset} needs --data_dir "
-                          "(the .npz file, or the root of class folders)")
-    if config.data_dir and not os.path.exists(config.data_dir):
-        raise ConfigError("data_dir", f"{config.data_dir!r} does not exist")
-    if config.dataset == "npz" and not os.path.isfile(config.data_dir):
-        raise ConfigError("data_dir", f"--dataset=npz needs a .npz file; {config.data_dir!r} "
-                          "is not a file")
-    if config.dataset == "image_folder" and not os.path.isdir(config.data_dir):
-        raise ConfigError("data_dir", f"--dataset=image_folder needs a directory of class "
-                          f"folders; {config.data_dir!r} is not a directory")
-    if config.dataset == "flickr25k" and not config.data_dir:
-        raise ConfigError("data_dir", "--dataset=flickr25k needs --data_dir: the directory "
-                          "holding mirflickr/ (im1.jpg ... im25000.jpg) and "
-                          "mirflickr25k_annotations_v080/ (MIRFLICKR-25000 is not in TFDS)")
-    if config.dataset == "flickr25k" and not os.path.isdir(config.data_dir):
-        raise ConfigError("data_dir", f"--dataset=flickr25k needs a directory holding "
-                          f"mirflickr/ and mirflickr25k_annotations_v080/; {config.data_dir!r} "
-                          "is not a directory")
-    if (config.dataset == "cifar10_hashing" and os.path.isfile(config.data_dir)
-            and not config.data_dir.endswith(".npz")):
-        raise ConfigError("data_dir", f"--dataset=cifar10_hashing accepts an .npz archive "
-                          f"(x_train, y_train, x_test, y_test), a TFDS data directory, or "
-                          f"nothing; {config.data_dir!r} is a file that is not .npz")
-    if config.dataset == "imagenet2012" and not config.data_dir:
-        raise ConfigError("data_dir", "--dataset=imagenet2012 needs --data_dir: the manual "
-                          "directory holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar")
+    validate_data_flags(config.dataset, config.data_dir)
     if not config.model_dir:
         raise ConfigError("model_dir", "is required (the run directory for checkpoints, "
                           "TensorBoard logs, flags.json and results.json)")

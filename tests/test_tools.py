@@ -232,7 +232,6 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
 
 
 def test_tool_support_mirrors_the_package_without_tensorflow():
-    assert tool_support.DATASETS == sources.DATASETS
     assert tool_support.EXPORT_METADATA == os.path.join("assets", METADATA_FILE)
     # Importing it (as the tools do before checking flags) must not import TensorFlow.
     check = ("import sys; import nac_tf.evaluation.tool_support; "

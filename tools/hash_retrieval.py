@@ -21,7 +21,6 @@ naming it.
 """
 import os
 import sys
-import time
 
 from absl import app, flags
 
@@ -31,8 +30,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from nac_tf.config import ConfigError  # noqa: E402 (after the path set-up)
-from nac_tf.evaluation import tool_support  # noqa: E402 (no TensorFlow import)
+from nac_tf.evaluation import tool_support  # noqa: E402 (after the path set-up; no TensorFlow)
 
 flags.DEFINE_string("saved_model", "", "SavedModel directory written by "
                     "tools/export_saved_model.py.")
@@ -193,21 +191,12 @@ def print_summary(report, output):
         print(f"Plot: {report['plot']}")
 
 
-def main(argv):
-    tool_support.reject_arguments(argv)
-    try:
-        settings = validate_flags()
-    except ConfigError as error:
-        tool_support.exit_with_flag_error(error)
-    started = time.time()
-    try:
-        report = evaluate(settings)
-    except ConfigError as error:  # found once the data is loaded (e.g. a bad archive)
-        tool_support.exit_with_flag_error(error)
-    report["seconds"] = round(time.time() - started, 2)
+def add_plot(report, settings):
     report["plot"] = draw_plot(report, settings["plot"]) if settings["plot"] else None
-    tool_support.write_json(settings["output"], report)
-    print_summary(report, settings["output"])
+
+
+def main(argv):
+    tool_support.run_report_tool(argv, validate_flags, evaluate, print_summary, add_plot)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ a bad flag exits with code 2 and a message naming it.
 """
 import os
 import sys
-import time
 
 from absl import app, flags
 
@@ -189,19 +188,7 @@ def print_summary(report, output):
 
 
 def main(argv):
-    tool_support.reject_arguments(argv)
-    try:
-        settings = validate_flags()
-    except ConfigError as error:
-        tool_support.exit_with_flag_error(error)
-    started = time.time()
-    try:
-        report = evaluate(settings)
-    except ConfigError as error:  # found once the data is loaded (e.g. a bad archive)
-        tool_support.exit_with_flag_error(error)
-    report["seconds"] = round(time.time() - started, 2)
-    tool_support.write_json(settings["output"], report)
-    print_summary(report, settings["output"])
+    tool_support.run_report_tool(argv, validate_flags, evaluate, print_summary)
 
 
 if __name__ == "__main__":

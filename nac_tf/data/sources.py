@@ -25,8 +25,8 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-DATASETS = ("digits", "cifar10", "imagenet2012", "npz", "image_folder", "cifar10_hashing",
-            "flickr25k")
+from nac_tf.config import DATASETS  # noqa: F401  (the --dataset values, re-exported)
+
 TFDS_DATASETS = ("cifar10", "imagenet2012")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")

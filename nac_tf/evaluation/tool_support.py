@@ -13,15 +13,12 @@ import math
 import os
 import re
 import sys
+import time
 
 import numpy as np
 
-from nac_tf.config import ConfigError
+from nac_tf.config import DATASETS, ConfigError, validate_data_flags
 
-# nac_tf.data.sources.DATASETS, repeated because that module imports TensorFlow;
-# tests/test_tools.py checks that the two stay equal.
-DATASETS = ("digits", "cifar10", "imagenet2012", "npz", "image_folder", "cifar10_hashing",
-            "flickr25k")
 # Multi-hot labels (no class ids: no top-1 accuracy).
 MULTI_LABEL_DATASETS = ("flickr25k",)
 # Streamed from TFDS, never held in memory: the tools evaluate arrays only.
@@ -31,14 +28,6 @@ EXPORT_METADATA = os.path.join("assets", "nac_tf_export.json")
 PLOT_INSTALL_HINT = 'pip install "nac_tf[plot]"'
 FLAG_ERROR_EXIT_CODE = 2
 
-_DATA_DIR_NEEDS = {
-    "npz": "the path of the .npz archive (x_train, y_train, x_test, y_test)",
-    "image_folder": "the root directory of class folders",
-    "flickr25k": "the directory holding mirflickr/ (im1.jpg ... im25000.jpg) and "
-                 "mirflickr25k_annotations_v080/ (MIRFLICKR-25000 is not in TFDS)",
-    "imagenet2012": "the TFDS manual directory holding ILSVRC2012_img_train.tar and "
-                    "ILSVRC2012_img_val.tar",
-}
 
 
 # ------------------------------------------------------------------------ flag parsing
@@ -118,7 +107,7 @@ def check_saved_model(saved_model):
 def check_dataset(dataset, data_dir, refuse=None):
     """ConfigError for an unknown --dataset or a --data_dir it cannot use.
 
-    The same rules as `nac_tf.config.validate_config`, without importing the loaders.
+    `nac_tf.config.validate_data_flags` plus what the tools cannot evaluate.
     `refuse`: {dataset: why this tool cannot evaluate it} ("is multi-label ...").
     """
     accepted = ", ".join(DATASETS)
@@ -132,22 +121,7 @@ def check_dataset(dataset, data_dir, refuse=None):
                           "npz, image_folder, cifar10_hashing, flickr25k)")
     if refuse and dataset in refuse:
         raise ConfigError("dataset", f"{dataset} {refuse[dataset]}")
-    needs = _DATA_DIR_NEEDS.get(dataset)
-    if needs and not data_dir:
-        raise ConfigError("data_dir", f"--dataset={dataset} needs --data_dir: {needs}")
-    if data_dir and not os.path.exists(data_dir):
-        raise ConfigError("data_dir", f"{data_dir!r} does not exist")
-    if dataset == "npz" and not os.path.isfile(data_dir):
-        raise ConfigError("data_dir", f"--dataset=npz needs a .npz file; {data_dir!r} is not "
-                          "a file")
-    if dataset in ("image_folder", "flickr25k") and not os.path.isdir(data_dir):
-        raise ConfigError("data_dir", f"--dataset={dataset} needs {needs}; {data_dir!r} is "
-                          "not a directory")
-    if dataset == "cifar10_hashing" and os.path.isfile(data_dir or "") \
-            and not data_dir.endswith(".npz"):
-        raise ConfigError("data_dir", "--dataset=cifar10_hashing accepts an .npz archive "
-                          "(x_train, y_train, x_test, y_test), a TFDS data directory, or "
-                          f"nothing; {data_dir!r} is a file that is not .npz")
+    validate_data_flags(dataset, data_dir)
 
 
 def check_int(flag, value, minimum, meaning=""):
@@ -394,3 +368,20 @@ def plot_precision_recall(curve, path, title):
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, format="png")
+
+
+def run_report_tool(argv, validate_flags, evaluate, print_summary, finish=None):
+    """A tool's main: check the flags (exit 2 on a bad one), evaluate, add `finish`'s extras
+    (e.g. a plot) to the report, write the JSON report and print its summary."""
+    reject_arguments(argv)
+    try:
+        settings = validate_flags()
+        started = time.time()
+        report = evaluate(settings)
+    except ConfigError as error:  # a flag, or what it names (e.g. a bad archive) once loaded
+        exit_with_flag_error(error)
+    report["seconds"] = round(time.time() - started, 2)
+    if finish is not None:
+        finish(report, settings)
+    write_json(settings["output"], report)
+    print_summary(report, settings["output"])

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from nac_tf import distribute
 from nac_tf.code_statistics import activation_code_statistics
-from nac_tf.models import ProjectionHead, clone_encoder
+from nac_tf.models import ProjectionHead, clone_encoder, clone_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +99,7 @@ class TwoViewMethod(keras.Model):
     def momentum_copy(self, online, name):
         """A new network with `online`'s architecture and separate variables."""
         if isinstance(online, ProjectionHead):
-            config = online.get_config()
-            config["name"] = name
-            return ProjectionHead.from_config(config)
+            return clone_head(online, name=name)
         return clone_encoder(online, name=name)
 
     # ----------------------------------------------------------------- shared pieces
