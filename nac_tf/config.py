@@ -149,8 +149,8 @@ def validate_data_flags(dataset, data_dir):
     if data_dir and not os.path.exists(data_dir):
         raise ConfigError("data_dir", f"{data_dir!r} does not exist")
     if dataset == "npz" and not os.path.isfile(data_dir):
-        raise ConfigError("data_dir", f"--dataset=npz needs {needs}; {data_dir!r} is not a "
-                          "file")
+        raise ConfigError("data_dir", f"--dataset=npz needs a .npz file ({needs}); "
+                          f"{data_dir!r} is not a file")
     if dataset in ("image_folder", "flickr25k") and not os.path.isdir(data_dir):
         raise ConfigError("data_dir", f"--dataset={dataset} needs {needs}; {data_dir!r} is "
                           "not a directory")
