@@ -1,6 +1,6 @@
 """Benchmark (not a test): brief NAC and SimCLR pretraining on real CIFAR-10, on CPU.
 
-    python benchmarks/pretrain_cifar10_knn.py [--steps=300] [--batch_size=256] [--linear_eval_epochs=30]
+    python benchmarks/pretrain_cifar10_knn.py [--steps=300] [--batch_size=256] [--linear_eval_epochs=30] [--learning_rate=2]
 
 Reads ../shared/data/cifar10.npz (beside the checkout), builds a seeded split of the 50 000
 bit-exact training images (1 000 per class held out as the kNN test set, the rest for
@@ -45,6 +45,7 @@ def main():
     parser.add_argument("--archive", default=ARCHIVE)
     parser.add_argument("--work_dir", default="")
     parser.add_argument("--linear_eval_epochs", type=int, default=30)
+    parser.add_argument("--learning_rate", type=float, default=2.0)
     args = parser.parse_args()
     if not os.path.exists(args.archive):
         sys.exit(f"CIFAR-10 archive not found at {args.archive}")
@@ -60,7 +61,8 @@ def main():
         print(f"split written in {time.time() - start:.1f} s: {split}")
 
     common = dict(dataset="npz", data_dir=split, encoder=args.encoder, stem="cifar",
-                  batch_size=args.batch_size, train_steps=args.steps, learning_rate=1.0,
+                  batch_size=args.batch_size, train_steps=args.steps,
+                  learning_rate=args.learning_rate,
                   warmup_epochs=0.5, code_dim=128, checkpoint_every_steps=args.steps,
                   log_every_steps=50, seed=0, linear_eval_epochs=args.linear_eval_epochs)
     rows = []
