@@ -60,14 +60,110 @@ def replica_id():
 def gather_across_replicas(tensor):
     """Concatenates `tensor` along axis 0 over all replicas, in replica order.
 
-    The gradient flows back to every replica's own slice (ReplicaContext.all_gather sums the
-    upstream gradients across replicas and slices), so negatives gathered here train the
-    encoder of the replica that produced them, as on a single device.
+    The gradient flows back to every replica's own slice: ReplicaContext.all_gather's
+    gradient all-reduces (sums) the upstream gradients of every replica and hands each
+    replica the rows it contributed (tested in tests/test_distribute.py). Replica r's
+    loss L_r depends on the rows of replica s, so replica s receives sum_r dL_r/d(rows of s)
+    and, once the optimizer sums the replicas' weight gradients, every row is trained by
+    the gradient of the total loss, as on a single device.
     """
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return tensor
     return context.all_gather(tensor, axis=0)
+
+
+# Global batch convention (what makes a run on R replicas equal to one device):
+#
+#   replica r holds global images r*k .. (r+1)*k - 1 of the global batch of K = R*k images.
+#
+# `strategy.distribute_datasets_from_function` with one input pipeline per worker and a
+# per-replica batch of k hands consecutive batches of one stream to the worker's replicas in
+# replica order, so the global batch is the concatenation of the replicas' batches: exactly
+# this convention (and the images one device would read with a batch of K from the same
+# stream). Every replica stores its view pairs as [view1 of its k images; view2 of them]
+# (2k rows), one device as [view1 of all K; view2 of all K] (2K rows). The two functions
+# below convert between the layouts.
+
+
+def gather_view_pairs(tensor):
+    """The global [2K, ...] view-pair matrix in the single-device layout.
+
+    `tensor` is this replica's [2k, ...] rows [view1 of its images; view2 of its images].
+    Returns [view1 of all K images in global image order; view2 of all K images], the rows a
+    single device would hold for the same global batch (queues must receive exactly those).
+    The gradient, like `gather_across_replicas`', reaches each replica's own rows.
+    """
+    replicas = num_replicas_in_context()
+    if replicas == 1:
+        return tensor
+    gathered = gather_across_replicas(tensor)  # [rep0 view1, rep0 view2, rep1 view1, ...]
+    return _swap_leading_axes(gathered, replicas, 2)
+
+
+def replica_view_pair_rows(global_tensor):
+    """This replica's [2k, ...] rows of a global [2K, ...] matrix in single-device layout.
+
+    The inverse of `gather_view_pairs`: rows [view1 of images r*k..(r+1)*k-1; view2 of the
+    same images]. Used to cut a replica's share out of noise drawn for the whole global
+    batch, so the noise of a global row does not depend on the number of replicas.
+    """
+    replicas = num_replicas_in_context()
+    if replicas == 1:
+        return global_tensor
+    by_replica = _swap_leading_axes(global_tensor, 2, replicas)  # [rep0 v1, rep0 v2, ...]
+    shape = tf.shape(global_tensor)
+    rows = shape[0] // replicas
+    by_replica = tf.reshape(by_replica, tf.concat([[replicas, rows], shape[1:]], 0))
+    return tf.gather(by_replica, replica_id())
+
+
+def _swap_leading_axes(tensor, outer, inner):
+    """Rows grouped as [outer][inner][n] reordered as [inner][outer][n] (n = rows / both)."""
+    shape = tf.shape(tensor)
+    rest = shape[1:]
+    blocks = tf.reshape(tensor, tf.concat([[outer, inner, -1], rest], 0))
+    rank = len(tensor.shape)
+    blocks = tf.transpose(blocks, [1, 0] + list(range(2, rank + 2)))
+    return tf.reshape(blocks, tf.concat([[-1], rest], 0))
+
+
+def num_replicas_in_context():
+    """Replicas of the current replica context (1 outside a strategy or in cross-replica)."""
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def all_replicas_true(flag):
+    """Logical AND of a boolean scalar over all replicas (the flag itself on one replica)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return flag
+    # float32: collectives of every strategy (NCCL, TPU) reduce it; counts stay exact.
+    false_count = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                     tf.cast(tf.logical_not(flag), tf.float32))
+    return tf.equal(false_count, 0.0)
+
+
+def agree_on_finite_gradients(gradients):
+    """Every replica's gradients made non-finite when any replica's are (for loss scaling).
+
+    Keras' LossScaleOptimizer skips a step (and halves the loss scale) when the gradients it
+    receives are not finite, but it receives each replica's LOCAL gradients and all-reduces
+    them only afterwards. With merge calls (MirroredStrategy, MultiWorkerMirroredStrategy)
+    it then uses the first local replica's verdict for all of them: an overflow on another
+    replica is applied and turns the weights into NaN (tests/test_precision.py shows it).
+    Without merge calls (XLA on GPUs) each replica branches on its own verdict, so replicas
+    could run different collectives and hang. One all-reduced flag gives every replica the
+    same verdict: skip iff some replica overflowed. Identity on one replica.
+    """
+    present = [g for g in gradients if g is not None]
+    if num_replicas_in_context() == 1 or not present:
+        return gradients
+    finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in present]))
+    finite = all_replicas_true(finite)
+    return [None if g is None else tf.where(finite, g, tf.constant(float("nan"), g.dtype))
+            for g in gradients]
 
 
 def _tf_variable(variable):

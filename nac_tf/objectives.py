@@ -11,7 +11,8 @@ momentum keys) pair row i with the prediction of row pi(i) themselves: a network
 view predicts the code of the other view, so it cannot copy the code it is scored on.
 
 Noisy channel (Sec. 3.1): z~ = m * z with independent signs m, P(m = -1) = p (the flip
-probability) and beta = 1/2 log((1 - p) / p); the caller draws m (per-replica seeds).
+probability) and beta = 1/2 log((1 - p) / p); the caller draws m (nac_tf.methods: one
+mask per global row, so replicas draw what one device would).
 """
 import math
 import numbers

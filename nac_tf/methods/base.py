@@ -7,9 +7,17 @@ networks, queues). Row layout everywhere: rows 0..K-1 are the first views, rows 
 second views, so row i's partner is row (i + K) mod 2K (the convention of
 `nac_tf.objectives`).
 
-Distribution: the step runs inside `strategy.run`. Each replica's loss is the mean over its own
-rows; it is divided by the number of replicas before differentiation because Keras' optimizer
-sums gradients across replicas. Negatives are gathered across replicas by the subclasses.
+Distribution: the step runs inside `strategy.run`, and R replicas compute exactly what one
+device computes on the same global batch of K images (tests/test_distribute.py):
+- replica r holds global images r*k..(r+1)*k-1 (k = K / R; the convention of
+  `nac_tf.distribute`), as rows [view1 of its images; view2 of them];
+- each replica's loss is the mean over its own rows divided by R, because Keras' optimizer
+  sums the replicas' gradients (sum_r mean_r / R is the global mean: equal local batches);
+- negatives are the codes of the whole global batch, all-gathered with gradients to their
+  owners; queues receive the whole global batch in the single-device row order;
+- the channel noise of a row is a function of its global row (`flip_signs`);
+- BatchNorm statistics are global with synchronized BatchNorm (`--batch_norm=sync`), local
+  otherwise; `per_view_batch_norm` runs every network once per view.
 """
 import dataclasses
 
@@ -21,6 +29,10 @@ import tensorflow as tf
 from nac_tf import distribute
 from nac_tf.code_statistics import activation_code_statistics
 from nac_tf.models import ProjectionHead, clone_encoder, clone_head
+
+
+# Flip masks compare integers u ~ U{0, ..., 2^24 - 1} with p * 2^24 (see `flip_signs`).
+_MASK_RESOLUTION = 2 ** 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,31 +115,55 @@ class TwoViewMethod(keras.Model):
         return clone_encoder(online, name=name)
 
     # ----------------------------------------------------------------- shared pieces
-    def encode_views(self, view1, view2, training):
-        """Representations h of both views, stacked as [h(view1); h(view2)].
+    def forward_views(self, forward, view1, view2):
+        """`forward` applied to both views; rows of every output are [view1 rows; view2 rows].
 
-        One forward pass over the concatenated views normalises BatchNorm over both views
-        together; with `per_view_batch_norm` (the authors' PyTorch behaviour) each view gets
-        its own pass and so its own batch statistics.
+        `forward` maps images [n, ...] to a nest of row-aligned tensors [n, ...]. By default
+        it runs once on [view1; view2], so every BatchNorm inside normalises over both views
+        together. With `per_view_batch_norm` (the authors' PyTorch behaviour, which calls the
+        whole model once per view) it runs once per view, so each view gets its own batch
+        statistics, in the encoder and in the heads alike. Whether statistics span the local
+        or the global batch is the BatchNorm layers' `synchronized` setting; momentum
+        networks go through here too, so they always follow the online networks' mode.
         """
         if self.method_config.per_view_batch_norm:
-            return keras.ops.concatenate(
-                [self.encoder(view1, training=training), self.encoder(view2, training=training)],
-                axis=0)
-        return self.encoder(keras.ops.concatenate([view1, view2], axis=0), training=training)
+            return tf.nest.map_structure(
+                lambda first, second: keras.ops.concatenate([first, second], axis=0),
+                forward(view1), forward(view2))
+        return forward(keras.ops.concatenate([view1, view2], axis=0))
+
+    def encode_views(self, view1, view2, training, encoder=None):
+        """Representations [h(view1); h(view2)] of `encoder` (default: the online one)."""
+        encoder = encoder or self.encoder
+        return self.forward_views(lambda images: encoder(images, training=training),
+                                  view1, view2)
 
     def flip_signs(self, shape):
-        """Fresh channel noise m in {-1, +1} with P(m = -1) = p, for this replica and step.
+        """Channel noise m in {-1, +1}, P(m = -1) = p, for this replica's rows at this step.
 
-        The seed is (seed + replica id, optimizer step): new masks every step, distinct on
-        every replica, and reproducible after a resume without any extra random state.
+        `shape` is this replica's [2k, D]. The mask is a function of the GLOBAL row: the
+        [2K, D] mask of the whole global batch, in the single-device layout, is drawn from
+        the stateless seed (seed, optimizer step) and the replica keeps its own rows
+        (`distribute.replica_view_pair_rows`). So R replicas use exactly the masks one device
+        uses on the same global batch; masks are fresh every step (the authors' choice),
+        independent across rows, and reproducible after a resume with no extra random state.
+        The global mask is tiny (2K x D), so every replica drawing all of it costs nothing.
         """
         optimizer = getattr(self, "optimizer", None)
         step = tf.cast(optimizer.iterations, tf.int32) if optimizer is not None else tf.constant(0)
-        seed = tf.stack([self.method_config.seed + distribute.replica_id(), step])
-        uniform = tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32)
-        flip = uniform < self.method_config.flip_prob
-        return tf.where(flip, -1.0, 1.0)
+        shape = tf.convert_to_tensor(shape, tf.int32)
+        replicas = distribute.num_replicas_in_context()
+        global_shape = tf.concat([shape[:1] * replicas, shape[1:]], axis=0)
+        seed = tf.stack([tf.constant(self.method_config.seed, tf.int32), step])
+        # Integers, not floats: Philox gives the same bits with and without XLA, but the
+        # float conversion differs between TensorFlow's CPU/GPU kernels and XLA, so float
+        # uniforms would make jit_compile=True draw other masks. u ~ U{0..2^24-1} and
+        # P(u < round(p 2^24)) is p to within 2^-25.
+        uniform = tf.random.stateless_uniform(
+            global_shape, seed=seed, minval=0, maxval=_MASK_RESOLUTION, dtype=tf.int32,
+            alg="philox")
+        flip = uniform < int(round(self.method_config.flip_prob * _MASK_RESOLUTION))
+        return distribute.replica_view_pair_rows(tf.where(flip, -1.0, 1.0))
 
     @property
     def optimized_variables(self):
@@ -143,17 +179,32 @@ class TwoViewMethod(keras.Model):
         """The representation h used downstream (linear evaluation, retrieval)."""
         return self.encoder(images, training=training)
 
-    def train_step(self, data):
+    def compute_gradients(self, data):
+        """(PairLoss, gradients, variables) of this replica's share of one step.
+
+        The differentiated loss is the replica's mean divided by the number of replicas R:
+        Keras' optimizer SUMS the replicas' gradients before the update, and
+        sum_r mean_r / R is the mean over the global batch (every replica holds the same
+        number of rows), so the update is the gradient of the global-batch loss. With a
+        LossScaleOptimizer (float16) the loss is also multiplied by the loss scale, which
+        `apply_gradients` divides out again.
+        """
         view1, view2 = data[0], data[1]
         with tf.GradientTape() as tape:
             out = self.view_pair_loss(view1, view2, training=True)
-            # Keras' optimizer SUMs gradients over replicas: scale so the update is the
-            # gradient of the global-batch mean.
-            scaled_loss = out.loss / tf.cast(distribute.num_replicas(), out.loss.dtype)
-            # Loss scaling for float16 (identity unless the optimizer is a LossScaleOptimizer).
+            scaled_loss = out.loss / tf.cast(distribute.num_replicas_in_context(),
+                                             out.loss.dtype)
+            # Identity unless the optimizer is a LossScaleOptimizer.
             scaled_loss = self.optimizer.scale_loss(scaled_loss)
         variables = self.optimized_variables
-        gradients = tape.gradient(scaled_loss, variables)
+        return out, tape.gradient(scaled_loss, variables), variables
+
+    def train_step(self, data):
+        out, gradients, variables = self.compute_gradients(data)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # It skips non-finite steps, judging each replica's LOCAL gradients: make the
+            # verdict global (see distribute.agree_on_finite_gradients).
+            gradients = distribute.agree_on_finite_gradients(gradients)
         self.optimizer.apply_gradients(zip(gradients, variables))
         self.after_optimizer_step(out.state or {})
 
@@ -238,7 +289,10 @@ class MomentumQueueMethod(TwoViewMethod):
 
     def after_optimizer_step(self, state):
         self._momentum.update()
-        keys = distribute.gather_across_replicas(tf.stop_gradient(state["keys"]))
+        # The queue receives the whole global batch in the single-device order [first-view
+        # keys of all K images; second-view keys], so its contents and pointer do not depend
+        # on the number of replicas.
+        keys = distribute.gather_view_pairs(tf.stop_gradient(state["keys"]))
         keys = tf.cast(keys, self.queue.dtype)
         pointer = tf.convert_to_tensor(self.queue_pointer)
         # The queue size is a multiple of the rows enqueued per step (validated in config),

@@ -20,12 +20,18 @@ class MoCoV2(MomentumQueueMethod):
             [self.encoder, self.projection_head])
 
     def view_pair_loss(self, view1, view2, training):
-        h = self.encode_views(view1, view2, training)
-        queries = keras.ops.cast(self.projection_head(h, training=training), "float32")
-        both_views = keras.ops.concatenate([view1, view2], axis=0)
-        momentum_h = self.momentum_encoder(both_views, training=training)
-        keys = tf.stop_gradient(keras.ops.normalize(keras.ops.cast(
-            self.momentum_projection_head(momentum_h, training=training), "float32"),
+        def online(images):
+            return self.projection_head(self.encoder(images, training=training),
+                                        training=training)
+
+        def momentum(images):
+            h = self.momentum_encoder(images, training=training)
+            return self.momentum_projection_head(h, training=training)
+
+        queries = keras.ops.cast(self.forward_views(online, view1, view2), "float32")
+        # The momentum networks follow the online BatchNorm mode (same forward_views).
+        keys = tf.stop_gradient(keras.ops.normalize(
+            keras.ops.cast(self.forward_views(momentum, view1, view2), "float32"),
             axis=-1, order=2))
         loss = info_nce_loss(queries, keys, tf.convert_to_tensor(self.queue),
                              self.method_config.temperature)

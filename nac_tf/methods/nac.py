@@ -21,13 +21,19 @@ class NAC(TwoViewMethod):
         self.inference_network = self.make_head("inference_network")
 
     def view_pair_loss(self, view1, view2, training):
-        h = self.encode_views(view1, view2, training)
+        def forward(images):
+            h = self.encoder(images, training=training)
+            return (self.projection_head(h, training=training),
+                    self.inference_network(h, training=training))
+
+        a, logits = self.forward_views(forward, view1, view2)
         # Losses in float32 whatever the compute dtype (mixed precision).
-        a = keras.ops.cast(self.projection_head(h, training=training), "float32")
-        logits = keras.ops.cast(self.inference_network(h, training=training), "float32")
+        a, logits = keras.ops.cast(a, "float32"), keras.ops.cast(logits, "float32")
         codes = keras.ops.tanh(a)
         signs = self.flip_signs(tf.shape(codes))
-        negatives = distribute.gather_across_replicas(codes)
+        # The 2K codes of the global batch (the denominator of Eq. 19 is order-invariant;
+        # the single-device order just makes the matrix literally the one-device one).
+        negatives = distribute.gather_view_pairs(codes)
         p = self.method_config.flip_prob
         loss = nac_loss(codes, logits, signs, p, negatives=negatives)
         # The bound of Eq. 18 holds for the binary code c = sgn(a), not for its relaxation.

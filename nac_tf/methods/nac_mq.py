@@ -31,19 +31,26 @@ class NACMQ(MomentumQueueMethod):
 
     def view_pair_loss(self, view1, view2, training):
         c = self.method_config
-        h = self.encode_views(view1, view2, training)
-        a = keras.ops.cast(self.projection_head(h, training=training), "float32")
-        codes = keras.ops.tanh(a)
-        # Online phi on a stop-gradient h: its likelihood term trains phi only.
-        logits = keras.ops.cast(
-            self.inference_network(tf.stop_gradient(h), training=training), "float32")
 
-        both_views = keras.ops.concatenate([view1, view2], axis=0)
-        momentum_h = tf.stop_gradient(self.momentum_encoder(both_views, training=training))
-        momentum_codes = tf.stop_gradient(keras.ops.tanh(keras.ops.cast(
-            self.momentum_projection_head(momentum_h, training=training), "float32")))
-        momentum_logits = tf.stop_gradient(keras.ops.cast(
-            self.momentum_inference_network(momentum_h, training=training), "float32"))
+        def online(images):
+            h = self.encoder(images, training=training)
+            # Online phi on a stop-gradient h: its likelihood term trains phi only.
+            return (self.projection_head(h, training=training),
+                    self.inference_network(tf.stop_gradient(h), training=training))
+
+        def momentum(images):
+            h = self.momentum_encoder(images, training=training)
+            return (self.momentum_projection_head(h, training=training),
+                    self.momentum_inference_network(h, training=training))
+
+        a, logits = self.forward_views(online, view1, view2)
+        a = keras.ops.cast(a, "float32")
+        logits = keras.ops.cast(logits, "float32")
+        codes = keras.ops.tanh(a)
+        # The momentum networks follow the online BatchNorm mode (same forward_views).
+        momentum_a, momentum_logits = self.forward_views(momentum, view1, view2)
+        momentum_codes = tf.stop_gradient(keras.ops.tanh(keras.ops.cast(momentum_a, "float32")))
+        momentum_logits = tf.stop_gradient(keras.ops.cast(momentum_logits, "float32"))
 
         signs = self.flip_signs(tf.shape(codes))
         queue = tf.convert_to_tensor(self.queue)

@@ -15,11 +15,17 @@ class SimCLR(TwoViewMethod):
         self.projection_head = self.make_head("projection_head")
 
     def view_pair_loss(self, view1, view2, training):
-        h = self.encode_views(view1, view2, training)
-        a = keras.ops.cast(self.projection_head(h, training=training), "float32")
+        def forward(images):
+            return self.projection_head(self.encoder(images, training=training),
+                                        training=training)
+
+        a = keras.ops.cast(self.forward_views(forward, view1, view2), "float32")
         unit = keras.ops.normalize(a, axis=-1, order=2)
+        # Replica order [rep0 view1, rep0 view2, rep1 view1, ...]: this replica's 2k rows are
+        # one contiguous block starting at replica_id * 2k, which is where nt_xent_loss masks
+        # each row's own similarity. The logsumexp over the other rows does not depend on
+        # their order, so the loss is the single-device one.
         negatives = distribute.gather_across_replicas(unit)
-        # This replica's rows start at replica_id * local rows inside the gathered matrix.
         offset = distribute.replica_id() * tf.shape(a)[0]
         loss = nt_xent_loss(a, self.method_config.temperature, negatives=negatives,
                             negatives_offset=offset)
