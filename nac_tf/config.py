@@ -17,6 +17,8 @@ STEMS = ("auto", "cifar", "imagenet")
 LR_SCALINGS = ("none", "linear", "sqrt")
 BATCH_NORM_MODES = ("sync", "per_replica", "per_view")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# What loaders of image files do with a file they cannot decode (--on_corrupt).
+ON_CORRUPT = ("skip", "raise")
 
 
 class ConfigError(ValueError):
@@ -36,6 +38,7 @@ class PretrainConfig:
     dataset: str = "cifar10"
     data_dir: str = ""
     image_size: int = 0  # 0: the dataset's native size
+    on_corrupt: str = "skip"  # unreadable image files (image_folder, flickr25k)
     # Encoder and heads.
     encoder: str = "resnet50"
     stem: str = "auto"
@@ -75,6 +78,7 @@ class PretrainConfig:
     tpu: str = ""
     precision: str = "float32"
     jit_compile: bool = False
+    deterministic: bool = False  # op determinism: bit-identical reruns and resumes
     steps_per_loop: int = 1
     checkpoint_every_steps: int = 500
     keep_checkpoints: int = 3
@@ -176,6 +180,7 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None):
     _one_of("learning_rate_scaling", config.learning_rate_scaling, LR_SCALINGS)
     _one_of("batch_norm", config.batch_norm, BATCH_NORM_MODES)
     _one_of("precision", config.precision, PRECISIONS)
+    _one_of("on_corrupt", config.on_corrupt, ON_CORRUPT)
     from nac_tf.distribute import STRATEGIES
     _one_of("strategy", config.strategy, STRATEGIES)
 

@@ -1,15 +1,32 @@
 """The pretraining run: data, strategy, method, optimizer, checkpoints, logs, evaluation.
 
 `pretrain(config)` is everything `python -m nac_tf.train` does after parsing flags. A run
-directory holds `flags.json` (the resolved configuration), `checkpoints/` (model, optimizer,
-step, momentum networks and queue; the same command resumes from the latest one),
-`tensorboard/` (scalars every `log_every_steps`), and `results.json` at the end.
+directory holds `flags.json` (the resolved configuration), `checkpoints/`, `tensorboard/`
+(scalars every `log_every_steps`), and `results.json` at the end.
+
+Checkpoints (every `checkpoint_every_steps`, at the end, and on a stop request such as
+SIGTERM) hold the model, the optimizer (slots, step, loss scale), the momentum networks and
+the queue, and the input position (`input_position`: global batches consumed). Every
+random draw of a run is stateless and indexed (initialisation by the seed, views and image
+order by (seed, batch index), channel noise by (seed, step)), so this is the whole state:
+the same command resumes from the latest checkpoint and, with `deterministic`, ends with
+bit-identical weights to an uninterrupted run (in-memory datasets; see
+`nac_tf.data.pipeline` for streamed ones).
+
+Multi-worker (MultiWorkerMirroredStrategy): every worker runs this function; only the chief
+writes the run directory (flags.json, input statistics, TensorBoard, checkpoints,
+results.json) and evaluates. The other workers save their checkpoints to a temporary
+directory that is deleted again (all workers must take part in a save), and all restore
+from the chief's checkpoints (a shared filesystem, as TensorFlow's multi-worker recipe
+assumes).
 """
 import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import keras
@@ -29,21 +46,32 @@ from nac_tf.optim import LARS, WarmupCosineSchedule, scaled_learning_rate
 
 
 INPUT_STATISTICS_FILE = "input_statistics.json"
+CHECKPOINT_DIR = "checkpoints"
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the weights became NaN or infinite; the last good checkpoint is kept and
+    nothing after it is written."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """A stop was requested (e.g. SIGTERM on preemption); a checkpoint of the current step
+    was written and the same command resumes from it. `.step`, `.checkpoint`."""
+
+    def __init__(self, message, step, checkpoint):
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 # ----------------------------------------------------------------------------- run directory
-def prepare_run_directory(config: PretrainConfig):
+def prepare_run_directory(config: PretrainConfig, write=True):
     """Creates `model_dir` and writes flags.json, refusing a directory of another experiment.
 
     A directory whose flags.json differs in a run-defining field (RUN_DEFINING_FIELDS) holds
     a different experiment: resuming it would silently mix two runs, so it is refused unless
-    `allow_flag_changes` is set.
+    `allow_flag_changes` is set. `write=False` only checks (non-chief workers).
     """
-    os.makedirs(config.model_dir, exist_ok=True)
     path = os.path.join(config.model_dir, "flags.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -55,7 +83,9 @@ def prepare_run_directory(config: PretrainConfig):
             raise ConfigError("model_dir", f"{config.model_dir!r} holds a run with different "
                               f"flags ({details}); use a new --model_dir, or pass "
                               "--allow_flag_changes to resume it with the new values")
-    _write_json(path, config.to_dict())
+    if write:
+        os.makedirs(config.model_dir, exist_ok=True)
+        _write_json(path, config.to_dict())
 
 
 def _write_json(path, payload):
@@ -173,36 +203,119 @@ def evaluate_method(method, source, input_statistics, config, prefix=""):
 
 
 # ----------------------------------------------------------------------------- the run
-def pretrain(config: PretrainConfig, log=print, strategy=None):
+@dataclasses.dataclass(frozen=True)
+class WorkerRole:
+    """This process's place in the cluster: chief (writes the run directory) or not."""
+
+    is_chief: bool = True
+    task_id: int = 0
+    num_workers: int = 1
+
+
+def worker_role(strategy):
+    """The WorkerRole of this process under `strategy` (the chief unless multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return WorkerRole()
+    cluster = resolver.cluster_spec().as_dict()
+    num_workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    # should_checkpoint is TensorFlow's own notion of the chief (task "chief", or worker 0
+    # of a cluster without one).
+    return WorkerRole(is_chief=bool(strategy.extended.should_checkpoint),
+                      task_id=int(resolver.task_id or 0), num_workers=max(num_workers, 1))
+
+
+class _CheckpointWriter:
+    """CheckpointManager on the chief; on other workers, saves to a temporary directory that
+    is emptied after every save (they must take part in saving, not keep the files)."""
+
+    def __init__(self, checkpoint, model_dir, keep, role):
+        self.directory = os.path.join(model_dir, CHECKPOINT_DIR)
+        self.role = role
+        self._checkpoint = checkpoint
+        self._manager = None
+        self._scratch = None
+        if role.is_chief:
+            self._manager = tf.train.CheckpointManager(checkpoint, self.directory,
+                                                       max_to_keep=keep)
+        else:
+            self._scratch = tempfile.mkdtemp(prefix=f"nac_tf_worker{role.task_id}_")
+
+    @property
+    def latest(self):
+        """The latest checkpoint of the run (the chief's), or None."""
+        return tf.train.latest_checkpoint(self.directory)
+
+    def save(self, step):
+        if self._manager is not None:
+            return self._manager.save(checkpoint_number=step)
+        self._checkpoint.write(os.path.join(self._scratch, f"ckpt-{step}"))
+        for name in os.listdir(self._scratch):
+            path = os.path.join(self._scratch, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        return None
+
+    def close(self):
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _load_source(config, log):
+    """The run's ImageSource; a loader's complaint about the data becomes a ConfigError
+    naming --data_dir (the entry point prints it without a traceback)."""
+    try:
+        source = load_source(config.dataset, data_dir=config.data_dir,
+                             image_size=config.image_size or None, seed=config.seed,
+                             on_corrupt=config.on_corrupt)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError("data_dir", str(error)) from error
+    if source.num_skipped:
+        log(f"{source.num_skipped} image file(s) in {config.data_dir} could not be decoded "
+            "and were skipped (--on_corrupt=skip; --on_corrupt=raise stops at the first one)")
+    return source
+
+
+def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=None):
     """Pretrains (or resumes) the run described by `config`; returns the results dict.
 
     `strategy`: a tf.distribute strategy to use instead of making one from
     `config.strategy`. TensorFlow's collective ops allow one MirroredStrategy per device set
     and process (a second one reuses its collective keys and aborts), so a process that
     runs several pretrainings passes the same strategy to each.
+    `stop_requested`: a function polled between steps (e.g. set by a SIGTERM handler); when
+    it returns True the run checkpoints its current step and raises TrainingInterrupted.
+    Raises NonFiniteLossError when the loss or the weights stop being finite.
     """
     validate_config(config)
     if strategy is None:
+        # First: MultiWorkerMirroredStrategy configures the runtime's collective ops, which
+        # must happen before anything else touches it.
         strategy = distribute.make_strategy(config.strategy, config.tpu)
+    if config.deterministic:
+        # Process-wide: kernels with a nondeterministic implementation (GPU atomics, some
+        # cuDNN algorithms) switch to deterministic ones or raise.
+        tf.config.experimental.enable_op_determinism()
     replicas = strategy.num_replicas_in_sync
     validate_config(config, num_replicas=replicas)
-    prepare_run_directory(config)
+    if config.jit_compile and replicas > 1 and not tf.config.list_logical_devices("GPU") \
+            and not tf.config.list_logical_devices("TPU"):
+        # XLA-compiled replica steps over several CPU devices fail in TF 2.21 ("Trying to
+        # access resource .../replica_1 located in device CPU:1 from device CPU:0").
+        raise ConfigError("jit_compile", f"XLA cannot compile the step of {replicas} CPU "
+                          "replicas; use --jit_compile=false or a single CPU device")
+    role = worker_role(strategy)
+    prepare_run_directory(config, write=role.is_chief)
     keras.utils.set_random_seed(config.seed)
     if config.precision != "float32":
         keras.config.set_dtype_policy(config.precision)
 
-    source = load_source(config.dataset, data_dir=config.data_dir,
-                         image_size=config.image_size or None, seed=config.seed)
+    source = _load_source(config, log)
     image_size = config.image_size or source.image_shape[0]
     steps_per_epoch, total_steps, warmup_steps = schedule_lengths(config, source.num_train)
-    augmenter = ViewPairAugmenter(augmentation_config(config, image_size), seed=config.seed)
-    dataset = strategy.distribute_datasets_from_function(
-        lambda context: make_pretrain_dataset(source, augmenter, config.batch_size, context,
-                                              seed=config.seed))
-
     mean, std = dataset_statistics(config.dataset, source)
     input_statistics = {"image_size": image_size, "mean": list(mean), "std": list(std)}
-    _write_json(os.path.join(config.model_dir, INPUT_STATISTICS_FILE), input_statistics)
+    if role.is_chief:
+        _write_json(os.path.join(config.model_dir, INPUT_STATISTICS_FILE), input_statistics)
     with strategy.scope():
         method = build_pretraining_method(config, input_statistics, replicas)
         peak_lr = scaled_learning_rate(config.learning_rate, config.batch_size,
@@ -214,34 +327,57 @@ def pretrain(config: PretrainConfig, log=print, strategy=None):
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         method.compile(optimizer=optimizer)
         optimizer.build(method.optimized_variables)
+    # Global batches consumed. Not optimizer.iterations: a LossScaleOptimizer does not count
+    # the steps it skips for non-finite gradients, which still consume a batch.
+    input_position = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_position")
+    checkpoint = tf.train.Checkpoint(method=method, optimizer=optimizer,
+                                     input_position=input_position)
+    writer = _CheckpointWriter(checkpoint, config.model_dir, config.keep_checkpoints, role)
+    try:
+        initial_eval_path = os.path.join(config.model_dir, "random_init_eval.json")
+        latest = writer.latest
+        if latest:
+            checkpoint.restore(latest).assert_existing_objects_matched()
+            if not any(name.startswith("input_position")
+                       for name, _ in tf.train.list_variables(latest)):
+                # Written before the input position was saved: no skipped steps then.
+                input_position.assign(tf.cast(optimizer.iterations, tf.int64))
+            log(f"Resumed from {latest} at step {int(optimizer.iterations.numpy())}")
+        elif config.evaluate and source.has_arrays and role.is_chief:
+            # The same networks at their random initialisation: the baseline to beat.
+            log("Evaluating the networks at their random initialisation")
+            _write_json(initial_eval_path, evaluate_method(
+                method, source, input_statistics, config, prefix="random_init_"))
 
-    checkpoint = tf.train.Checkpoint(method=method, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(config.model_dir, "checkpoints"),
-        max_to_keep=config.keep_checkpoints)
-    initial_eval_path = os.path.join(config.model_dir, "random_init_eval.json")
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log(f"Resumed from {manager.latest_checkpoint} at step "
-            f"{int(optimizer.iterations.numpy())}")
-    elif config.evaluate and source.has_arrays:
-        # The same networks at their random initialisation: the baseline the run must beat.
-        log("Evaluating the networks at their random initialisation")
-        _write_json(initial_eval_path, evaluate_method(
-            method, source, input_statistics, config, prefix="random_init_"))
+        augmenter = ViewPairAugmenter(augmentation_config(config, image_size), seed=config.seed)
+        start_batch = int(input_position.numpy())
+        dataset = strategy.distribute_datasets_from_function(
+            lambda context: make_pretrain_dataset(source, augmenter, config.batch_size,
+                                                  context, seed=config.seed,
+                                                  start_batch=start_batch))
 
-    log(f"{config.method} on {config.dataset}: encoder {config.encoder}, {replicas} "
-        f"replica(s), global batch {config.batch_size}, {total_steps} steps "
-        f"({steps_per_epoch}/epoch), peak lr {peak_lr:g}, warm-up {warmup_steps} steps")
+        log(f"{config.method} on {config.dataset}: encoder {config.encoder}, {replicas} "
+            f"replica(s), global batch {config.batch_size}, {total_steps} steps "
+            f"({steps_per_epoch}/epoch), peak lr {peak_lr:g}, warm-up {warmup_steps} steps")
 
-    metrics, train_seconds = _train_loop(config, strategy, method, optimizer, dataset,
-                                         manager, total_steps, log)
+        metrics, train_seconds = _train_loop(
+            config, strategy, method, optimizer, dataset, writer, input_position,
+            total_steps, log, stop_requested or (lambda: False))
+    finally:
+        writer.close()
 
     results = {"method": config.method, "dataset": config.dataset,
                "encoder": config.encoder, "steps": int(optimizer.iterations.numpy()),
                "train_seconds_this_session": round(train_seconds, 2),
+               "num_skipped_images": source.num_skipped,
                "final_metrics": metrics}
+    if not role.is_chief:
+        return results
     if config.evaluate and source.has_arrays:
+        if stop_requested is not None and stop_requested():
+            raise TrainingInterrupted(
+                "stop requested after training, before the final evaluation; run the same "
+                "command again to evaluate", results["steps"], writer.latest)
         log("Evaluating the pretrained networks")
         results.update(evaluate_method(method, source, input_statistics, config))
         if os.path.exists(initial_eval_path):
@@ -252,7 +388,32 @@ def pretrain(config: PretrainConfig, log=print, strategy=None):
     return results
 
 
-def _train_loop(config, strategy, method, optimizer, dataset, manager, total_steps, log):
+def _all_finite(variables):
+    """Whether every floating-point variable is finite (checked before each save, so that no
+    checkpoint ever holds the NaN or inf weights of a step whose loss was still finite)."""
+    values = [tf.convert_to_tensor(v) for v in variables]
+    checks = [tf.reduce_all(tf.math.is_finite(v)) for v in values if v.dtype.is_floating]
+    return bool(tf.reduce_all(tf.stack(checks)).numpy()) if checks else True
+
+
+def _stop_agreement(strategy, role):
+    """`agree(flag)`: `flag` OR-ed over all workers with one scalar all-reduce, so that every
+    worker stops at the same step when one of them is asked to (a lone worker stopping would
+    leave the others waiting in their next collective)."""
+    if role.num_workers == 1:
+        return bool
+
+    @tf.function
+    def votes(flag):
+        per_replica = strategy.run(lambda value: value, args=(flag,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return lambda flag: float(votes(tf.constant(1.0 if flag else 0.0))) > 0
+
+
+def _train_loop(config, strategy, method, optimizer, dataset, writer, input_position,
+                total_steps, log, stop_requested):
+    role = writer.role
     replica_step = method.train_step
     if config.jit_compile:
         replica_step = tf.function(method.train_step, jit_compile=True)
@@ -268,8 +429,10 @@ def _train_loop(config, strategy, method, optimizer, dataset, manager, total_ste
             logs = strategy.run(replica_step, args=(next(iterator),))
         return reduce(logs)
 
-    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "tensorboard"))
+    summaries = (tf.summary.create_file_writer(os.path.join(config.model_dir, "tensorboard"))
+                 if role.is_chief else tf.summary.create_noop_writer())
     step = int(optimizer.iterations.numpy())
+    saved_step = step if writer.latest else None
     # A live bar on a terminal; in logs (CI, batch jobs) one line per checkpoint instead.
     interactive = sys.stdout.isatty()
     progbar = keras.utils.Progbar(total_steps, verbose=1 if interactive else 2,
@@ -277,28 +440,51 @@ def _train_loop(config, strategy, method, optimizer, dataset, manager, total_ste
     iterator = iter(dataset)
     metrics = {}
     start = time.time()
+
+    def save(step):
+        if not _all_finite(method.variables + optimizer.variables):
+            raise NonFiniteLossError(
+                f"the weights became non-finite by step {step} (the loss was still finite); "
+                f"stopped without saving, the last good checkpoint is "
+                f"{writer.latest or 'none (no checkpoint was written)'}. Lower "
+                "--learning_rate or check the input data.")
+        writer.save(step)
+
+    agree = _stop_agreement(strategy, role)
     while step < total_steps:
-        num_steps = min(config.steps_per_loop, total_steps - step)
+        if agree(bool(stop_requested())):
+            if saved_step != step:
+                save(step)
+            path = writer.latest
+            raise TrainingInterrupted(
+                f"stop requested at step {step}/{total_steps}: checkpoint {path} written; run "
+                "the same command again to resume from it", step, path)
+        # Stop at every checkpoint step even when steps_per_loop does not divide it.
+        next_checkpoint = (step // config.checkpoint_every_steps + 1) * \
+            config.checkpoint_every_steps
+        num_steps = min(config.steps_per_loop, total_steps - step, next_checkpoint - step)
         logs = run_steps(iterator, tf.constant(num_steps))
+        input_position.assign_add(num_steps)
         step = int(optimizer.iterations.numpy())
         metrics = {k: float(v.numpy()) for k, v in logs.items()}
         if not math.isfinite(metrics["loss"]):
             raise NonFiniteLossError(
                 f"loss is {metrics['loss']} at step {step}; stopped without saving, the last "
-                f"good checkpoint is {manager.latest_checkpoint}. Lower --learning_rate or "
-                "check the input data.")
+                f"good checkpoint is {writer.latest or 'none (no checkpoint was written)'}. "
+                "Lower --learning_rate or check the input data.")
         progbar.update(step, [(k, v) for k, v in metrics.items()])
         if step % config.log_every_steps == 0 or step == total_steps:
-            with writer.as_default(step=step):
+            with summaries.as_default(step=step):
                 for name, value in metrics.items():
                     tf.summary.scalar(name, value)
                 tf.summary.scalar("learning_rate", _current_learning_rate(optimizer))
         if step % config.checkpoint_every_steps == 0 or step == total_steps:
-            manager.save(checkpoint_number=step)
+            save(step)
+            saved_step = step
             if not interactive:
                 log(f"step {step}/{total_steps}: " +
                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    writer.flush()
+    summaries.flush()
     return metrics, time.time() - start
 
 

@@ -44,6 +44,7 @@ def test_defaults_with_model_dir_are_valid(tmp_path):
     ({"dataset": "imagenet2012"}, "data_dir", "manual"),
     ({"method": "nac_mq", "queue_size": 1000}, "queue_size", "multiple of 2 x --batch_size"),
     ({"method": "moco_v2", "queue_size": 0}, "queue_size", "positive"),
+    ({"on_corrupt": "ignore"}, "on_corrupt", "skip, raise"),
 ])
 def test_bad_values_name_the_flag(tmp_path, changes, flag, words):
     with pytest.raises(ConfigError) as error:
@@ -88,3 +89,15 @@ def test_every_flagfile_parses_and_validates(path, tmp_path, monkeypatch):
         header = f.read().split("\n--", 1)[0]
     assert "python -m nac_tf.train --flagfile=configs/" in header, "header states the command"
     assert "%" in header, "header states the paper's result it targets"
+
+
+def test_robustness_flags_reach_the_config(tmp_path):
+    import nac_tf.train as entry
+
+    values = flags.FlagValues()
+    entry.define_flags(values)
+    values(["prog", "--on_corrupt=raise", "--deterministic", f"--model_dir={tmp_path}"])
+    config = entry.config_from_flags(values)
+    assert config.on_corrupt == "raise" and config.deterministic
+    defaults = PretrainConfig()
+    assert defaults.on_corrupt == "skip" and not defaults.deterministic

@@ -421,31 +421,73 @@ def _indexed_source(n):
                                     images[:2], np.zeros(2, np.int64))
 
 
-def _pass_through(images):
+def _pass_through(images, **_):
     images = tf.cast(images, tf.float32)
     return images, images
 
 
+def _image_ids(dataset, count):
+    """The image indices of the first `count` batches of an `_indexed_source` dataset."""
+    return [view1.numpy()[:, 0, 0, 0].astype(int) for view1, _ in dataset.take(count)]
+
+
 def test_pretrain_dataset_shards_and_batches_per_replica():
     source = _indexed_source(40)
-    seen = []
+    # One pipeline, one replica: global batches of 8; 15 batches = three epochs, each a
+    # fresh permutation of the 40 images (batches may straddle epochs: none here).
+    whole = _image_ids(pipeline.make_pretrain_dataset(source, _pass_through, 8, seed=0), 15)
+    assert all(len(batch) == 8 for batch in whole)
+    epochs = np.concatenate(whole).reshape(3, 40)
+    assert all(sorted(epoch) == list(range(40)) for epoch in epochs)
+    assert list(epochs[0]) != sorted(epochs[0]) and list(epochs[0]) != list(epochs[1])
+    # Two workers (pipelines) of one replica each: every worker reads its own half of each
+    # global batch, and together they make exactly the one-pipeline batches.
+    halves = []
     for pipeline_id in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2,
                                              input_pipeline_id=pipeline_id,
                                              num_replicas_in_sync=2)
         dataset = pipeline.make_pretrain_dataset(source, _pass_through, global_batch_size=8,
                                                  input_context=context, seed=0)
-        # 15 batches of 4 = three epochs of the 20-image shard: the dataset repeats.
-        batches = [view1.numpy() for view1, _ in dataset.take(15)]
-        assert all(batch.shape == (4, 2, 2, 3) and batch.dtype == np.float32
-                   for batch in batches)
-        indices = np.concatenate([batch[:, 0, 0, 0] for batch in batches]).astype(int)
-        assert set(indices) == set(range(pipeline_id, 40, 2))  # its shard, all of it
-        first_epoch = indices[:20]
-        assert sorted(first_epoch) == list(range(pipeline_id, 40, 2))
-        assert list(first_epoch) != sorted(first_epoch)  # shuffled
-        seen.append(indices)
-    assert not set(seen[0]) & set(seen[1])
+        batches = [view1 for view1, _ in dataset.take(15)]
+        assert all(b.shape == (4, 2, 2, 3) and b.dtype == tf.float32 for b in batches)
+        halves.append([b.numpy()[:, 0, 0, 0].astype(int) for b in batches])
+    for t in range(15):
+        np.testing.assert_array_equal(np.concatenate([halves[0][t], halves[1][t]]), whole[t])
+    # One worker feeding two replicas: consecutive elements are the replicas' halves.
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                         num_replicas_in_sync=2)
+    local = _image_ids(pipeline.make_pretrain_dataset(source, _pass_through, 8, context), 30)
+    for t in range(15):
+        np.testing.assert_array_equal(np.concatenate(local[2 * t:2 * t + 2]), whole[t])
+    # Another seed, another order.
+    other = _image_ids(pipeline.make_pretrain_dataset(source, _pass_through, 8, seed=1), 5)
+    assert not np.array_equal(np.concatenate(other), epochs[0])
+
+
+def test_pretrain_dataset_resumes_at_any_batch_with_the_same_views(digits):
+    """Views are a pure function of (seed, batch index, row): a dataset started at batch k
+    continues the stream exactly, and a worker's rows get the views of the whole batch."""
+    augmenter = ViewPairAugmenter(views.cifar_recipe(image_size=8), seed=3)
+    full = [tuple(v.numpy() for v in pair) for pair in
+            pipeline.make_pretrain_dataset(digits, augmenter, 16, seed=0).take(40)]
+    # Twice, with a parallel map: same numbers (no stateful randomness in the pipeline).
+    again = next(iter(pipeline.make_pretrain_dataset(digits, augmenter, 16, seed=0)))
+    np.testing.assert_array_equal(again[0], full[0][0])
+    resumed = pipeline.make_pretrain_dataset(digits, augmenter, 16, seed=0, start_batch=37)
+    for k, (view1, view2) in enumerate(resumed.take(3)):
+        np.testing.assert_array_equal(view1, full[37 + k][0])
+        np.testing.assert_array_equal(view2, full[37 + k][1])
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                         num_replicas_in_sync=2)
+    second_half = pipeline.make_pretrain_dataset(digits, augmenter, 16, context, seed=0,
+                                                 start_batch=5)
+    view1, view2 = next(iter(second_half))
+    np.testing.assert_array_equal(view1, full[5][0][8:])
+    np.testing.assert_array_equal(view2, full[5][1][8:])
+    assert not np.array_equal(full[5][0], full[5][1])  # two different views
+    with pytest.raises(ValueError, match="start_batch"):
+        pipeline.make_pretrain_dataset(digits, augmenter, 16, start_batch=-1)
 
 
 def test_pretrain_dataset_with_augmenter_under_mirrored_strategy(digits, two_replica_strategy):
@@ -457,6 +499,12 @@ def test_pretrain_dataset_with_augmenter_under_mirrored_strategy(digits, two_rep
     for view in strategy.experimental_local_results(view1) + \
             strategy.experimental_local_results(view2):
         assert view.shape == (4, 8, 8, 3) and view.dtype == tf.float32
+    # Replica r gets the pipeline's r-th element: rows 4r..4r+3 of the global batch.
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                         num_replicas_in_sync=2)
+    elements = list(pipeline.make_pretrain_dataset(digits, augmenter, 8, context).take(2))
+    for replica, view in enumerate(strategy.experimental_local_results(view1)):
+        np.testing.assert_array_equal(view.numpy(), elements[replica][0].numpy())
 
 
 def test_batch_size_must_divide_over_replicas():

@@ -179,7 +179,7 @@ def _raise_for(path):
     try:
         tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         message = "decoding failed in the input pipeline"
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
+    except tf.errors.OpError as error:  # corrupt, truncated or unreadable
         message = error.message
     raise ValueError(f"cannot decode image {path}: {message}")
 

@@ -25,12 +25,12 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from nac_tf.config import DATASETS  # noqa: F401  (the --dataset values, re-exported)
+# The --dataset and --on_corrupt values, re-exported.
+from nac_tf.config import DATASETS, ON_CORRUPT  # noqa: F401
 
 TFDS_DATASETS = ("cifar10", "imagenet2012")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-ON_CORRUPT = ("skip", "raise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,7 +467,7 @@ def load_image_folder_source(root, image_size, test_fraction=0.2, seed=0, on_cor
             try:
                 image = tf.io.decode_image(tf.io.read_file(path), channels=3,
                                            expand_animations=False)
-            except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
+            except tf.errors.OpError as error:  # corrupt, truncated or unreadable
                 if on_corrupt == "raise":
                     raise ValueError(f"cannot decode image {path}: {error.message}") from error
                 skipped += 1
@@ -595,7 +595,7 @@ def _split_size(builder, split):
 
 
 # ----------------------------------------------------------------------------- dispatch
-def load_source(dataset, data_dir=None, image_size=None, seed=0):
+def load_source(dataset, data_dir=None, image_size=None, seed=0, on_corrupt="skip"):
     """The ImageSource for `--dataset` (one of DATASETS).
 
     data_dir: npz: the .npz file; image_folder: the root of class folders; imagenet2012:
@@ -608,6 +608,9 @@ def load_source(dataset, data_dir=None, image_size=None, seed=0):
       size.
     seed: the train/test split of digits and image_folder, and the retrieval split of
       cifar10_hashing and flickr25k.
+    on_corrupt: image files that cannot be decoded (image_folder, flickr25k): "skip" leaves
+      them out and counts them in `source.num_skipped`, "raise" raises ValueError naming
+      the file.
     """
     if dataset not in DATASETS:
         raise ValueError(f"--dataset={dataset!r} is not one of: {', '.join(DATASETS)}")
@@ -636,11 +639,13 @@ def load_source(dataset, data_dir=None, image_size=None, seed=0):
     if dataset == "npz":
         return load_npz_source(data_dir)
     if dataset == "image_folder":
-        return load_image_folder_source(data_dir, image_size=size, seed=seed)
+        return load_image_folder_source(data_dir, image_size=size, seed=seed,
+                                        on_corrupt=on_corrupt)
     if dataset == "flickr25k":
         from nac_tf.data import flickr25k  # it builds on this module
 
-        return flickr25k.load_flickr25k_source(data_dir, image_size=size, seed=seed)
+        return flickr25k.load_flickr25k_source(data_dir, image_size=size, seed=seed,
+                                               on_corrupt=on_corrupt)
     return load_tfds_source("imagenet2012", data_dir=data_dir, manual_dir=data_dir,
                             image_size=size)
 

@@ -266,7 +266,10 @@ class MomentumQueueMethod(TwoViewMethod):
     views) are written into the ring buffer, oldest first (MoCo convention).
     """
 
-    queue_initializer = "random_normal"
+    def queue_initializer(self, seed):
+        """Initial queue entries, seeded from the run's seed so that two runs of one command
+        (and a killed run and its resume) start from the same queue."""
+        return keras.initializers.RandomNormal(seed=seed)
 
     def init_momentum(self, online_networks):
         c = self.method_config
@@ -274,7 +277,7 @@ class MomentumQueueMethod(TwoViewMethod):
         self.momentum_networks = copies
         self._momentum = MomentumNetworks(online_networks, copies, c.momentum)
         self.queue = self.add_weight(
-            shape=(c.queue_size, c.code_dim), initializer=self.queue_initializer,
+            shape=(c.queue_size, c.code_dim), initializer=self.queue_initializer(c.seed),
             trainable=False, name="queue")
         self.queue_pointer = self.add_weight(
             shape=(), dtype="int32", initializer="zeros", trainable=False, name="queue_pointer")

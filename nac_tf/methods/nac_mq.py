@@ -19,7 +19,8 @@ class NACMQ(MomentumQueueMethod):
     """
 
     # Queue entries stand for tanh codes until real momentum codes replace them.
-    queue_initializer = keras.initializers.RandomUniform(-1.0, 1.0)
+    def queue_initializer(self, seed):
+        return keras.initializers.RandomUniform(-1.0, 1.0, seed=seed)
 
     def __init__(self, encoder, config, **kwargs):
         super().__init__(encoder, config, **kwargs)
