@@ -9,6 +9,8 @@ import os
 import keras
 import tensorflow as tf
 
+from nac_tf.config import ConfigError
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 
@@ -35,12 +37,20 @@ def make_strategy(name, tpu_address=""):
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                             "describing the cluster and this worker's task")
+            raise ConfigError("strategy", "multi_worker needs the TF_CONFIG environment "
+                              "variable describing the cluster and this worker's task")
         return tf.distribute.MultiWorkerMirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address or "local")
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address or "local")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (tf.errors.OpError, ValueError) as error:
+        # Without a TPU, TensorFlow answers with a long NotFoundError about an unregistered
+        # ConfigureDistributedTPU kernel; say what is wrong in the flags' terms instead.
+        where = f"--tpu={tpu_address}" if tpu_address else "this machine (--tpu empty: local)"
+        raise ConfigError("strategy", f"tpu: no TPU reachable at {where} "
+                          f"({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+                          ) from error
     return tf.distribute.TPUStrategy(resolver)
 
 

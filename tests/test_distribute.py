@@ -13,12 +13,17 @@ float64 (see `float64_policy` for why float32 ReLU networks cannot be compared t
 the objectives stay float32. Observed: losses and gradients within 2e-7, weights after two
 LARS steps within 3e-7, logged scalars within 1.5e-6.
 """
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from nac_tf import distribute
+from nac_tf.config import ConfigError
 from nac_tf.methods import MethodConfig, build_method
 from nac_tf.models import ProjectionHead, build_encoder, clone_encoder, clone_head
 from nac_tf.optim import LARS
@@ -369,3 +374,24 @@ def test_per_view_batch_norm_runs_online_and_momentum_networks_once_per_view():
     encoder, head = (_reference_copy(n, f"joint_{n.name}") for n in networks["online"])
     joint = head(encoder(tf.concat([view1, view2], 0), training=True), training=True)
     assert np.abs(joint.numpy()[:K] - expected_codes[:K]).max() > 1e-3
+
+
+def test_strategies_that_cannot_start_here_fail_naming_the_flag(monkeypatch):
+    """No TPU on the test machines: --strategy=tpu must fail fast with a message in the
+    flags' terms (not TensorFlow's unregistered-kernel error); multi_worker needs TF_CONFIG.
+
+    The TPU attempt runs in a subprocess: connecting to a cluster changes the process's
+    eager context, which the other tests share.
+    """
+    check = ("from nac_tf.config import ConfigError\n"
+             "from nac_tf.distribute import make_strategy\n"
+             "try:\n    make_strategy('tpu')\n"
+             "except ConfigError as error:\n    print('CONFIG_ERROR', error)\n")
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                            timeout=120, env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert "CONFIG_ERROR --strategy: tpu: no TPU reachable" in result.stdout, result.stderr
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match=r"--strategy: multi_worker needs the TF_CONFIG"):
+        distribute.make_strategy("multi_worker")
