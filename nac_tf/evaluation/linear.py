@@ -410,16 +410,25 @@ def train_linear_classifier(train_features, train_labels, num_classes, learning_
     labels_t = tf.convert_to_tensor(labels.astype(np.int32))
     orders = epoch_orders(n, config.epochs, config.seed)
     bar = _progbar(progress, config.epochs, learning_rate, f"{n} examples")
-    losses, diverged = [], False
-    for epoch in range(config.epochs):
-        loss = float(trainer.epoch(features_t, labels_t, tf.convert_to_tensor(orders[epoch])))
+    losses, diverged = _run_epochs(
+        lambda epoch: float(trainer.epoch(features_t, labels_t,
+                                          tf.convert_to_tensor(orders[epoch]))),
+        config.epochs, bar)
+    return trainer.classifier(learning_rate, diverged, losses, eval_features, eval_labels)
+
+
+def _run_epochs(epoch_loss, epochs, bar):
+    """Calls `epoch_loss(epoch)` for every epoch, stopping at the first non-finite loss;
+    returns (losses, diverged)."""
+    losses = []
+    for epoch in range(epochs):
+        loss = epoch_loss(epoch)
         losses.append(loss)
         if bar is not None:
             bar.update(epoch + 1, values=[("loss", loss)])
         if not math.isfinite(loss):
-            diverged = True
-            break
-    return trainer.classifier(learning_rate, diverged, losses, eval_features, eval_labels)
+            return losses, True
+    return losses, False
 
 
 def _select_rate(validation_top1):
@@ -591,19 +600,15 @@ def _train_augmented(encode, images, labels, num_classes, learning_rate, config,
         return trainer._step(features, batch_labels)
 
     bar = _progbar(progress, config.epochs, learning_rate, f"{n} augmented images")
-    losses, diverged = [], False
     batches = iter(dataset)
-    for epoch in range(config.epochs):
+
+    def epoch_loss(epoch):
         total = tf.constant(0.0)
         for _ in range(steps_per_epoch):
             total += step(*next(batches))
-        loss = float(total) / n
-        losses.append(loss)
-        if bar is not None:
-            bar.update(epoch + 1, values=[("loss", loss)])
-        if not math.isfinite(loss):
-            diverged = True
-            break
+        return float(total) / n
+
+    losses, diverged = _run_epochs(epoch_loss, config.epochs, bar)
     return trainer.classifier(learning_rate, diverged, losses, eval_features, eval_labels)
 
 

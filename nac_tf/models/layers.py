@@ -125,3 +125,18 @@ def input_normalization(x, mean, std, name="input_normalization"):
         raise ValueError(f"std must be positive in every channel; got {std}")
     return keras.layers.Normalization(
         mean=mean, variance=[s * s for s in std], name=name)(x)
+
+
+def check_encoder_arguments(input_shape, stem, name, batch_norm_momentum, accept_no_stem=False):
+    """The checks every encoder builder runs first; returns the validated input shape."""
+    check_stem(stem, accept_none=accept_no_stem)
+    check_model_name(name)
+    check_batch_norm_momentum(batch_norm_momentum)
+    return check_input_shape(input_shape)
+
+
+def encoder_input(input_shape, mean, std):
+    """(image input, normalised images): an encoder's first two layers. Call it inside the
+    model's name scope so the layers get the model's path prefix."""
+    inputs = keras.Input(shape=input_shape, name="images")
+    return inputs, input_normalization(inputs, mean, std)

@@ -11,8 +11,8 @@ Layer names: "stem_conv", "stem_bn", "stem_pool"; blocks "stage<s>_block<b>_conv
 import keras
 
 from nac_tf.models.layers import (
-    DEFAULT_BATCH_NORM_MOMENTUM, batch_norm, check_batch_norm_momentum, check_input_shape,
-    check_model_name, check_stem, conv, input_normalization, max_pool_3x3_stride_2)
+    DEFAULT_BATCH_NORM_MOMENTUM, batch_norm, check_encoder_arguments, conv, encoder_input,
+    max_pool_3x3_stride_2)
 
 BLOCK_TYPES = ("basic", "bottleneck")
 # Output channels of a block relative to its width.
@@ -76,10 +76,7 @@ def build_resnet(block_type, blocks_per_stage, widths, input_shape, *, stem="cif
     if len(blocks_per_stage) != len(widths) or not widths:
         raise ValueError(f"blocks_per_stage and widths need one entry per stage; got "
                          f"{blocks_per_stage} and {widths}")
-    check_stem(stem)
-    check_model_name(name)
-    check_batch_norm_momentum(batch_norm_momentum)
-    input_shape = check_input_shape(input_shape)
+    input_shape = check_encoder_arguments(input_shape, stem, name, batch_norm_momentum)
     block_fn = _basic_block if block_type == "basic" else _bottleneck_block
 
     def bn(layer_name, zero_gamma=False):
@@ -88,8 +85,7 @@ def build_resnet(block_type, blocks_per_stage, widths, input_shape, *, stem="cif
     # The name scope puts the model name in front of every variable path
     # ("encoder/stage1_block0_bn1/gamma"), so online and momentum copies stay distinguishable.
     with keras.name_scope(name):
-        inputs = keras.Input(shape=input_shape, name="images")
-        x = input_normalization(inputs, mean, std)
+        inputs, x = encoder_input(input_shape, mean, std)
         if stem == "cifar":
             x = conv(x, widths[0], 3, 1, "stem_conv")
             x = keras.layers.ReLU(name="stem_relu")(bn("stem_bn")(x))

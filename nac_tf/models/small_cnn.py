@@ -7,8 +7,7 @@ Layer names: "conv<k>", "conv<k>_bn", "conv<k>_relu"; "avg_pool" gives h.
 import keras
 
 from nac_tf.models.layers import (
-    DEFAULT_BATCH_NORM_MOMENTUM, batch_norm, check_batch_norm_momentum, check_input_shape,
-    check_model_name, check_stem, conv, input_normalization)
+    DEFAULT_BATCH_NORM_MOMENTUM, batch_norm, check_encoder_arguments, conv, encoder_input)
 
 # (filters, stride) of each conv-BN-ReLU layer.
 SMALL_CNN_LAYERS = ((32, 1), (64, 2), (128, 2))
@@ -21,13 +20,10 @@ def small_cnn(input_shape, *, stem=None, mean=None, std=None, synchronized_batch
     `stem` has no effect (accepted, if valid or None, so all encoders share arguments).
     Other arguments as in `nac_tf.models.resnet.build_resnet`.
     """
-    check_stem(stem, accept_none=True)
-    check_model_name(name)
-    check_batch_norm_momentum(batch_norm_momentum)
-    input_shape = check_input_shape(input_shape)
+    input_shape = check_encoder_arguments(input_shape, stem, name, batch_norm_momentum,
+                                          accept_no_stem=True)
     with keras.name_scope(name):
-        inputs = keras.Input(shape=input_shape, name="images")
-        x = input_normalization(inputs, mean, std)
+        inputs, x = encoder_input(input_shape, mean, std)
         for index, (filters, strides) in enumerate(SMALL_CNN_LAYERS, start=1):
             x = conv(x, filters, 3, strides, f"conv{index}")
             x = batch_norm(f"conv{index}_bn", batch_norm_momentum, synchronized_batch_norm)(x)

@@ -10,8 +10,7 @@ Layer names: "block<b>_conv<k>", "block<b>_bn<k>", "block<b>_pool"; "avg_pool" g
 import keras
 
 from nac_tf.models.layers import (
-    DEFAULT_BATCH_NORM_MOMENTUM, batch_norm, check_batch_norm_momentum, check_input_shape,
-    check_model_name, check_stem, conv, input_normalization)
+    DEFAULT_BATCH_NORM_MOMENTUM, batch_norm, check_encoder_arguments, conv, encoder_input)
 
 # Filters of each 3x3 conv; "M" is a 2x2 max-pool with stride 2.
 VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
@@ -28,13 +27,10 @@ def vgg16_bn(input_shape, *, stem=None, mean=None, std=None, synchronized_batch_
     would make every variable path look like BatchNorm (see nac_tf/models/__init__.py).
     Other arguments as in `nac_tf.models.resnet.build_resnet`.
     """
-    check_stem(stem, accept_none=True)
-    check_model_name(name)
-    check_batch_norm_momentum(batch_norm_momentum)
-    input_shape = check_input_shape(input_shape)
+    input_shape = check_encoder_arguments(input_shape, stem, name, batch_norm_momentum,
+                                          accept_no_stem=True)
     with keras.name_scope(name):
-        inputs = keras.Input(shape=input_shape, name="images")
-        x = input_normalization(inputs, mean, std)
+        inputs, x = encoder_input(input_shape, mean, std)
         block, index = 1, 1
         for item in VGG16_CONFIG:
             if item == "M":
