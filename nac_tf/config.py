@@ -46,6 +46,7 @@ class PretrainConfig:
     head_hidden_dim: int = 0  # 0: the encoder's output width
     head_batch_norm: bool = False
     head_scale_by_sqrt_dim: bool = True
+    head_init: str = "keras"  # "pytorch": torch.nn.Linear's, as the authors' heads
     batch_norm: str = "sync"
     # Optimisation.
     batch_size: int = 1000
@@ -57,9 +58,12 @@ class PretrainConfig:
     weight_decay: float = 1e-6
     lars_momentum: float = 0.9
     lars_trust_coefficient: float = 1e-3
+    lars_rule: str = "simclr"  # which variables LARS adapts (nac_tf.optim.LARS_RULES)
     # Objectives.
     flip_prob: float = 0.1
     queue_size: int = 50000
+    queue_init_scale: float = 1e-3  # std of the initial queue entries (authors: 1e-3)
+    mq_negatives: str = "batch_in_queue"  # NAC-MQ denominator (nac_tf.methods.MQ_NEGATIVES)
     momentum: float = 0.99
     l2_weight: float = 0.1
     temperature: float = 0.5
@@ -86,7 +90,10 @@ class PretrainConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     linear_eval_epochs: int = 100  # 0 skips the linear probe of the final evaluation
+    linear_eval_augment: bool = True  # the probe trains on pad-and-crop + flipped images
     evaluate: bool = True
+    eval_every_steps: int = 0  # evaluate during training every N steps; 0: off
+    eval_num_queries: int = 1000  # fixed query subset of the training-time mAP
     allow_flag_changes: bool = False
 
     def replace(self, **changes):
@@ -112,7 +119,8 @@ RUN_DEFINING_FIELDS = (
     "method", "dataset", "data_dir", "image_size", "encoder", "stem", "code_dim",
     "head_hidden_dim", "head_batch_norm", "head_scale_by_sqrt_dim", "batch_size", "epochs",
     "train_steps", "learning_rate", "learning_rate_scaling", "warmup_epochs", "weight_decay",
-    "lars_momentum", "lars_trust_coefficient", "flip_prob", "queue_size", "momentum",
+    "lars_momentum", "lars_trust_coefficient", "lars_rule", "head_init", "queue_init_scale",
+    "mq_negatives", "flip_prob", "queue_size", "momentum",
     "l2_weight", "temperature", "crop_area_min", "flip", "jitter_strength",
     "jitter_prob", "grayscale_prob", "blur_prob", "seed", "batch_norm", "precision",
 )
@@ -183,6 +191,12 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None):
     _one_of("on_corrupt", config.on_corrupt, ON_CORRUPT)
     from nac_tf.distribute import STRATEGIES
     _one_of("strategy", config.strategy, STRATEGIES)
+    from nac_tf.methods.base import MQ_NEGATIVES
+    from nac_tf.models.heads import HEAD_INITIALIZERS
+    from nac_tf.optim import LARS_RULES
+    _one_of("lars_rule", config.lars_rule, LARS_RULES)
+    _one_of("head_init", config.head_init, HEAD_INITIALIZERS)
+    _one_of("mq_negatives", config.mq_negatives, MQ_NEGATIVES)
 
     validate_data_flags(config.dataset, config.data_dir)
     if not config.model_dir:
@@ -192,20 +206,18 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None):
     if config.image_size < 0:
         raise ConfigError("image_size", f"{config.image_size} must be >= 0 (0: native size)")
     for flag in ("code_dim", "batch_size", "steps_per_loop", "checkpoint_every_steps",
-                 "keep_checkpoints", "log_every_steps", "knn_k"):
+                 "keep_checkpoints", "log_every_steps", "knn_k", "eval_num_queries"):
         if getattr(config, flag) < 1:
             raise ConfigError(flag, f"{getattr(config, flag)} must be a positive integer")
     if config.code_dim % 8:
         raise ConfigError("code_dim", f"{config.code_dim} must be a multiple of 8 "
                           "(hash codes are packed 8 bits per byte)")
-    if config.linear_eval_epochs < 0:
-        raise ConfigError("linear_eval_epochs", f"{config.linear_eval_epochs} must be >= 0 "
-                          "(0 skips the linear probe)")
-    if config.head_hidden_dim < 0:
-        raise ConfigError("head_hidden_dim", f"{config.head_hidden_dim} must be >= 0 "
-                          "(0: the encoder's output width)")
-    if config.train_steps < 0:
-        raise ConfigError("train_steps", f"{config.train_steps} must be >= 0 (0: use --epochs)")
+    for flag, zero_means in (("eval_every_steps", "0: no evaluation during training"),
+                             ("linear_eval_epochs", "0 skips the linear probe"),
+                             ("head_hidden_dim", "0: the encoder's output width"),
+                             ("train_steps", "0: use --epochs")):
+        if getattr(config, flag) < 0:
+            raise ConfigError(flag, f"{getattr(config, flag)} must be >= 0 ({zero_means})")
     if config.train_steps == 0 and config.epochs < 1:
         raise ConfigError("epochs", f"{config.epochs} must be >= 1 (or set --train_steps)")
     _in_range("learning_rate", config.learning_rate, 0.0, float("inf"), low_open=True)
@@ -217,6 +229,7 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None):
     _in_range("flip_prob", config.flip_prob, 0.0, 0.5, low_open=True, high_open=True)
     _in_range("momentum", config.momentum, 0.0, 1.0, high_open=True)
     _in_range("l2_weight", config.l2_weight, 0.0, float("inf"))
+    _in_range("queue_init_scale", config.queue_init_scale, 0.0, float("inf"), low_open=True)
     _in_range("temperature", config.temperature, 0.0, float("inf"), low_open=True)
     _in_range("crop_area_min", config.crop_area_min, 0.0, 1.0, low_open=True)
     _in_range("jitter_strength", config.jitter_strength, 0.0, float("inf"))

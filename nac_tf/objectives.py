@@ -140,8 +140,13 @@ def _mutual_information_constant(num_samples, dim, flip_prob, dtype):
 
 
 def _noisy_channel_terms(codes, logits, flip_signs, flip_prob, samples,
-                         codes_name, logits_name, samples_name):
-    """Validated, dtype-aligned per-row positive and negative terms shared by NAC and NAC-MQ."""
+                         codes_name, logits_name, samples_name, positive_keys=None):
+    """Validated, dtype-aligned per-row positive and negative terms shared by NAC and NAC-MQ.
+
+    `positive_keys` [2K, D] (optional): each row's own momentum code; row i's denominator then
+    also holds beta z~_i . k_pi(i), the key of its other view (MoCo's positive logit), and the
+    number of samples is M + 1.
+    """
     _check_flip_prob(flip_prob)
     dtype = _compute_dtype(codes)
     codes = _as_float(codes, dtype)
@@ -154,10 +159,21 @@ def _noisy_channel_terms(codes, logits, flip_signs, flip_prob, samples,
     _check_same_width(samples_name, samples, codes_name, codes)
 
     noisy_codes = flip_signs * codes
+    beta = _channel_beta(flip_prob, dtype)
     positive = _positive_term(noisy_codes, logits)
-    negative = _negative_term(noisy_codes, samples, _channel_beta(flip_prob, dtype))
-    constant = _mutual_information_constant(
-        ops.shape(samples)[0], ops.shape(codes)[1], flip_prob, dtype)
+    num_samples = ops.shape(samples)[0]
+    if positive_keys is None:
+        negative = _negative_term(noisy_codes, samples, beta)
+    else:
+        positive_keys = ops.stop_gradient(_as_float(positive_keys, dtype))
+        _check_same_shape("positive_keys", positive_keys, codes_name, codes)
+        own_key = beta * ops.sum(noisy_codes * _other_view(positive_keys), axis=-1,
+                                 keepdims=True)
+        negative = ops.logsumexp(ops.concatenate(
+            [own_key, beta * ops.matmul(noisy_codes, ops.transpose(samples))], axis=-1),
+            axis=-1)
+        num_samples = num_samples + 1
+    constant = _mutual_information_constant(num_samples, ops.shape(codes)[1], flip_prob, dtype)
     return codes, positive, negative, constant
 
 
@@ -210,8 +226,15 @@ def nac_mutual_information_bound(codes, logits, flip_signs, flip_prob, negatives
 # NAC-MQ (Eq. 20).
 # --------------------------------------------------------------------------------------------
 
-def nac_mq_loss(codes, momentum_logits, flip_signs, flip_prob, queue, l2_weight):
+def nac_mq_loss(codes, momentum_logits, flip_signs, flip_prob, queue, l2_weight,
+                positive_keys=None):
     """Negative relaxed NAC-MQ objective (Eq. 20), constants dropped; minimise it.
+
+    Which momentum codes the denominator holds is the caller's choice of `queue` and
+    `positive_keys`. The authors' CIFAR code writes the current batch's momentum codes into
+    the queue before the loss (pass that queue); their ImageNet code prepends each row's
+    positive key, MoCo's way (pass `positive_keys`); Eq. 20 read literally uses the stored
+    queue alone.
 
     Args:
       codes: online tanh codes z [2K, D].
@@ -221,27 +244,32 @@ def nac_mq_loss(codes, momentum_logits, flip_signs, flip_prob, queue, l2_weight)
       flip_prob: p in (0, 0.5).
       queue: momentum codes v_m [M, D].
       l2_weight: lambda >= 0 of the lambda ||z||^2 term (on the clean code z).
+      positive_keys: optional momentum codes k [2K, D] of each row's own view; row i's
+        denominator then also holds beta z~_i . k_pi(i) (no gradient through k).
 
     Returns:
-      Scalar mean_i [-pos_i + logsumexp_m(beta z~_i . v_m) + lambda ||z_i||^2].
+      Scalar mean_i [-pos_i + logsumexp_m(beta z~_i . v_m) + lambda ||z_i||^2], the
+      logsumexp over [k_pi(i); v_1..v_M] with `positive_keys`.
     """
     _check_non_negative("l2_weight", l2_weight)
     codes, positive, negative, _ = _noisy_channel_terms(
         codes, momentum_logits, flip_signs, flip_prob, queue, "codes", "momentum_logits",
-        "queue")
+        "queue", positive_keys)
     l2_weight = _scalar(l2_weight, codes.dtype)
     return ops.mean(negative - positive + l2_weight * ops.sum(ops.square(codes), axis=-1))
 
 
-def nac_mq_mutual_information_bound(codes, momentum_logits, flip_signs, flip_prob, queue):
+def nac_mq_mutual_information_bound(codes, momentum_logits, flip_signs, flip_prob, queue,
+                                    positive_keys=None):
     """Eq. 20's lower bound on I(X; C~) in nats: mean_i[pos_i - lse_i] + log M - (D/2) log(p(1-p)).
 
-    Same derivation as `nac_mutual_information_bound` with the M queued momentum codes as the
-    samples of the marginal; the lambda ||z||^2 regulariser is not part of the bound.
+    Same derivation as `nac_mutual_information_bound` with the M queued momentum codes (M + 1
+    with `positive_keys`, see `nac_mq_loss`) as the samples of the marginal; the
+    lambda ||z||^2 regulariser is not part of the bound.
     """
     _, positive, negative, constant = _noisy_channel_terms(
         codes, momentum_logits, flip_signs, flip_prob, queue, "codes", "momentum_logits",
-        "queue")
+        "queue", positive_keys)
     return ops.mean(positive - negative) + constant
 
 

@@ -12,7 +12,16 @@ coefficient eta = 1e-3, momentum 0.9, weight decay 1e-6):
     w <- w - v                         (Nesterov: w <- w - (momentum * v + lr_w * g))
 
 The authors' PyTorch LARS froze every parameter initialised to zero (a `>= 0` test on the
-norms); here a zero norm only sets the trust ratio to 1, so zero-initialised weights train.
+norms); here a zero norm only sets the trust ratio to 1, so zero-initialised weights train,
+unless `freeze_zero_norm` asks for the authors' behaviour (trust = eta ||w|| / ||g|| always,
+so 0 for ||w|| = 0).
+
+Which variables are adapted is a rule, named in `LARS_RULES` (`lars_rule_arguments`):
+  simclr   BatchNorm parameters and biases get neither weight decay nor the trust ratio
+           (the reference TF SimCLR LARS): they take raw lr * g steps;
+  all      every variable gets weight decay and the trust ratio;
+  authors  `all`, with zero-norm variables frozen (the NAC authors' code: BatchNorm betas
+           never move; their heads' biases are not zero-initialised and do move).
 
 Exclusion is decided by regular expressions searched (`re.search`) in the variable's Keras
 *path* ("encoder/stage1_block0_bn1/gamma"), never its short name ("gamma"), so a rule can
@@ -44,6 +53,19 @@ DEFAULT_EXCLUDES = (
     # (b) Keras' default BatchNormalization names ("batch_normalization_<k>").
     r"(^|/)([^/]*_)?batch_norm(alization)?(_\d+)?/[^/]+$",
 )
+
+
+LARS_RULES = ("simclr", "all", "authors")
+
+
+def lars_rule_arguments(rule):
+    """LARS keyword arguments of a rule of `LARS_RULES` (see the module docstring)."""
+    if rule not in LARS_RULES:
+        raise ValueError(f"rule={rule!r} is not one of the accepted values: "
+                         f"{', '.join(LARS_RULES)}")
+    if rule == "simclr":
+        return dict(exclude_from_weight_decay=DEFAULT_EXCLUDES, freeze_zero_norm=False)
+    return dict(exclude_from_weight_decay=(), freeze_zero_norm=rule == "authors")
 
 
 def _check_patterns(argument, patterns):
@@ -89,13 +111,16 @@ class LARS(keras.optimizers.Optimizer):
         exclude_from_layer_adaptation: the same for the trust ratio; None means "same as
             exclude_from_weight_decay".
         nesterov: Nesterov momentum.
+        freeze_zero_norm: the trust ratio of a variable with ||w|| = 0 is 0 (it never
+            moves; the NAC authors' LARS) instead of 1.
         **kwargs: other `keras.optimizers.Optimizer` arguments (clipnorm, use_ema, ...),
             except `weight_decay`, which this class owns.
     """
 
     def __init__(self, learning_rate, momentum=0.9, weight_decay=1e-6, trust_coefficient=1e-3,
                  eps=0.0, exclude_from_weight_decay=DEFAULT_EXCLUDES,
-                 exclude_from_layer_adaptation=None, nesterov=False, name="lars", **kwargs):
+                 exclude_from_layer_adaptation=None, nesterov=False, freeze_zero_norm=False,
+                 name="lars", **kwargs):
         if isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool):
             learning_rate = float(learning_rate)  # Keras rejects int learning rates.
         # Keras' own (decoupled) weight decay stays off: LARS couples decay into the gradient
@@ -115,6 +140,7 @@ class LARS(keras.optimizers.Optimizer):
         self.trust_coefficient = float(trust_coefficient)
         self.eps = float(eps)
         self.nesterov = bool(nesterov)
+        self.freeze_zero_norm = bool(freeze_zero_norm)
         # Not `self.exclude_from_weight_decay`: that name is a method of the base class.
         self.weight_decay_exclusions = _check_patterns(
             "exclude_from_weight_decay", exclude_from_weight_decay)
@@ -164,9 +190,11 @@ class LARS(keras.optimizers.Optimizer):
             # The denominator is made safe too, so no inf/NaN is ever computed.
             denominator = ops.where(both_positive, g_norm + ops.cast(self.eps, dtype),
                                     ops.ones_like(g_norm))
+            fallback = (ops.where(w_norm > 0, ops.ones_like(w_norm), ops.zeros_like(w_norm))
+                        if self.freeze_zero_norm else ops.ones_like(w_norm))
             trust = ops.where(both_positive,
                               ops.cast(self.trust_coefficient, dtype) * w_norm / denominator,
-                              ops.ones_like(w_norm))
+                              fallback)
             lr = lr * trust
         momentum = ops.cast(self.momentum, dtype)
         velocity = self.momentums[index]
@@ -180,6 +208,7 @@ class LARS(keras.optimizers.Optimizer):
         config.update(
             momentum=self.momentum, weight_decay=self.lars_weight_decay,
             trust_coefficient=self.trust_coefficient, eps=self.eps, nesterov=self.nesterov,
+            freeze_zero_norm=self.freeze_zero_norm,
             exclude_from_weight_decay=list(self.weight_decay_exclusions),
             exclude_from_layer_adaptation=list(self.layer_adaptation_exclusions))
         return config

@@ -2,7 +2,10 @@
 
 `pretrain(config)` is everything `python -m nac_tf.train` does after parsing flags. A run
 directory holds `flags.json` (the resolved configuration), `checkpoints/`, `tensorboard/`
-(scalars every `log_every_steps`), and `results.json` at the end.
+(scalars every `log_every_steps`), and `results.json` at the end. With `eval_every_steps`,
+the chief also evaluates the current networks during training (`nac_tf.evaluation.monitor`:
+kNN top-1, subset Hamming mAP@all) into TensorBoard (eval/...) and `trajectory.json`, which
+`results.json` repeats as "trajectory".
 
 Checkpoints (every `checkpoint_every_steps`, at the end, and on a stop request such as
 SIGTERM) hold the model, the optimizer (slots, step, loss scale), the momentum networks and
@@ -38,15 +41,18 @@ from nac_tf.data.pipeline import make_pretrain_dataset
 from nac_tf.data.sources import dataset_statistics, load_source
 from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter
 from nac_tf.evaluation.linear import LinearEvalConfig
+from nac_tf.evaluation.monitor import TrainingMonitor
 from nac_tf.evaluation.report import EvaluationConfig, evaluate_model
 from nac_tf.export import ExportedModel, build_export_module
 from nac_tf.methods import MethodConfig, build_method
 from nac_tf.models import build_encoder, encoder_output_dim
-from nac_tf.optim import LARS, WarmupCosineSchedule, scaled_learning_rate
+from nac_tf.optim import LARS, WarmupCosineSchedule, lars_rule_arguments, scaled_learning_rate
 
 
 INPUT_STATISTICS_FILE = "input_statistics.json"
 CHECKPOINT_DIR = "checkpoints"
+# The evaluations during training (--eval_every_steps), kept across resumes.
+TRAJECTORY_FILE = "trajectory.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -119,7 +125,9 @@ def method_config(config: PretrainConfig, representation_dim, num_replicas):
         synchronized_batch_norm=config.batch_norm == "sync" and num_replicas > 1,
         per_view_batch_norm=config.batch_norm == "per_view",
         flip_prob=config.flip_prob, queue_size=config.queue_size, momentum=config.momentum,
-        l2_weight=config.l2_weight, temperature=config.temperature, seed=config.seed)
+        l2_weight=config.l2_weight, temperature=config.temperature, seed=config.seed,
+        mq_negatives=config.mq_negatives, queue_init_scale=config.queue_init_scale,
+        head_init=config.head_init)
 
 
 def build_pretraining_method(config: PretrainConfig, input_statistics, num_replicas=1):
@@ -186,7 +194,10 @@ def schedule_lengths(config, num_train):
 def evaluation_config(config: PretrainConfig):
     return EvaluationConfig(
         knn_k=config.knn_k, knn_temperature=config.knn_temperature,
-        linear=LinearEvalConfig(epochs=config.linear_eval_epochs, seed=config.seed)
+        # By default the protocol's augmentation (pad-and-crop + flip of the training
+        # images, afresh every epoch), as tools/linear_eval.py --augment.
+        linear=LinearEvalConfig(epochs=config.linear_eval_epochs, seed=config.seed,
+                                augment=config.linear_eval_augment)
         if config.linear_eval_epochs else None)
 
 
@@ -200,6 +211,70 @@ def evaluate_method(method, source, input_statistics, config, prefix=""):
         method, input_statistics["image_size"], input_statistics))
     report = evaluate_model(model, source, evaluation_config(config))
     return {prefix + key: value for key, value in report.items()}
+
+
+def read_trajectory(model_dir, up_to_step=None):
+    """The evaluations during training of a run directory (trajectory.json, written with
+    --eval_every_steps): a list of dicts in step order, those after `up_to_step` left out;
+    [] when there is none."""
+    path = os.path.join(model_dir, TRAJECTORY_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        entries = json.load(f)
+    return [entry for entry in entries if up_to_step is None or entry["step"] <= up_to_step]
+
+
+class _TrainingEvaluation:
+    """--eval_every_steps on the chief: the `TrainingMonitor` over the live online networks
+    and the run's trajectory (trajectory.json, rewritten atomically after every evaluation).
+
+    On resume the trajectory is read back without the entries after the restored step
+    (evaluated by a session that stopped before its next checkpoint). `monitor` is None when
+    nothing is evaluated during training (then the trajectory is only carried along).
+    """
+
+    def __init__(self, monitor, model, model_dir, start_step, log):
+        self.monitor, self.model, self.log = monitor, model, log
+        self.path = os.path.join(model_dir, TRAJECTORY_FILE)
+        self.entries = read_trajectory(model_dir, start_step)
+        if os.path.exists(self.path) and len(self.entries) != len(read_trajectory(model_dir)):
+            _write_json(self.path, self.entries)
+
+    def __call__(self, step, train_metrics, summaries):
+        begin = time.time()
+        values = self.monitor.evaluate(self.model)
+        seconds = time.time() - begin
+        entry = {**train_metrics, **values, "step": step, "eval_seconds": round(seconds, 3)}
+        self.entries = [e for e in self.entries if e["step"] < step] + [entry]
+        _write_json(self.path, self.entries)
+        with summaries.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar("eval/" + name, value)
+        self.log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+                 + f" ({seconds:.2f} s)")
+
+
+def _training_evaluation(config, method, source, input_statistics, start_step, log):
+    """The chief's _TrainingEvaluation of `config` (its monitor None unless
+    --eval_every_steps > 0 on a source held in memory with something to evaluate)."""
+    monitor = model = None
+    if config.eval_every_steps and not source.has_arrays:
+        log(f"--eval_every_steps: {config.dataset} is streamed, not held in memory; no "
+            "evaluation during training")
+    elif config.eval_every_steps:
+        monitor = TrainingMonitor(source, knn_k=config.knn_k,
+                                  knn_temperature=config.knn_temperature,
+                                  num_queries=config.eval_num_queries, seed=config.seed)
+        if not monitor.metric_names:
+            log(f"--eval_every_steps: nothing to evaluate on {config.dataset} (multi-label, "
+                "no retrieval protocol)")
+            monitor = None
+        else:
+            # The final evaluation's inference path (export module over the live networks).
+            model = ExportedModel.from_module(build_export_module(
+                method, input_statistics["image_size"], input_statistics))
+    return _TrainingEvaluation(monitor, model, config.model_dir, start_step, log)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -322,7 +397,8 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
                                        config.learning_rate_scaling)
         optimizer = LARS(WarmupCosineSchedule(peak_lr, total_steps, warmup_steps),
                          momentum=config.lars_momentum, weight_decay=config.weight_decay,
-                         trust_coefficient=config.lars_trust_coefficient)
+                         trust_coefficient=config.lars_trust_coefficient,
+                         **lars_rule_arguments(config.lars_rule))
         if config.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         method.compile(optimizer=optimizer)
@@ -333,6 +409,7 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
     checkpoint = tf.train.Checkpoint(method=method, optimizer=optimizer,
                                      input_position=input_position)
     writer = _CheckpointWriter(checkpoint, config.model_dir, config.keep_checkpoints, role)
+    evaluation = None
     try:
         initial_eval_path = os.path.join(config.model_dir, "random_init_eval.json")
         latest = writer.latest
@@ -349,6 +426,9 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
             _write_json(initial_eval_path, evaluate_method(
                 method, source, input_statistics, config, prefix="random_init_"))
 
+        if role.is_chief:
+            evaluation = _training_evaluation(config, method, source, input_statistics,
+                                              int(optimizer.iterations.numpy()), log)
         augmenter = ViewPairAugmenter(augmentation_config(config, image_size), seed=config.seed)
         start_batch = int(input_position.numpy())
         dataset = strategy.distribute_datasets_from_function(
@@ -362,7 +442,10 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
 
         metrics, train_seconds = _train_loop(
             config, strategy, method, optimizer, dataset, writer, input_position,
-            total_steps, log, stop_requested or (lambda: False))
+            total_steps, log, stop_requested or (lambda: False),
+            # Every worker stops at the evaluation steps; only the chief evaluates.
+            eval_every_steps=config.eval_every_steps if source.has_arrays else 0,
+            on_eval=evaluation if evaluation is not None and evaluation.monitor else None)
     finally:
         writer.close()
 
@@ -373,6 +456,8 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
                "final_metrics": metrics}
     if not role.is_chief:
         return results
+    if evaluation.monitor is not None or evaluation.entries:
+        results["trajectory"] = evaluation.entries
     if config.evaluate and source.has_arrays:
         if stop_requested is not None and stop_requested():
             raise TrainingInterrupted(
@@ -412,7 +497,12 @@ def _stop_agreement(strategy, role):
 
 
 def _train_loop(config, strategy, method, optimizer, dataset, writer, input_position,
-                total_steps, log, stop_requested):
+                total_steps, log, stop_requested, eval_every_steps=0, on_eval=None):
+    """Runs the steps up to `total_steps`; (last metrics, seconds spent training).
+
+    `on_eval(step, metrics, summaries)` runs every `eval_every_steps` steps (the loop stops
+    there); its time is not counted as training time.
+    """
     role = writer.role
     replica_step = method.train_step
     if config.jit_compile:
@@ -440,6 +530,7 @@ def _train_loop(config, strategy, method, optimizer, dataset, writer, input_posi
     iterator = iter(dataset)
     metrics = {}
     start = time.time()
+    eval_seconds = 0.0
 
     def save(step):
         if not _all_finite(method.variables + optimizer.variables):
@@ -463,6 +554,10 @@ def _train_loop(config, strategy, method, optimizer, dataset, writer, input_posi
         next_checkpoint = (step // config.checkpoint_every_steps + 1) * \
             config.checkpoint_every_steps
         num_steps = min(config.steps_per_loop, total_steps - step, next_checkpoint - step)
+        if eval_every_steps:
+            # ... and at every evaluation step.
+            next_eval = (step // eval_every_steps + 1) * eval_every_steps
+            num_steps = min(num_steps, next_eval - step)
         logs = run_steps(iterator, tf.constant(num_steps))
         input_position.assign_add(num_steps)
         step = int(optimizer.iterations.numpy())
@@ -478,6 +573,13 @@ def _train_loop(config, strategy, method, optimizer, dataset, writer, input_posi
                 for name, value in metrics.items():
                     tf.summary.scalar(name, value)
                 tf.summary.scalar("learning_rate", _current_learning_rate(optimizer))
+        if on_eval is not None and step % eval_every_steps == 0:
+            # Before the checkpoint: an evaluation after the last checkpoint of a session
+            # that dies is dropped on resume (and redone).
+            begin = time.time()
+            on_eval(step, dict(metrics, learning_rate=_current_learning_rate(optimizer)),
+                    summaries)
+            eval_seconds += time.time() - begin
         if step % config.checkpoint_every_steps == 0 or step == total_steps:
             save(step)
             saved_step = step
@@ -485,7 +587,7 @@ def _train_loop(config, strategy, method, optimizer, dataset, writer, input_posi
                 log(f"step {step}/{total_steps}: " +
                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     summaries.flush()
-    return metrics, time.time() - start
+    return metrics, time.time() - start - eval_seconds
 
 
 SUMMARY_METRICS = ("knn_top1", "linear_top1", "map_all")

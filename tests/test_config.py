@@ -45,6 +45,13 @@ def test_defaults_with_model_dir_are_valid(tmp_path):
     ({"method": "nac_mq", "queue_size": 1000}, "queue_size", "multiple of 2 x --batch_size"),
     ({"method": "moco_v2", "queue_size": 0}, "queue_size", "positive"),
     ({"on_corrupt": "ignore"}, "on_corrupt", "skip, raise"),
+    ({"lars_rule": "lamb"}, "lars_rule", "simclr, all, authors"),
+    ({"head_init": "xavier"}, "head_init", "keras, pytorch"),
+    ({"mq_negatives": "batch"}, "mq_negatives", "batch_in_queue, positive_key, queue_only"),
+    ({"queue_init_scale": 0.0}, "queue_init_scale", "range"),
+    ({"eval_every_steps": -1}, "eval_every_steps", ">= 0"),
+    ({"eval_num_queries": 0}, "eval_num_queries", "positive"),
+    ({"eval_num_queries": -5}, "eval_num_queries", "positive"),
 ])
 def test_bad_values_name_the_flag(tmp_path, changes, flag, words):
     with pytest.raises(ConfigError) as error:

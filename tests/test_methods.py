@@ -104,6 +104,63 @@ def test_nac_mq_ema_and_queue_after_one_step():
     assert int(method.queue_pointer.numpy()) == (6 * K) % (4 * K)  # ring buffer wraps
 
 
+def _np_nac_mq_code_loss(codes, momentum_logits, signs, p, samples_per_row, l2_weight):
+    """Eq. 20 negated, float64, written per row: samples_per_row[i] are row i's denominator
+    codes."""
+    n = codes.shape[0]
+    beta = 0.5 * np.log((1 - p) / p)
+    total = 0.0
+    for i in range(n):
+        noisy = signs[i] * codes[i]
+        r = momentum_logits[(i + n // 2) % n]
+        positive = 0.5 * np.sum(noisy * r - np.logaddexp(0, -r) - np.logaddexp(0, r))
+        scores = beta * samples_per_row[i] @ noisy
+        lse = scores.max() + np.log(np.sum(np.exp(scores - scores.max())))
+        total += -positive + lse + l2_weight * np.sum(codes[i] ** 2)
+    return total / n
+
+
+@pytest.mark.parametrize("mode", ["batch_in_queue", "positive_key", "queue_only"])
+def test_nac_mq_denominator_modes_match_float64_reference(mode):
+    """The three NAC-MQ denominators (the authors' CIFAR and ImageNet codes, Eq. 20 literally)
+    against a NumPy reference; float32 step vs float64 reference, rtol 1e-5."""
+    method = _method("nac_mq", mq_negatives=mode, flip_prob=0.3, l2_weight=0.1)
+    # A non-zero pointer: the current keys must land there, not at the start.
+    method.queue_pointer.assign(2 * K)
+    view1, view2 = _views(4)
+    both = tf.concat([view1, view2], 0)
+    codes = np.tanh(method.projection_head(method.encoder(both, training=True),
+                                           training=True).numpy().astype(np.float64))
+    h_hat = method.momentum_encoder(both, training=True)
+    keys = np.tanh(method.momentum_projection_head(h_hat, training=True).numpy()
+                   .astype(np.float64))
+    momentum_logits = method.momentum_inference_network(h_hat, training=True).numpy()
+    signs = method.flip_signs(tf.shape(codes)).numpy().astype(np.float64)
+    queue = method.queue.numpy().astype(np.float64)
+    n = 2 * K
+    if mode == "batch_in_queue":
+        stored = queue.copy()
+        stored[2 * K:4 * K] = keys
+        samples = [stored] * n
+    elif mode == "positive_key":
+        samples = [np.vstack([keys[(i + K) % n][None], queue]) for i in range(n)]
+    else:
+        samples = [queue] * n
+    expected = _np_nac_mq_code_loss(codes, momentum_logits.astype(np.float64), signs, 0.3,
+                                    samples, 0.1)
+    logs = method.train_step((view1, view2))
+    np.testing.assert_allclose(float(logs["code_loss"]), expected, rtol=1e-5)
+    # Whatever the denominator, the queue afterwards holds this step's keys at the pointer.
+    np.testing.assert_allclose(method.queue.numpy()[2 * K:4 * K], keys, rtol=1e-4, atol=1e-5)
+
+
+def test_queue_starts_as_small_gaussian_noise():
+    method = _method("nac_mq", queue_size=400 * K)
+    queue = method.queue.numpy()
+    # The authors' 1e-3 * randn: 3200 x 16 draws, sample std within 2 % of 1e-3.
+    assert abs(queue.std() - 1e-3) < 2e-5 and abs(queue.mean()) < 5e-5
+
+
 def test_momentum_copies_start_equal_to_online():
     method = _method("moco_v2")
     for online, copy in method._momentum.pairs():

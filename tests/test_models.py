@@ -419,6 +419,31 @@ def test_projection_head_config_round_trip_and_clone():
     np.testing.assert_array_equal(copy(h), head(h))
 
 
+def test_projection_head_pytorch_initialisation_is_torch_linear_default():
+    """--head_init=pytorch: kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) in both
+    Dense layers (torch.nn.Linear's reset_parameters); keras: Glorot kernel, zero bias."""
+    keras.utils.set_random_seed(3)
+    head = ProjectionHead(256, 128, initializer="pytorch")
+    head.build((None, 512))
+    for dense, fan_in in ((head.hidden_dense, 512), (head.output_dense, 256)):
+        limit = 1.0 / math.sqrt(fan_in)
+        for weights in (dense.kernel.numpy(), dense.bias.numpy()):
+            assert np.abs(weights).max() <= limit
+            # Uniform on [-l, l]: the largest |w| of n draws is within l (1 - 20/n) of l
+            # (failure probability ~e^-20), and the std is l / sqrt(3) within 5 %.
+            assert np.abs(weights).max() >= limit * (1 - 20.0 / weights.size)
+            if weights.size > 1000:
+                np.testing.assert_allclose(weights.std(), limit / math.sqrt(3), rtol=0.05)
+    default = ProjectionHead(256, 128)
+    default.build((None, 512))
+    assert default.initializer == "keras"
+    assert not np.any(default.output_dense.bias.numpy())
+    assert np.abs(default.hidden_dense.kernel.numpy()).max() > 1.0 / math.sqrt(512)
+    assert ProjectionHead.from_config(head.get_config()).initializer == "pytorch"
+    with pytest.raises(ValueError, match="initializer"):
+        ProjectionHead(16, initializer="xavier")
+
+
 def test_projection_head_rejects_bad_sizes():
     with pytest.raises(ValueError, match="hidden_dim"):
         ProjectionHead(0)

@@ -175,6 +175,62 @@ def test_nac_mq_loss_and_bound_match_reference(p, k, d, m):
         _assert_close(nac_mq_mutual_information_bound(*args, p, q), expected_bound, dtype, scale)
 
 
+def ref_nac_mq_positive_key(codes, momentum_logits, signs, p, queue, keys, l2_weight):
+    """Eq. 20 with each row's positive key prepended to the queue (the authors' ImageNet code,
+    MoCo's layout): row i's samples are [keys[pi(i)], queue_1, ..., queue_M]."""
+    noisy = signs * codes
+    pos = ref_positive(noisy, momentum_logits)
+    n = codes.shape[0]
+    total = 0.0
+    for i in range(n):
+        samples = np.vstack([keys[_other(i, n)][None], queue])
+        scores = [_beta(p) * np.dot(noisy[i], s) for s in samples]
+        total += -pos[i] + _logsumexp(scores) + l2_weight * np.sum(codes[i] ** 2)
+    return total / n
+
+
+def ref_mi_bound_positive_key(codes, logits, signs, p, queue, keys):
+    """`ref_mi_bound` with row-specific samples [keys[pi(i)]; queue] (M + 1 of them)."""
+    noisy = signs * codes
+    n = codes.shape[0]
+    total = 0.0
+    for i in range(n):
+        samples = np.vstack([keys[_other(i, n)][None], queue])
+        r = logits[_other(i, n)]
+        log_q = np.sum((1 + noisy[i]) / 2 * _log_sigmoid(r)
+                       + (1 - noisy[i]) / 2 * _log_sigmoid(-r))
+        log_p = [np.sum((1 + noisy[i] * c) / 2 * np.log(1 - p)
+                        + (1 - noisy[i] * c) / 2 * np.log(p)) for c in samples]
+        total += log_q - (_logsumexp(log_p) - np.log(len(samples)))
+    return total / n
+
+
+@pytest.mark.parametrize("p", [0.1, 0.4])
+@pytest.mark.parametrize("k, d, m", SHAPES)
+def test_nac_mq_positive_key_denominator_matches_reference(p, k, d, m):
+    codes, logits, signs, queue = _nac_inputs(int(1000 * p) + 11 * k, k, d, m, p)
+    keys = np.tanh(2.0 * np.random.default_rng(k).normal(size=codes.shape))
+    l2_weight = 0.1
+    expected_loss = ref_nac_mq_positive_key(codes, logits, signs, p, queue, keys, l2_weight)
+    expected_bound = ref_mi_bound_positive_key(codes, logits, signs, p, queue, keys)
+    scale = d * (1.0 + 3.0 + _beta(p))
+    for dtype in ("float64", "float32"):
+        args = _cast(dtype, codes, logits, signs)
+        q, key = _cast(dtype, queue, keys)
+        _assert_close(nac_mq_loss(*args, p, q, l2_weight, positive_keys=key), expected_loss,
+                      dtype, scale)
+        _assert_close(nac_mq_mutual_information_bound(*args, p, q, positive_keys=key),
+                      expected_bound, dtype, scale)
+
+
+def test_nac_mq_positive_keys_get_no_gradient():
+    codes, logits, signs, queue = _nac_inputs(5, 4, 16, 24, 0.4)
+    keys = tf.Variable(np.tanh(codes[::-1].copy()))
+    with tf.GradientTape() as tape:
+        loss = nac_mq_loss(codes, logits, signs, 0.4, queue, 0.1, positive_keys=keys)
+    assert tape.gradient(loss, keys) is None
+
+
 def test_nac_mq_l2_term_is_on_the_clean_code():
     codes, logits, signs, queue = _nac_inputs(3, 4, 16, 24, 0.1)
     with_l2 = float(nac_mq_loss(codes, logits, signs, 0.1, queue, 0.5))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nac_tf.optim import LARS, WarmupCosineSchedule, scaled_learning_rate
+from nac_tf.optim import (LARS, LARS_RULES, WarmupCosineSchedule, lars_rule_arguments,
+                          scaled_learning_rate)
 
 # float32 Keras vs float64 NumPy after several steps: relative 1e-6, plus an absolute floor
 # for entries that are (nearly) zero, far below the per-step updates (>= 1e-3, checked).
@@ -126,6 +127,40 @@ def test_matches_float64_numpy_reference(exclusions, nesterov, use_tf_function):
         else:  # the comparison above is meaningful: updates dwarf the tolerance
             assert moved > 1e-3, (case[0], moved)
     assert np.abs(variables[4].numpy()).min() > 0, "zero-initialised kernel must train"
+
+
+@pytest.mark.parametrize("rule", LARS_RULES)
+def test_lars_rules_match_float64_reference(rule):
+    """The three rules of --lars_rule against the NumPy rule: simclr excludes BatchNorm
+    parameters and biases; all adapts and decays everything; authors also freezes
+    zero-norm variables (trust ratio eta ||w|| / ||g|| = 0), the NAC authors' LARS."""
+    rng = np.random.default_rng(1)
+    initial = _initial_values(rng)
+    variables = [_variable(case[0], value) for case, value in zip(_CASES, initial)]
+    hyper = dict(momentum=0.9, weight_decay=0.05, trust_coefficient=0.02)
+    optimizer = LARS(0.5, **hyper, **lars_rule_arguments(rule))
+    flags = [case[3] for case in _CASES] if rule == "simclr" else [True] * len(_CASES)
+    grads_per_step = [[np.zeros(s, np.float32) if case[2] else
+                       rng.normal(size=s).astype(np.float32)
+                       for case, s in zip(_CASES, _SHAPES)] for _ in range(4)]
+    for grads in grads_per_step:
+        optimizer.apply_gradients(zip([tf.constant(g) for g in grads], variables))
+    expected = _reference_lars(initial, grads_per_step, [0.5] * 4, flags, flags,
+                               nesterov=False, eta=hyper["trust_coefficient"],
+                               momentum=hyper["momentum"], weight_decay=hyper["weight_decay"])
+    for variable, start, want, case in zip(variables, initial, expected, _CASES):
+        if rule == "authors" and not np.any(start):
+            # Zero-initialised: the authors' trust ratio is 0 for ever.
+            np.testing.assert_array_equal(variable.numpy(), start, err_msg=case[0])
+        else:
+            np.testing.assert_allclose(variable.numpy(), want, rtol=RTOL, atol=ATOL,
+                                       err_msg=case[0])
+    assert rule == "authors" or np.abs(variables[3].numpy()).max() > 0  # beta trains
+
+
+def test_lars_rule_names_are_checked():
+    with pytest.raises(ValueError, match="simclr, all, authors"):
+        lars_rule_arguments("lamb")
 
 
 def test_default_exclusions_on_real_keras_layers():

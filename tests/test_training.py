@@ -19,7 +19,10 @@ def _tiny(tmp_path, **changes):
                   batch_size=32, train_steps=6, learning_rate=0.5, warmup_epochs=0.2,
                   code_dim=16, head_hidden_dim=32, crop_area_min=0.5, flip=False,
                   jitter_prob=0.0, grayscale_prob=0.0, knn_k=10, checkpoint_every_steps=3,
-                  log_every_steps=2, model_dir=str(tmp_path / "run"), queue_size=128)
+                  log_every_steps=2, model_dir=str(tmp_path / "run"), queue_size=128,
+                  # The augmented linear probe runs the encoder every epoch: 2 epochs keep
+                  # these runs short (100 take ~60 s here).
+                  linear_eval_epochs=2)
     fields.update(changes)
     return PretrainConfig(**fields)
 
@@ -75,3 +78,36 @@ def test_cli_rejects_bad_flags_before_building_anything(tmp_path):
     result = _cli("--flagfile=configs/quickstart.flags", "--encoder=resnet9",
                   f"--model_dir={tmp_path}")
     assert result.returncode == 2 and "--encoder: 'resnet9' is not one of" in result.stderr
+
+
+def test_final_linear_probe_trains_on_augmented_images(tmp_path, monkeypatch):
+    # The linear-evaluation protocol: the classifier trains on pad-and-crop + flipped
+    # training images (nac_tf.evaluation.linear, as tools/linear_eval.py --augment).
+    from nac_tf.evaluation import linear
+    from nac_tf.training import evaluation_config
+
+    config = _tiny(tmp_path, train_steps=2, linear_eval_epochs=1)
+    assert config.linear_eval_augment and evaluation_config(config).linear.augment
+    assert not evaluation_config(config.replace(linear_eval_augment=False)).linear.augment
+    fits, crops = [], []
+    train_augmented, pad_crop_flip = linear._train_augmented, linear.pad_crop_flip
+
+    def spy_fit(encode, images, labels, num_classes, rate, linear_config, *args, **kwargs):
+        fits.append((linear_config.augment, len(images)))
+        return train_augmented(encode, images, labels, num_classes, rate, linear_config,
+                               *args, **kwargs)
+
+    def spy_crop(images, seed):
+        crops.append(images.shape)
+        return pad_crop_flip(images, seed)
+
+    monkeypatch.setattr(linear, "_train_augmented", spy_fit)
+    monkeypatch.setattr(linear, "pad_crop_flip", spy_crop)
+    results = pretrain(config, log=lambda *_: None)
+    # Random initialisation and pretrained networks: 4 candidate rates + the final fit each.
+    assert len(fits) == 10 and all(augment for augment, _ in fits)
+    assert max(size for _, size in fits) == results["num_train"]
+    assert crops  # traced into the augmented input pipeline
+    for prefix in ("", "random_init_"):
+        assert results[prefix + "linear"]["config"]["augment"] is True
+        assert 0.0 <= results[prefix + "linear_top1"] <= 1.0

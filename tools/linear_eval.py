@@ -102,7 +102,7 @@ def _check_validation_split(settings, num_train):
 
 def evaluate(settings):
     """Loads model and data, runs kNN and the linear evaluation; the report dict."""
-    from nac_tf.evaluation.linear import LinearEvalConfig, linear_evaluation_from_images
+    from nac_tf.evaluation.linear import LinearEvalConfig
     from nac_tf.evaluation.report import EvaluationConfig, classification_metrics
     from nac_tf.export import load_exported_model
 
@@ -125,19 +125,14 @@ def evaluate(settings):
         learning_rates=settings["learning_rates"],
         validation_fraction=settings["validation_fraction"], seed=settings["seed"],
         augment=settings["augment"])
-    # The augmented protocol needs the images; kNN is computed on the features either way.
+    # The augmented protocol trains through the model on the images (the trainer's final
+    # evaluation takes the same path); kNN is computed on the features either way.
     evaluation = EvaluationConfig(knn_k=settings["knn_k"], knn_temperature=KNN_TEMPERATURE,
-                                  linear=None if settings["augment"] else linear_config,
-                                  retrieval=False, batch_size=batch_size)
+                                  linear=linear_config, retrieval=False, batch_size=batch_size)
     metrics = classification_metrics(train_features, source.train_labels, test_features,
                                      source.test_labels, source.num_classes, evaluation,
-                                     progress=True)
-    if settings["augment"]:
-        result = linear_evaluation_from_images(
-            tool_support.float_image_encoder(model), source.train_images, source.train_labels,
-            source.test_images, source.test_labels, source.num_classes, linear_config,
-            batch_size_encode=batch_size, progress=True)
-        metrics["linear_top1"], metrics["linear"] = result.top1, result.to_dict()
+                                     progress=True,
+                                     images=(model, source.train_images, source.test_images))
     linear = metrics["linear"]
     return {
         "tool": "linear_eval",

@@ -20,10 +20,11 @@ counter at t; no batch before it is read, decoded or augmented).
   batch (images and views) is the same whatever the number of workers and replicas.
 
 Rejected alternative: checkpointing the tf.data iterator (tf.train.Checkpoint(iterator=...)).
-It fails outright with keras-cv's stateful generators in the map ("RngReadAndSkip is
-stateful"), and without them the state of the previous pipeline (cache plus a full
-shuffle buffer) made a 320 MB checkpoint for CIFAR-10, written in 2.3 s, on top of the
-model's; FLICKR-25K at 224² would be gigabytes.
+It fails outright with stateful random generators in the map ("RngReadAndSkip is
+stateful"; the keras-cv augmentation layers used before had them), and without them the
+state of the previous pipeline (cache plus a full shuffle buffer) made a 320 MB checkpoint
+for CIFAR-10, written in 2.3 s, on top of the model's; FLICKR-25K at 224² would be
+gigabytes.
 
 Streamed sources (ImageNet through TFDS) cannot be indexed: they keep a seeded shuffle
 buffer over their file-sharded stream. Their views are still indexed by t, but after a

@@ -1,57 +1,95 @@
-"""Two independently augmented views of every image (DESIGN.md §1), built from keras-cv 0.9.
+"""Two independently augmented views of every image, in plain TensorFlow ops.
 
-keras-cv is frozen upstream, so every use of it lives in this module: swapping it for
-another augmentation library means rewriting this file only. The recipes follow the
-torchvision pipelines of SimCLR (CIFAR) and MoCo-v2 (ImageNet) that the NAC authors used,
-in the same order: random resized crop, colour jitter (p), grayscale (p), Gaussian blur (p),
-horizontal flip.
+The recipes are the torchvision pipelines the NAC authors used. SimCLR's, for CIFAR:
+RandomResizedCrop(scale=(0.08, 1)), RandomHorizontalFlip(), RandomApply([ColorJitter(0.4,
+0.4, 0.4, 0.1)], p=0.8), RandomGrayscale(p=0.2). MoCo-v2's, for ImageNet: the same with
+scale=(0.2, 1) and RandomApply([GaussianBlur(σ ∈ [0.1, 2])], p=0.5) after the grayscale,
+the flip last. Each stage below follows torchvision's definitions (its transforms and the
+functional ops on float tensors), batched: every image and every view has its own random
+parameters, and an image's result never depends on the other images of the batch.
 
-Randomness: every view is a pure function of (augmenter seed, batch index, row of the
-image in its global batch, view). All random parameters (crop boxes, jitter factors,
-apply-with-probability coins, blur sigmas, flips) are drawn with stateless ops
-(`tf.random.stateless_uniform`) from a seed folded from those numbers, one stream per
-parameter, and handed to keras-cv's deterministic `augment_images(images, transformations)`
-methods. keras-cv's own `__call__` draws from stateful `tf.random.Generator`s instead; that
-made views depend on the order in which a parallel tf.data map happened to run, and a
-tf.data iterator holding such generators cannot be checkpointed at all
-("RngReadAndSkip is stateful"). With stateless draws a run resumes exactly by restarting
-the input at the right batch index (see `nac_tf.data.pipeline`), and a global batch split
-over several input pipelines gets the same views as the whole batch on one host (draws are
-made for the whole global batch, cheap scalars per image, and each pipeline keeps its rows).
+Randomness. Every view is a pure function of (augmenter seed, batch index, row of the image
+in its global batch, view). All random parameters are drawn with stateless ops
+(`tf.random.stateless_uniform`) from a key folded from those numbers, one stream per
+parameter (`_STREAMS`). Keras' augmentation layers draw from stateful generators instead:
+views would then depend on the order in which a parallel tf.data map happened to run, and a
+tf.data iterator holding such a generator cannot be checkpointed ("RngReadAndSkip is
+stateful"). With stateless draws a run resumes exactly by restarting the input at the right
+batch index (see `nac_tf.data.pipeline`), and a global batch split over several input
+pipelines gets bit for bit the views of the whole batch on one host: each stream is drawn
+for the whole global batch (cheap scalars per image) and each pipeline keeps its own rows,
+and the image ops are chosen so that no image's arithmetic depends on its neighbours (see
+`_Draws` and the colour section).
 
-Crop and blur are applied as one batched op each (tf.image.crop_and_resize with one box per
-image, a depthwise convolution with one kernel per image), with the same formulas as
-keras-cv's per-image RandomCropAndResize and RandomGaussianBlur: those layers can only
-draw their own parameters, one image at a time in a while loop.
+Stages, in order (the flip is done during the crop: it commutes with every later stage,
+all per pixel or, for the blur, mirror-symmetric):
 
-Where keras-cv cannot express torchvision's semantics exactly, the closest setting is used
-and the difference is written next to it:
+1. RandomResizedCrop (`_crop_windows`, `_resized_crop`). torchvision's `get_params`, batched:
+   ten candidate boxes per image, each of area U[crop_area] · H · W and aspect ratio w / h
+   log-uniform in `aspect_ratio`, sides rounded to whole pixels; the first candidate that
+   fits in the image is taken, its top-left corner uniform over the valid integer
+   positions; when none of the ten fits, torchvision's fallback, a centred crop of the whole
+   image with its ratio clamped to the range (for square images and a range containing 1,
+   the whole image). The box is resized to S × S by bilinear interpolation on torch's grid
+   (`interpolate(align_corners=False)`: half-pixel centres, source positions clamped to the
+   crop's own border), as a row pass and a column pass of gathers and lerps.
+2. RandomHorizontalFlip (p = 1/2): the crop's columns are sampled right to left.
+3. RandomApply([ColorJitter(b, c, s, h)], p). Factors b, c, s ~ U[1 - x, 1 + x] (x the
+   strength), hue shift ~ U[-h, h] of a turn, and the four operations in a random order
+   per image (torchvision's `randperm(4)`; here the argsort of four uniforms). The
+   operations are torchvision's on float images in [0, 1], gray(x) = 0.2989 R + 0.587 G +
+   0.114 B:
+     brightness  clamp(b · x)                             (multiplicative)
+     contrast    clamp(c · x + (1 - c) · mean(gray(x)))   (one mean per image)
+     saturation  clamp(s · x + (1 - s) · gray(x))
+     hue         to HSV, hue + shift modulo 1, back to RGB (in closed form, `_shift_hue`)
+   Batched in four rounds: in round k every image undergoes the operation at position k
+   of its own order. A round computes one blend f · x + (1 - f) · target for the whole
+   batch, each image with its own factor and target (0, the mean gray or the gray image;
+   f = 1 for images whose operation is the hue or that are not jittered), then the hue for
+   the images whose hue round it is, gathered.
+4. RandomGrayscale (p): gray(x) in the three channels.
+5. GaussianBlur (p), MoCo-v2's: σ ~ U[blur_sigma] per image, in pixels of the view; a
+   separable sampled Gaussian of `blur_kernel_size` taps (≈ 10 % of the view, SimCLR's
+   rule), reflect-padded, computed for the blurred images only.
 
-- RandomResizedCrop: area uniform in `crop_area` and aspect ratio log-uniform in
-  `aspect_ratio`, like torchvision. As in keras-cv, a crop side that would exceed the image
-  is clipped to the full side instead of re-drawn (torchvision retries 10 times), so
-  large-area crops with extreme aspect ratios come out a little smaller. For non-square
-  inputs the aspect ratio is relative to the image's own aspect (crop boxes are in
-  normalised coordinates); the sources here yield square images, where both agree.
-- ColorJitter: see `_jitter_factors` for the factor conversion. keras-cv applies
-  brightness, contrast, saturation and hue in that fixed order; torchvision draws a random
-  order for every image. Not expressible with keras-cv's layers; the fixed order is kept.
-- GaussianBlur: keras-cv pads with zeros, which darkens a border of about 3σ pixels; the
-  images are reflect-padded before the blur and cropped after it, as PIL and torchvision
-  effectively do. σ is in pixels of the augmented view, as in MoCo-v2 (σ ∈ [0.1, 2] at 224).
+Views are float32 in [0, 1] (torchvision's ToTensor scale), [B, S, S, 3]. The colour
+stages work on three colour planes (`_Planes`); the crop leaves them transposed and the
+transpose back is folded into re-interleaving the channels.
+
+Remaining deviations from the authors' pipelines:
+
+- The authors augmented PIL images, so every PIL stage rounded to uint8 (and PIL's
+  contrast blends with the mean gray rounded to an integer level, its grayscale weights
+  are 299/587/114 per mille, its hue shift moves a uint8 hue channel, steps of about 1/256
+  of a turn). Here every stage after the crop's sampling is float32, as torchvision computes on
+  float tensors, with the tensor ops' weights.
+- Resize: bilinear without antialiasing. PIL's bilinear resize (and torchvision's tensor
+  resize with `antialias=True`) widens the filter to the scale factor when a crop is larger
+  than the view, which smooths downscaled crops a little; the two agree for upscaled crops
+  (every crop at 32 px from 32 px images, most crops at 224 px from 256 px images).
+- GaussianBlur: MoCo-v2 calls PIL's `ImageFilter.GaussianBlur(radius=σ)`, which
+  approximates the Gaussian by three box blurs and extends the edge pixels; here an exact
+  sampled Gaussian truncated to `blur_kernel_size` taps (±5.5σ at σ = 2, 224 px) with
+  reflect padding, so the border (about 3σ pixels wide) differs slightly.
+- Random numbers: Philox stateless streams instead of torch's global generator; the same
+  distributions (the jitter order is uniform over the 24 orders up to ties between four
+  float32 uniforms, fewer than one image in a million).
+- Floating point: the box arithmetic is float64 (torchvision: float32 draws, Python float
+  arithmetic), and the closed-form hue round trip and the blends differ from torchvision's
+  float32 formulas by a few units in the last place.
 """
-import contextlib
 import dataclasses
 import math
 from typing import Optional, Tuple
 
-import keras
-import keras_cv
 import numpy as np
 import tensorflow as tf
 
-# Channel values inside the augmentation chain: keras-cv's colour layers expect [0, 255].
-_VALUE_RANGE = (0.0, 255.0)
+# torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma) for R, G, B.
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+# Candidate boxes per image before RandomResizedCrop falls back to a central crop.
+CROP_ATTEMPTS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,10 +192,16 @@ def imagenet_recipe(image_size=224):
 # ----------------------------------------------------------------------------- random streams
 # One stateless stream per random parameter. A stream's id is its position here: append new
 # streams at the end, so that existing draws (and so resumed runs) do not change.
+# "crop_area" and "aspect_ratio" hold CROP_ATTEMPTS candidates per image, "jitter_order"
+# four keys whose argsort is the order of the jitter's operations. "hue_sign" is retired
+# (the hue shift is drawn signed); it keeps its place so that the ids after it stay put.
 _STREAMS = ("crop_area", "aspect_ratio", "crop_y", "crop_x", "apply_jitter", "brightness",
             "contrast", "saturation", "hue", "hue_sign", "apply_grayscale", "apply_blur",
-            "blur_sigma", "flip")
+            "blur_sigma", "flip", "jitter_order")
 _STREAM_ID = {name: i for i, name in enumerate(_STREAMS)}
+
+# Positions of the jitter's operations in a draw of the order (torchvision's fn_idx).
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
 
 
 def seed_key(seed):
@@ -184,103 +228,219 @@ class _Draws:
 
     Every draw is made for all `total` rows from the stream's own seed and then sliced, so an
     image's parameters depend on its row in the whole batch, not on how the batch is split.
+    Parameters derived from draws with transcendental functions (exp, log) are computed for
+    the whole batch too and sliced after (`full_uniform`, `rows`): the vectorised and the
+    scalar code paths of such functions round differently, and which path an element takes
+    depends on its position in the tensor, that is on the split.
     """
 
     def __init__(self, key, offset, size, total):
         self.key, self.total = key, tf.cast(total, tf.int32)
         self.offset, self.size = tf.cast(offset, tf.int32), tf.cast(size, tf.int32)
 
-    def uniform(self, stream, low=0.0, high=1.0):
-        """float32 [size], uniform in [low, high)."""
-        values = tf.random.stateless_uniform(
-            [self.total], seed=fold_in(self.key, _STREAM_ID[stream]), minval=low, maxval=high,
+    def full_uniform(self, stream, low=0.0, high=1.0, shape=()):
+        """float32 [total, *shape], uniform in [low, high): the whole batch's draw."""
+        return tf.random.stateless_uniform(
+            tf.concat([[self.total], tf.constant(shape, tf.int32)], axis=0),
+            seed=fold_in(self.key, _STREAM_ID[stream]), minval=low, maxval=high,
             dtype=tf.float32, alg="philox")
+
+    def rows(self, values):
+        """This share's rows of a whole-batch tensor [total, ...]."""
         return values[self.offset:self.offset + self.size]
+
+    def uniform(self, stream, low=0.0, high=1.0, shape=()):
+        """float32 [size, *shape], uniform in [low, high)."""
+        return self.rows(self.full_uniform(stream, low, high, shape))
 
     def coin(self, stream, probability):
         """bool [size], True with `probability`."""
         return self.uniform(stream) < probability
 
 
-# ----------------------------------------------------------------------------- factor samplers
-class _StatelessSampler(keras_cv.core.FactorSampler):
-    """A keras-cv factor sampler that draws statelessly: `sampler(shape, seed=...)`.
+# ----------------------------------------------------------------------------- crop
+def _crop_windows(draws, height, width, crop_area, aspect_ratio):
+    """torchvision RandomResizedCrop.get_params for every image: int32 (top, left,
+    crop height, crop width), each [size].
 
-    keras-cv layers accept it as a factor; the augmenter calls it with the seed of the
-    current stream. Without `seed` it uses the seed it was built with (the same numbers on
-    every call).
+    CROP_ATTEMPTS candidates (area, log-ratio) per image; the first whose rounded sides fit
+    wins, else the central fallback. The box arithmetic is float64, like torchvision's
+    Python floats, so sides round as its `int(round(...))` does; it is done for the whole
+    batch (see `_Draws`), then sliced.
     """
-
-    def __init__(self, low, high, seed=None):
-        self.low, self.high = float(low), float(high)
-        self._default_key = seed_key(seed)
-
-    def _uniform(self, shape, low, high, seed):
-        seed = self._default_key if seed is None else seed
-        return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high,
-                                           dtype=tf.float32, alg="philox")
-
-    def get_config(self):
-        return {"low": self.low, "high": self.high}
-
-
-class _SaturationSampler(_StatelessSampler):
-    """Draws torchvision's saturation factor y ~ U[low, high] and returns y / (1 + y).
-
-    keras-cv's RandomSaturation maps its factor x to the multiplier x / (1 - x); feeding it
-    y / (1 + y) makes the multiplier exactly y, uniform like torchvision's.
-    """
-
-    def __call__(self, shape=(), dtype="float32", seed=None):
-        if self.low == self.high:
-            factor = tf.fill(shape, tf.constant(self.low, tf.float32))
-        else:
-            factor = self._uniform(shape, self.low, self.high, seed)
-        return tf.cast(factor / (1.0 + factor), dtype)
-
-
-def _jitter_factors(jitter_strength, seed=None):
-    """Keyword arguments of keras-cv's RandomColorJitter for torchvision strengths (b, c, s, h).
-
-    The mapping, from keras-cv 0.9's source (the augmenter draws from these ranges itself):
-    - brightness: torchvision multiplies by b ~ U[1 - s, 1 + s]; keras-cv *adds*
-      delta · 255 with delta ~ U[lo, hi]. A multiplicative change cannot be expressed; the
-      closest additive one shifts a mid-grey pixel (0.5) by the same amount, (b - 1) · 0.5,
-      so delta ∈ [-s/2, s/2].
-    - contrast: keras-cv's factor f = (s, s) gives the multiplier U[1 - s, 1 + s] around
-      the mean, torchvision's range (s <= 1, so no clamping at 0 is needed). keras-cv
-      blends towards each channel's mean, torchvision towards the mean grey level.
-    - saturation: keras-cv scales HSV saturation by x / (1 - x); `_SaturationSampler`
-      makes that multiplier uniform in [1 - s, 1 + s]. torchvision blends with the grey
-      image instead of scaling HSV saturation (close, not identical).
-    - hue: keras-cv shifts hue by ±U[lo, hi] / 2 of a turn with a random sign; (0, 2h)
-      gives a shift uniform in [-h, h], torchvision's range.
-    """
-    brightness, contrast, saturation, hue = jitter_strength
-    return dict(
-        brightness_factor=(-brightness / 2.0, brightness / 2.0),
-        contrast_factor=(contrast, contrast),
-        saturation_factor=_SaturationSampler(1.0 - saturation, 1.0 + saturation, seed),
-        hue_factor=(0.0, 2.0 * hue),
-    )
+    height_f, width_f = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    scale = tf.cast(draws.full_uniform("crop_area", *crop_area, shape=[CROP_ATTEMPTS]),
+                    tf.float64)
+    log_ratio = draws.full_uniform("aspect_ratio", math.log(aspect_ratio[0]),
+                                   math.log(aspect_ratio[1]), shape=[CROP_ATTEMPTS])
+    ratio = tf.exp(tf.cast(log_ratio, tf.float64))
+    target = height_f * width_f * scale
+    crop_w = tf.round(tf.sqrt(target * ratio))  # round half to even, as Python's round
+    crop_h = tf.round(tf.sqrt(target / ratio))
+    fits = (crop_w > 0) & (crop_w <= width_f) & (crop_h > 0) & (crop_h <= height_f)
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
+    found = tf.reduce_any(fits, axis=1)
+    crop_w = tf.gather(crop_w, first, axis=1, batch_dims=1)
+    crop_h = tf.gather(crop_h, first, axis=1, batch_dims=1)
+    # Fallback: the whole image, its ratio clamped to [min, max], centred.
+    min_ratio, max_ratio = aspect_ratio
+    in_ratio = width_f / height_f
+    fallback_w = tf.where(in_ratio > max_ratio, tf.round(height_f * max_ratio), width_f)
+    fallback_h = tf.where(in_ratio < min_ratio, tf.round(width_f / min_ratio), height_f)
+    crop_w = tf.where(found, crop_w, fallback_w)
+    crop_h = tf.where(found, crop_h, fallback_h)
+    # torch.randint(0, H - h + 1): uniform over the valid integer corners.
+    top = tf.floor(tf.cast(draws.full_uniform("crop_y"), tf.float64) * (height_f - crop_h + 1))
+    left = tf.floor(tf.cast(draws.full_uniform("crop_x"), tf.float64) * (width_f - crop_w + 1))
+    top = tf.where(found, tf.minimum(top, height_f - crop_h), tf.floor((height_f - crop_h) / 2))
+    left = tf.where(found, tf.minimum(left, width_f - crop_w), tf.floor((width_f - crop_w) / 2))
+    return tuple(draws.rows(tf.cast(v, tf.int32)) for v in (top, left, crop_h, crop_w))
 
 
-@contextlib.contextmanager
-def _float32_layers():
-    """Builds layers under a float32 dtype policy, restoring the caller's policy after.
+def _sample_grid(start, length, size, reverse=None):
+    """Bilinear source rows (or columns) of `size` outputs over [start, start + length) per
+    image, as torch's `interpolate(mode="bilinear", align_corners=False)`: output j samples
+    (j + 1/2) · length / size - 1/2, clamped to the crop. Returns (index0, index1, weight1),
+    [n, size] each; `reverse` [n] (bool) samples right to left (a flip)."""
+    length_f = tf.cast(length, tf.float32)[:, None]
+    centres = tf.range(size, dtype=tf.float32) + 0.5
+    position = tf.maximum(centres * (length_f / size) - 0.5, 0.0)
+    index0 = tf.minimum(tf.floor(position), length_f - 1.0)
+    weight1 = position - index0
+    index1 = tf.minimum(index0 + 1.0, length_f - 1.0)
+    start = start[:, None]
+    index0 = tf.cast(index0, tf.int32) + start
+    index1 = tf.cast(index1, tf.int32) + start
+    if reverse is not None:
+        flip = reverse[:, None]
+        index0, index1, weight1 = (tf.where(flip, tf.reverse(v, [1]), v)
+                                   for v in (index0, index1, weight1))
+    return index0, index1, weight1
 
-    RandomColorJitter creates its sub-layers without forwarding `dtype`, so under a
-    mixed_float16 policy they would compute HSV conversions in float16 and return float16.
-    Augmentation is input processing: it stays float32 whatever the model's policy.
-    """
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
+
+def _resized_crop(images, windows, size, flip=None):
+    """Crops `windows` (top, left, height, width) of `images` [n, H, W, 3] resized to
+    size × size, float32 in [0, 1], as three colour planes [n, S, S] (R, G, B) stored
+    transposed, columns first (see `_Planes`). A row pass then a column pass, each a gather
+    of the two neighbours and a lerp (bilinear interpolation is separable)."""
+    top, left, crop_h, crop_w = windows
+    row0, row1, row_weight = _sample_grid(top, crop_h, size)
+    col0, col1, col_weight = _sample_grid(left, crop_w, size, flip)
+    upper = tf.cast(tf.gather(images, row0, axis=1, batch_dims=1), tf.float32)
+    lower = tf.cast(tf.gather(images, row1, axis=1, batch_dims=1), tf.float32)
+    rows = upper + (lower - upper) * row_weight[:, :, None, None]  # [n, S, W, 3]
+    # Columns through a transpose: gathering whole rows is much faster than pixels.
+    rows = tf.transpose(rows, [0, 2, 1, 3])  # [n, W, S, 3]
+    first = tf.gather(rows, col0, axis=1, batch_dims=1)
+    second = tf.gather(rows, col1, axis=1, batch_dims=1)
+    views = (first + (second - first) * col_weight[:, :, None, None]) / 255.0
+    return _Planes(tf.unstack(views, axis=-1))
 
 
+# ----------------------------------------------------------------------------- colour
+# The colour stages use elementwise ops, gathers and per-image reductions only: their
+# result for an image does not depend on the other images of the batch. Matrix products
+# would not guarantee that (a matrix-vector product rounds one row differently from many).
+# The blur's depthwise convolution computes each channel on its own.
+class _Planes(tuple):
+    """A batch of views as three colour planes (R, G, B), each [n, S, S], stored
+    transposed (columns first) as the crop leaves them. The colour stages work on planes:
+    per-image factors and the gray image then broadcast over leading dimensions only,
+    several times faster than over the channel axis of [n, S, S, 3]."""
+
+    def gray(self):
+        """torchvision's rgb_to_grayscale, [n, S, S]."""
+        red, green, blue = self
+        return red * GRAY_WEIGHTS[0] + green * GRAY_WEIGHTS[1] + blue * GRAY_WEIGHTS[2]
+
+    def images(self):
+        """[n, S, S, 3], rows first."""
+        return tf.transpose(tf.stack(self, axis=0), [1, 3, 2, 0])
+
+    def take(self, rows):
+        """The planes of the images `rows` [m]."""
+        return _Planes(tf.gather(plane, rows) for plane in self)
+
+    def with_rows(self, rows, values):
+        """These planes with the images `rows` [m] replaced by the planes `values`."""
+        return _Planes(tf.tensor_scatter_nd_update(plane, rows[:, None], value)
+                       for plane, value in zip(self, values))
+
+
+def _image_mean(images):
+    """Mean of each image [n, ...] over all its values, [n]."""
+    return tf.reduce_mean(tf.reshape(images, [tf.shape(images)[0], -1]), axis=1)
+
+
+def _clamp(images):
+    """clamp(images, 0, 1) in one pass."""
+    return tf.raw_ops.ClipByValue(t=images, clip_value_min=tf.constant(0.0),
+                                  clip_value_max=tf.constant(1.0))
+
+
+def _shift_hue(planes, shift):
+    """torchvision's adjust_hue (to HSV, hue + shift modulo 1, back to RGB) on planes, with
+    shift [m] in turns. Elementwise: the hue in sixths of a turn as torchvision's _rgb2hsv
+    computes it (sextant of the largest channel, ties to red then green), shifted modulo 6,
+    then each channel as min + chroma · F(hue), F the piecewise-linear profile of that
+    channel around the hue circle; this is _hsv2rgb's table of (v, p, q, t) per sextant
+    (p = min, t and q = min + chroma · f or · (1 - f)). Value and chroma are unchanged."""
+    red, green, blue = planes
+    value = tf.maximum(tf.maximum(red, green), blue)
+    minimum = tf.minimum(tf.minimum(red, green), blue)
+    chroma = value - minimum
+    is_red, is_green = tf.equal(value, red), tf.equal(value, green)
+    difference = tf.where(is_red, green - blue, tf.where(is_green, blue - red, red - green))
+    turn = (6.0 * shift)[:, None, None]
+    sextant = tf.where(is_red, turn, tf.where(is_green, 2.0 + turn, 4.0 + turn))
+    hue = tf.math.floormod(
+        sextant + difference / tf.where(tf.equal(chroma, 0.0), 1.0, chroma), 6.0)
+    profiles = (_clamp(tf.abs(hue - 3.0) - 1.0), _clamp(2.0 - tf.abs(hue - 2.0)),
+                _clamp(2.0 - tf.abs(hue - 4.0)))
+    return _Planes(minimum + chroma * profile for profile in profiles)
+
+
+def _selected_rows(mask):
+    """Indices [m] (int64) of the True entries of `mask` [n]."""
+    return tf.where(mask)[:, 0]
+
+
+def _if_any(rows, changed, unchanged):
+    """`changed()` if `rows` is not empty, else `unchanged` (ops on no image are avoided)."""
+    result = tf.cond(tf.size(rows) > 0, changed, lambda: unchanged)
+    # In graph mode tf.cond returns the planes as a plain tuple.
+    return _Planes(result) if isinstance(unchanged, _Planes) else result
+
+
+def _gaussian_kernels(sigmas, kernel_size):
+    """Normalised Gaussian taps [n, kernel_size] for standard deviations [n] (pixels)."""
+    pad = kernel_size // 2
+    x = tf.range(-pad, pad + 1, dtype=tf.float32)
+    sigmas = tf.maximum(sigmas, 1e-7)
+    kernels = tf.exp(-tf.square(x)[None, :] / (2.0 * tf.square(sigmas)[:, None]))
+    return kernels / tf.reduce_sum(kernels, axis=1, keepdims=True)
+
+
+def _gaussian_blur(images, kernels):
+    """Separable blur of [m, H, W, 3] with taps [m, k] per image, reflect-padded: one
+    depthwise convolution per direction for the whole batch, the images side by side as
+    channels, each channel with its image's taps."""
+    kernel_size = kernels.shape[1]
+    pad = kernel_size // 2
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    shape = tf.shape(padded)
+    batch, height, width = shape[0], shape[1], shape[2]
+    stacked = tf.reshape(tf.transpose(padded, [1, 2, 0, 3]), [1, height, width, -1])
+    per_channel = tf.reshape(tf.repeat(kernels, 3, axis=0), [-1, kernel_size])  # [m*3, k]
+    horizontal = tf.transpose(per_channel)[None, :, :, None]  # [1, k, m*3, 1]
+    vertical = tf.transpose(per_channel)[:, None, :, None]  # [k, 1, m*3, 1]
+    blurred = tf.nn.depthwise_conv2d(stacked, horizontal, [1, 1, 1, 1], "VALID")
+    blurred = tf.nn.depthwise_conv2d(blurred, vertical, [1, 1, 1, 1], "VALID")
+    return tf.transpose(tf.reshape(blurred, [height - 2 * pad, width - 2 * pad, batch, 3]),
+                        [2, 0, 1, 3])
+
+
+# ----------------------------------------------------------------------------- augmenter
 class ViewPairAugmenter:
     """Maps a batch of images [B, H, W, 3] (uint8, or float in [0, 255]) to two views.
 
@@ -296,7 +456,7 @@ class ViewPairAugmenter:
       batch of `total` images (one input pipeline's share): they then get exactly the views
       they would get in the whole batch.
     Without `batch_index`, every call draws a fresh index from a generator seeded by
-      `seed` (reproducible for the same sequence of calls, as keras-cv's layers are).
+      `seed` (reproducible for the same sequence of calls).
     """
 
     def __init__(self, config: AugmentationConfig, seed: Optional[int] = None):
@@ -310,80 +470,81 @@ class ViewPairAugmenter:
         # pipeline never touches this state.
         self._index_generator = tf.random.Generator.from_seed(
             int(np.random.SeedSequence(seed).generate_state(1)[0]))
-        with _float32_layers():
-            self._build_layers(config)
-
-    def _build_layers(self, config):
-        """keras-cv layers for the stages that can fire; used only through their
-        deterministic `augment_images(images, transformations)`."""
-        layers = keras_cv.layers
-        self._jitter = None
-        if config.jitter_prob > 0 and any(config.jitter_strength):
-            self._jitter_ranges = _jitter_factors(config.jitter_strength)
-            self._jitter = layers.RandomColorJitter(value_range=_VALUE_RANGE,
-                                                    **self._jitter_ranges)
-        self._grayscale = (layers.Grayscale(output_channels=3) if config.grayscale_prob > 0
-                           else None)
-        self._flip = layers.RandomFlip(mode="horizontal") if config.flip else None
 
     # ------------------------------------------------------------------ stages
     def _crop(self, images, draws):
-        """Random resized crop: keras-cv RandomCropAndResize's box formula, batched."""
+        """RandomResizedCrop, with the horizontal flip folded into the column sampling;
+        colour planes."""
         c = self.config
-        area = draws.uniform("crop_area", *c.crop_area)
-        log_low, log_high = math.log(c.aspect_ratio[0]), math.log(c.aspect_ratio[1])
-        ratio = tf.exp(draws.uniform("aspect_ratio", log_low, log_high))
-        height = tf.clip_by_value(tf.sqrt(area / ratio), 0.0, 1.0)
-        width = tf.clip_by_value(tf.sqrt(area * ratio), 0.0, 1.0)
-        top = draws.uniform("crop_y") * (1.0 - height)
-        left = draws.uniform("crop_x") * (1.0 - width)
-        boxes = tf.stack([top, left, top + height, left + width], axis=1)
-        size = c.image_size
-        return tf.image.crop_and_resize(images, boxes, tf.range(tf.shape(images)[0]),
-                                        (size, size), method="bilinear")
+        shape = tf.shape(images)
+        windows = _crop_windows(draws, shape[1], shape[2], c.crop_area, c.aspect_ratio)
+        flip = draws.coin("flip", 0.5) if c.flip else None
+        return _resized_crop(images, windows, c.image_size, flip)
 
-    def _color_jitter(self, images, draws):
-        """keras-cv RandomColorJitter's four steps with factors drawn here, per image."""
-        brightness, contrast, saturation, hue = self.config.jitter_strength
-        ranges, jitter = self._jitter_ranges, self._jitter
-        out = images
-        if brightness:
-            delta = draws.uniform("brightness", *ranges["brightness_factor"]) * 255.0
-            out = jitter.random_brightness.augment_images(out, delta[:, None, None, None])
-        if contrast:
-            factor = draws.uniform("contrast", 1.0 - contrast, 1.0 + contrast)
-            out = jitter.random_contrast.augment_images(out, factor[:, None, None, None])
-        if saturation:
-            y = draws.uniform("saturation", 1.0 - saturation, 1.0 + saturation)
-            out = jitter.random_saturation.augment_images(out, y / (1.0 + y))
-        if hue:
-            sign = tf.where(draws.coin("hue_sign", 0.5), -1.0, 1.0)
-            shift = sign * draws.uniform("hue", *ranges["hue_factor"]) * 0.5
-            out = jitter.random_hue.augment_images(out, shift)
-        return out
-
-    def _blur(self, images, draws):
-        """Gaussian blur with σ ~ U[blur_sigma] per image (keras-cv RandomGaussianBlur's
-        separable kernel), reflect-padded so the border keeps its brightness."""
+    def _color_jitter(self, planes, draws):
+        """RandomApply([ColorJitter]): four rounds, each image in its own order."""
         c = self.config
-        kernel_size, pad = c.blur_kernel_size, c.blur_kernel_size // 2
-        sigma = tf.maximum(draws.uniform("blur_sigma", *c.blur_sigma), keras.backend.epsilon())
-        x = tf.range(-pad, pad + 1, dtype=tf.float32)
-        kernels = tf.exp(-tf.square(x)[None, :] / (2.0 * tf.square(sigma)[:, None]))
-        kernels /= tf.reduce_sum(kernels, axis=1, keepdims=True)  # [B, k]
-        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-        # One depthwise convolution for the batch: images side by side as channels, each
-        # channel with its image's kernel.
-        shape = tf.shape(padded)
-        batch, height, width = shape[0], shape[1], shape[2]
-        stacked = tf.reshape(tf.transpose(padded, [1, 2, 0, 3]), [1, height, width, -1])
-        per_channel = tf.reshape(tf.repeat(kernels, 3, axis=0), [-1, kernel_size])  # [B*3, k]
-        horizontal = tf.transpose(per_channel)[None, :, :, None]  # [1, k, B*3, 1]
-        vertical = tf.transpose(per_channel)[:, None, :, None]  # [k, 1, B*3, 1]
-        blurred = tf.nn.depthwise_conv2d(stacked, horizontal, [1, 1, 1, 1], "SAME")
-        blurred = tf.nn.depthwise_conv2d(blurred, vertical, [1, 1, 1, 1], "SAME")
-        blurred = tf.transpose(tf.reshape(blurred, [height, width, batch, 3]), [2, 0, 1, 3])
-        return blurred[:, pad:-pad, pad:-pad, :]
+        brightness, contrast, saturation, hue = c.jitter_strength
+        applied = draws.coin("apply_jitter", c.jitter_prob) if c.jitter_prob < 1 else None
+        ones = tf.ones([draws.size])
+
+        def factor(stream, strength):
+            if not strength:
+                return ones
+            value = draws.uniform(stream, 1.0 - strength, 1.0 + strength)
+            return value if applied is None else tf.where(applied, value, 1.0)
+
+        # Blend factor of each operation per image, [n, 4]; 1 (no blend) for the hue.
+        factors = tf.stack([factor("brightness", brightness), factor("contrast", contrast),
+                            factor("saturation", saturation), ones], axis=1)
+        orders = tf.argsort(draws.uniform("jitter_order", shape=[4]), axis=1, stable=True)
+        shifts = draws.uniform("hue", -hue, hue) if hue else None
+        for position in range(4):
+            operation = orders[:, position]  # [n]
+            if brightness or contrast or saturation:
+                # f · x + (1 - f) · target: target 0 (brightness), mean(gray(x)) (contrast)
+                # or gray(x) (saturation); f = 1 leaves the image as it is.
+                f = tf.gather(factors, operation, axis=1, batch_dims=1)
+                target = None
+                if contrast or saturation:
+                    gray = planes.gray()
+                    to_gray = tf.where(operation == _SATURATION, 1.0 - f, 0.0)
+                    target = gray * to_gray[:, None, None]
+                    if contrast:
+                        to_mean = tf.where(operation == _CONTRAST, 1.0 - f, 0.0)
+                        target += (to_mean * _image_mean(gray))[:, None, None]
+                f = f[:, None, None]
+                planes = _Planes(_clamp(plane * f if target is None else plane * f + target)
+                                 for plane in planes)
+            if hue:
+                selected = operation == _HUE
+                if applied is not None:
+                    selected &= applied
+                rows = _selected_rows(selected)
+                planes = _if_any(rows, lambda: planes.with_rows(rows, _shift_hue(
+                    planes.take(rows), tf.gather(shifts, rows))), planes)
+        return planes
+
+    def _grayscale(self, planes, draws):
+        """RandomGrayscale: gray(x) in the three channels, with probability grayscale_prob."""
+        rows = _selected_rows(draws.coin("apply_grayscale", self.config.grayscale_prob))
+
+        def gray():
+            gray = planes.take(rows).gray()
+            return planes.with_rows(rows, (gray, gray, gray))
+
+        return _if_any(rows, gray, planes)
+
+    def _blur(self, views, draws):
+        """RandomApply([GaussianBlur]): σ ~ U[blur_sigma] per image, reflect padding;
+        computed for the blurred images only."""
+        c = self.config
+        kernels = draws.rows(_gaussian_kernels(draws.full_uniform("blur_sigma", *c.blur_sigma),
+                                               c.blur_kernel_size))
+        rows = _selected_rows(draws.coin("apply_blur", c.blur_prob))
+        return _if_any(rows, lambda: tf.tensor_scatter_nd_update(
+            views, rows[:, None], _gaussian_blur(tf.gather(views, rows),
+                                                 tf.gather(kernels, rows))), views)
 
     # ------------------------------------------------------------------ views
     def augment(self, images, seed=None, rows=None):
@@ -392,10 +553,7 @@ class ViewPairAugmenter:
         seed: stateless key [2] of this view's draws (None: a fresh one, see the class).
         rows: (offset, total): `images` are rows [offset, offset + B) of a batch of `total`.
         """
-        images = tf.convert_to_tensor(images)
-        if images.shape.rank != 4 or (images.shape[-1] is not None and images.shape[-1] != 3):
-            raise ValueError(f"`images` must be a batch [B, H, W, 3]; received shape "
-                             f"{images.shape}")
+        images = self._check(images)
         if seed is None:
             seed = fold_in(self._key, self._next_index())
         size = tf.shape(images)[0]
@@ -403,29 +561,16 @@ class ViewPairAugmenter:
         draws = _Draws(seed, offset, size, total)
         c = self.config
 
-        def maybe(stream, probability, transform, views):
-            """`transform` applied to each image with `probability`."""
-            if probability <= 0:
-                return views
-            changed = transform(views, draws)
-            if probability >= 1:
-                return changed
-            return tf.where(draws.coin(stream, probability)[:, None, None, None], changed, views)
-
-        views = self._crop(tf.cast(images, tf.float32), draws)
-        if self._jitter is not None:
-            views = maybe("apply_jitter", c.jitter_prob, self._color_jitter, views)
-        if self._grayscale is not None:
-            views = maybe("apply_grayscale", c.grayscale_prob,
-                          lambda v, _: self._grayscale.augment_images(v), views)
+        planes = self._crop(images, draws)
+        if c.jitter_prob > 0 and any(c.jitter_strength):
+            planes = self._color_jitter(planes, draws)
+        if c.grayscale_prob > 0:
+            planes = self._grayscale(planes, draws)
+        views = planes.images()
         if c.blur_prob > 0:
-            views = maybe("apply_blur", c.blur_prob, self._blur, views)
-        if self._flip is not None:
-            flips = draws.uniform("flip")[:, None]
-            views = self._flip.augment_images(
-                views, {"flip_horizontals": flips, "flip_verticals": tf.zeros_like(flips)})
-        # Bilinear resampling and the jitter can leave values a hair outside [0, 255].
-        return tf.clip_by_value(tf.cast(views, tf.float32) / 255.0, 0.0, 1.0)
+            views = self._blur(views, draws)
+        # Float input a little outside [0, 255], and the blur's rounding, stay in range.
+        return _clamp(views)
 
     def __call__(self, images, batch_index=None, rows=None):
         """(view1, view2) of `images`; see the class docstring for `batch_index` and `rows`."""
@@ -433,6 +578,14 @@ class ViewPairAugmenter:
         key = fold_in(self._key, index)
         return (self.augment(images, fold_in(key, 1), rows),
                 self.augment(images, fold_in(key, 2), rows))
+
+    @staticmethod
+    def _check(images):
+        images = tf.convert_to_tensor(images)
+        if images.shape.rank != 4 or (images.shape[-1] is not None and images.shape[-1] != 3):
+            raise ValueError(f"`images` must be a batch [B, H, W, 3]; received shape "
+                             f"{images.shape}")
+        return images
 
     def _next_index(self):
         return self._index_generator.uniform_full_int([], tf.int64)

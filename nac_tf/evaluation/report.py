@@ -7,7 +7,8 @@ would get.
 
 - Classification (single-label sources with a train and a test split): kNN top-1 on the
   representation h (cosine, temperature-weighted votes) and the linear-evaluation protocol of
-  DESIGN.md section 2 (`nac_tf.evaluation.linear`).
+  DESIGN.md section 2 (`nac_tf.evaluation.linear`), with its training-image augmentation
+  when `linear.augment` (the trainer's setting).
 - Retrieval (DESIGN.md section 2): 1[a > 0] codes of the projection head, Hamming ranking
   with stable ties. Queries and database come from the source's retrieval protocol
   (`source.retrieval`: CIFAR-10 hashing split, FLICKR-25K) or, for other datasets, the test
@@ -19,8 +20,10 @@ from typing import Optional
 import numpy as np
 
 from nac_tf.evaluation.knn import knn_accuracy
-from nac_tf.evaluation.linear import LinearEvalConfig, linear_evaluation
+from nac_tf.evaluation.linear import (LinearEvalConfig, linear_evaluation,
+                                      linear_evaluation_from_images)
 from nac_tf.evaluation import retrieval
+from nac_tf.evaluation.tool_support import float_image_encoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,17 +67,33 @@ def embed(model, images, batch_size=256, outputs=("features",)):
 
 
 def classification_metrics(train_features, train_labels, test_features, test_labels,
-                           num_classes, config: EvaluationConfig, progress=False):
-    """kNN and linear top-1 on precomputed features; a flat dict plus protocol details."""
+                           num_classes, config: EvaluationConfig, progress=False,
+                           images=None):
+    """kNN and linear top-1 on precomputed features; a flat dict plus protocol details.
+
+    images: (model, train_images, test_images), an ExportedModel and the uint8 images of the
+    features, needed when `config.linear.augment`: the linear classifier then trains on
+    augmented training images through the model (`linear_evaluation_from_images`).
+    """
     metrics = {}
     if config.knn_k:
         metrics["knn_top1"] = knn_accuracy(train_features, train_labels, test_features,
                                            test_labels, num_classes, k=config.knn_k,
                                            temperature=config.knn_temperature)
         metrics["knn"] = {"k": config.knn_k, "temperature": config.knn_temperature}
-    if config.linear is not None:
+    if config.linear is not None and config.linear.augment:
+        if images is None:
+            raise ValueError("config.linear.augment needs the images: pass "
+                             "images=(model, train_images, test_images)")
+        model, train_images, test_images = images
+        result = linear_evaluation_from_images(
+            float_image_encoder(model), train_images, train_labels, test_images, test_labels,
+            num_classes, config.linear, batch_size_encode=config.batch_size,
+            progress=progress)
+    elif config.linear is not None:
         result = linear_evaluation(train_features, train_labels, test_features, test_labels,
                                    num_classes, config.linear, progress=progress)
+    if config.linear is not None:
         metrics["linear_top1"] = result.top1
         metrics["linear"] = result.to_dict()
     return metrics
@@ -116,7 +135,8 @@ def evaluate_model(model, source, config: EvaluationConfig, progress=False):
     if not source.multi_label:
         report.update(classification_metrics(
             train["features"], source.train_labels, test["features"], source.test_labels,
-            source.num_classes, config, progress=progress))
+            source.num_classes, config, progress=progress,
+            images=(model, source.train_images, source.test_images)))
     if config.retrieval:
         if source.retrieval is None:
             queries, database = test["hash_codes"], train["hash_codes"]

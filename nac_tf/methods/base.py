@@ -51,6 +51,27 @@ class MethodConfig:
     l2_weight: float = 0.1
     temperature: float = 0.5
     seed: int = 0
+    mq_negatives: str = "batch_in_queue"
+    queue_init_scale: float = 1e-3
+    head_init: str = "keras"
+
+
+# What the NAC-MQ denominator holds besides the stored queue (see `nac_mq_loss`):
+# batch_in_queue: the current global batch's momentum codes written into the queue first
+#   (the authors' CIFAR code enqueues before computing the loss);
+# positive_key: each row's positive momentum key prepended (their ImageNet code, MoCo's way);
+# queue_only: the stored queue alone (Eq. 20 read literally).
+MQ_NEGATIVES = ("batch_in_queue", "positive_key", "queue_only")
+
+
+def write_into_queue(queue, pointer, keys):
+    """`queue` [M, D] with rows pointer..pointer + n - 1 replaced by `keys` [n, D].
+
+    The queue is a ring of whole global batches (M is a multiple of n, checked by the
+    config), so a write never wraps around its end.
+    """
+    return tf.tensor_scatter_nd_update(
+        queue, (pointer + tf.range(tf.shape(keys)[0]))[:, None], keys)
 
 
 def binary_codes(pre_activations):
@@ -101,12 +122,13 @@ class TwoViewMethod(keras.Model):
                             training=False)
 
     def make_head(self, name):
-        """A projection head or inference network (same MLP shape, DESIGN.md section 1)."""
+        """A projection head or inference network (the same MLP shape, paper Sec. 3.5)."""
         c = self.method_config
         return ProjectionHead(
             hidden_dim=c.head_hidden_dim, output_dim=c.code_dim, use_batch_norm=c.head_batch_norm,
             scale_by_sqrt_dim=c.head_scale_by_sqrt_dim,
-            synchronized_batch_norm=c.synchronized_batch_norm, name=name)
+            synchronized_batch_norm=c.synchronized_batch_norm, initializer=c.head_init,
+            name=name)
 
     def momentum_copy(self, online, name):
         """A new network with `online`'s architecture and separate variables."""
@@ -267,9 +289,16 @@ class MomentumQueueMethod(TwoViewMethod):
     """
 
     def queue_initializer(self, seed):
-        """Initial queue entries, seeded from the run's seed so that two runs of one command
-        (and a killed run and its resume) start from the same queue."""
-        return keras.initializers.RandomNormal(seed=seed)
+        """Initial queue entries: small Gaussian noise N(0, queue_init_scale^2), as the
+        authors' code initialises its queues (scale 1e-3), seeded from the run's seed so that
+        two runs of one command (and a killed run and its resume) start from the same queue.
+        NAC scores them as near-zero codes; MoCo normalises them (the scale cancels)."""
+        return keras.initializers.RandomNormal(stddev=self.method_config.queue_init_scale,
+                                               seed=seed)
+
+    def global_keys(self, keys):
+        """This step's momentum keys of the whole global batch, single-device row order."""
+        return tf.cast(distribute.gather_view_pairs(tf.stop_gradient(keys)), self.queue.dtype)
 
     def init_momentum(self, online_networks):
         c = self.method_config
@@ -295,13 +324,8 @@ class MomentumQueueMethod(TwoViewMethod):
         # The queue receives the whole global batch in the single-device order [first-view
         # keys of all K images; second-view keys], so its contents and pointer do not depend
         # on the number of replicas.
-        keys = distribute.gather_view_pairs(tf.stop_gradient(state["keys"]))
-        keys = tf.cast(keys, self.queue.dtype)
+        keys = self.global_keys(state["keys"])
         pointer = tf.convert_to_tensor(self.queue_pointer)
-        # The queue size is a multiple of the rows enqueued per step (validated in config),
-        # so a write never wraps around the end of the buffer.
-        new_queue = tf.tensor_scatter_nd_update(
-            tf.convert_to_tensor(self.queue),
-            (pointer + tf.range(tf.shape(keys)[0]))[:, None], keys)
+        new_queue = write_into_queue(tf.convert_to_tensor(self.queue), pointer, keys)
         new_pointer = (pointer + tf.shape(keys)[0]) % self.method_config.queue_size
         distribute.assign_variables([self.queue, self.queue_pointer], [new_queue, new_pointer])

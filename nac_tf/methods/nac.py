@@ -41,4 +41,5 @@ class NAC(TwoViewMethod):
         mi_bound = nac_mutual_information_bound(
             codes_sign, tf.stop_gradient(logits), signs, p, negatives=negatives_sign)
         num_images = tf.shape(view1)[0]
-        return PairLoss(loss, {"mi_bound": mi_bound}, a[:num_images])
+        return PairLoss(loss, {"mi_bound": mi_bound, "code_norm_sq": keras.ops.mean(
+            keras.ops.sum(codes * codes, axis=-1))}, a[:num_images])

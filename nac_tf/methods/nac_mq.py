@@ -2,7 +2,8 @@
 import keras
 import tensorflow as tf
 
-from nac_tf.methods.base import MomentumQueueMethod, PairLoss, binary_codes
+from nac_tf.methods.base import (MQ_NEGATIVES, MomentumQueueMethod, PairLoss, binary_codes,
+                                 write_into_queue)
 from nac_tf.objectives import (inference_likelihood_loss, nac_mq_loss,
                                nac_mq_mutual_information_bound)
 
@@ -16,13 +17,17 @@ class NACMQ(MomentumQueueMethod):
     copy of h, so the encoder's objective stays exactly Eq. 20; its EMA r^ is then a useful
     posterior. The lambda ||z||^2 term keeps the online code norms close to the queued
     momentum codes (the paper's stabiliser, lambda = 0.1).
+
+    The denominator holds the current batch's momentum codes too (`mq_negatives`, see
+    `MQ_NEGATIVES`): by default they are written into the queue before the loss, as the
+    authors' CIFAR code does, so a fresh queue of near-zero entries still gives every code
+    real negatives; after the step the queue keeps them (the same write).
     """
 
-    # Queue entries stand for tanh codes until real momentum codes replace them.
-    def queue_initializer(self, seed):
-        return keras.initializers.RandomUniform(-1.0, 1.0, seed=seed)
-
     def __init__(self, encoder, config, **kwargs):
+        if config.mq_negatives not in MQ_NEGATIVES:
+            raise ValueError(f"mq_negatives must be one of {', '.join(MQ_NEGATIVES)}; got "
+                             f"{config.mq_negatives!r}")
         super().__init__(encoder, config, **kwargs)
         self.projection_head = self.make_head("projection_head")
         self.inference_network = self.make_head("inference_network")
@@ -55,11 +60,19 @@ class NACMQ(MomentumQueueMethod):
 
         signs = self.flip_signs(tf.shape(codes))
         queue = tf.convert_to_tensor(self.queue)
-        code_loss = nac_mq_loss(codes, momentum_logits, signs, c.flip_prob, queue, c.l2_weight)
+        positive_keys = None
+        if c.mq_negatives == "batch_in_queue":
+            queue = write_into_queue(queue, tf.convert_to_tensor(self.queue_pointer),
+                                     self.global_keys(momentum_codes))
+        elif c.mq_negatives == "positive_key":
+            positive_keys = momentum_codes
+        code_loss = nac_mq_loss(codes, momentum_logits, signs, c.flip_prob, queue, c.l2_weight,
+                                positive_keys=positive_keys)
         likelihood_loss = inference_likelihood_loss(logits, signs * codes)
         # The bound of Eq. 18 holds for binary codes c = sgn(a), not for their relaxation.
         mi_bound = nac_mq_mutual_information_bound(
-            binary_codes(a), momentum_logits, signs, c.flip_prob, binary_codes(queue))
+            binary_codes(a), momentum_logits, signs, c.flip_prob, binary_codes(queue),
+            positive_keys=None if positive_keys is None else binary_codes(positive_keys))
         num_images = tf.shape(view1)[0]
         metrics = {"mi_bound": mi_bound, "code_loss": code_loss,
                    "inference_loss": likelihood_loss,

@@ -11,6 +11,22 @@ import keras
 from nac_tf.models.layers import BATCH_NORM_EPSILON, DEFAULT_BATCH_NORM_MOMENTUM
 
 
+HEAD_INITIALIZERS = ("keras", "pytorch")
+
+
+def _use_pytorch_linear_init(dense, fan_in):
+    """Sets `dense` (not yet built) to torch.nn.Linear's default initialisation.
+
+    PyTorch draws the kernel with kaiming_uniform(a=sqrt(5)), i.e. U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)) (VarianceScaling with scale 1/3, fan_in, uniform gives the same limit
+    sqrt(3 * scale / fan_in)), and the bias from the same interval.
+    """
+    limit = 1.0 / math.sqrt(fan_in)
+    dense.kernel_initializer = keras.initializers.VarianceScaling(
+        scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+    dense.bias_initializer = keras.initializers.RandomUniform(-limit, limit)
+
+
 @keras.saving.register_keras_serializable(package="nac_tf")
 class ProjectionHead(keras.layers.Layer):
     """Dense(hidden_dim) [-> BN] -> ReLU -> Dense(output_dim) [-> / sqrt(output_dim)].
@@ -25,20 +41,31 @@ class ProjectionHead(keras.layers.Layer):
 
     `use_batch_norm` adds BatchNorm after the hidden Dense (whose bias is then dropped, BN's
     beta replaces it); the authors' CIFAR heads have none, hence the default False.
+
+    `initializer`: "keras" (default) uses Keras' Dense defaults (Glorot-uniform kernel, zero
+    bias); "pytorch" draws kernel and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as the
+    authors' torch.nn.Linear heads. Keras' is the default because it gave more diverse codes
+    and better retrieval in the digits ablation of benchmarks/code_capacity.py (results/).
+    The choice matters beyond scale: a zero bias has zero norm, which LARS's trust ratio
+    treats specially (see `nac_tf.optim`).
     Sublayers: "hidden_dense", "hidden_bn", "output_dense" under the head's name.
     """
 
     def __init__(self, hidden_dim, output_dim=128, use_batch_norm=False, scale_by_sqrt_dim=True,
-                 synchronized_batch_norm=False, name=None, **kwargs):
+                 synchronized_batch_norm=False, initializer="keras", name=None, **kwargs):
         super().__init__(name=name, **kwargs)
         for argument, value in (("hidden_dim", hidden_dim), ("output_dim", output_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{argument} must be a positive integer; got {value!r}")
+        if initializer not in HEAD_INITIALIZERS:
+            raise ValueError(f"initializer must be one of {', '.join(HEAD_INITIALIZERS)}; got "
+                             f"{initializer!r}")
         self.hidden_dim = hidden_dim
         self.output_dim = output_dim
         self.use_batch_norm = bool(use_batch_norm)
         self.scale_by_sqrt_dim = bool(scale_by_sqrt_dim)
         self.synchronized_batch_norm = bool(synchronized_batch_norm)
+        self.initializer = initializer
         self.hidden_dense = keras.layers.Dense(
             hidden_dim, use_bias=not self.use_batch_norm, name="hidden_dense")
         self.hidden_bn = None
@@ -53,6 +80,9 @@ class ProjectionHead(keras.layers.Layer):
         # up front, with paths "<head name>/hidden_dense/kernel", ..., so a momentum copy can
         # be built and have its weights set before its first call.
         hidden_shape = tuple(input_shape[:-1]) + (self.hidden_dim,)
+        if self.initializer == "pytorch":
+            _use_pytorch_linear_init(self.hidden_dense, input_shape[-1])
+            _use_pytorch_linear_init(self.output_dense, self.hidden_dim)
         self.hidden_dense.build(input_shape)
         if self.hidden_bn is not None:
             self.hidden_bn.build(hidden_shape)
@@ -75,5 +105,6 @@ class ProjectionHead(keras.layers.Layer):
         config.update(hidden_dim=self.hidden_dim, output_dim=self.output_dim,
                       use_batch_norm=self.use_batch_norm,
                       scale_by_sqrt_dim=self.scale_by_sqrt_dim,
-                      synchronized_batch_norm=self.synchronized_batch_norm)
+                      synchronized_batch_norm=self.synchronized_batch_norm,
+                      initializer=self.initializer)
         return config

@@ -1,0 +1,137 @@
+"""Shared machinery of the experiment scripts in this folder (not part of the package).
+
+An experiment is a set of named pretraining runs plus the analysis that turns them into a
+table and plots. Each run stores one record (`<results dir>/runs/<name>.json`) when it has
+finished and been evaluated; the scripts skip runs that have a record, and a run that was
+interrupted resumes from the checkpoints in its run directory (under `runs/experiments/`, not
+committed). Records are committed with the results, so a sweep longer than one sitting
+continues where it stopped: only the run in progress is lost when its checkpoints are.
+
+Every script writes `results.json`, `results.md` (with the exact command) and PNG plots into
+its folder under `results/`.
+"""
+import json
+import math
+import os
+import shlex
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(REPO, "results")
+RUNS_DIR = os.path.join(REPO, "runs", "experiments")
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+CIFAR10_ARCHIVE = os.path.join(SHARED_DATA, "cifar10.npz")
+
+
+def command_line():
+    """The command that is running, as a user would type it from the repository root."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), REPO)
+    return " ".join(["python", shlex.quote(script)] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def write_json(path, payload):
+    """Write-then-rename, so an interrupted script never leaves a truncated file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def binary_entropy_bits(p):
+    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def channel_capacity_bits(flip_prob, code_dim):
+    """Capacity of D independent binary symmetric channels with flip probability p:
+    D (1 - H(p)) bits, an upper bound on I(X; C~) whatever the encoder does."""
+    return code_dim * (1.0 - binary_entropy_bits(flip_prob))
+
+
+def cifar10_exact_split(work_dir, held_out_per_class=1000, seed=0, archive=CIFAR10_ARCHIVE):
+    """An .npz of the 50 000 bit-exact CIFAR-10 training images split into train and a
+    seeded held-out test set (`held_out_per_class` per class); the archive's own test images
+    are mostly JPEG-degraded (see the data README), so they are not used here."""
+    path = os.path.join(work_dir, f"cifar10_exact_split_{held_out_per_class}_{seed}.npz")
+    if os.path.exists(path):
+        return path
+    if not os.path.exists(archive):
+        sys.exit(f"CIFAR-10 archive not found at {archive}")
+    with np.load(archive) as data:
+        images, labels = data["x_train"], data["y_train"]
+    rng = np.random.default_rng(seed)
+    test_index = np.concatenate([
+        rng.choice(np.flatnonzero(labels == c), held_out_per_class, replace=False)
+        for c in range(10)])
+    train_mask = np.ones(len(labels), bool)
+    train_mask[test_index] = False
+    os.makedirs(work_dir, exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, x_train=images[train_mask], y_train=labels[train_mask],
+             x_test=images[test_index], y_test=labels[test_index])
+    os.replace(tmp, path)
+    return path
+
+
+class RunRegistry:
+    """Named pretraining runs of one experiment, each recorded once it has finished.
+
+    `run(name, config, analyse)`: returns the stored record of `name`, or pretrains
+    `config` (resuming its checkpoints), calls `analyse(config, results)` for extra numbers,
+    stores {"config", "results", "analysis", "wall_seconds"} and returns it.
+    """
+
+    def __init__(self, experiment):
+        self.experiment = experiment
+        self.records_dir = os.path.join(RESULTS_DIR, experiment, "runs")
+        self.runs_dir = os.path.join(RUNS_DIR, experiment)
+
+    def model_dir(self, name):
+        return os.path.join(self.runs_dir, name)
+
+    def record_path(self, name):
+        return os.path.join(self.records_dir, name + ".json")
+
+    def load(self, name):
+        path = self.record_path(name)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def run(self, name, config, analyse=None):
+        record = self.load(name)
+        if record is not None:
+            print(f"[{self.experiment}] {name}: recorded, skipped", flush=True)
+            return record
+        from nac_tf.training import pretrain
+
+        print(f"[{self.experiment}] {name}: training", flush=True)
+        start = time.time()
+        results = pretrain(config)
+        analysis = analyse(config, results) if analyse else {}
+        record = {"name": name, "config": config.to_dict(), "results": results,
+                  "analysis": analysis, "wall_seconds": round(time.time() - start, 1)}
+        write_json(self.record_path(name), record)
+        return record
+
+
+def write_report(experiment, payload, markdown_body, title):
+    """results.json and results.md (title, exact command, body) of an experiment."""
+    out = os.path.join(RESULTS_DIR, experiment)
+    command = command_line()
+    write_json(os.path.join(out, "results.json"), dict(payload, command=command))
+    text = f"# {title}\n\nRegenerate (from the repository root):\n\n```bash\n{command}\n```\n\n"
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text + markdown_body.rstrip() + "\n")
+    print(f"wrote {os.path.relpath(out, REPO)}/results.json and results.md")
+    return out
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,350 @@
+"""Scaled reproductions of the paper's CIFAR-10 results on CPU: Table 3, Table 1, Fig. 4.
+
+    python benchmarks/reproduce_paper.py --experiment=hashing      # Table 3 (+ trajectories)
+    python benchmarks/reproduce_paper.py --experiment=linear       # Table 1
+    python benchmarks/reproduce_paper.py --experiment=flip_sweep   # Fig. 4
+    python benchmarks/reproduce_paper.py --experiment=all [--seeds=0,1] [--steps=N]
+
+Every method of one table gets the same budget: the same encoder (`resnet_tiny`, a
+ResNet with the CIFAR stem, 128-d representation), batch 256, number of LARS steps, learning
+rate schedule and augmentation (the paper's CIFAR recipe), and the paper's hyperparameters
+(weight decay 1e-6, D = 128; SimCLR tau = 0.5, MoCo-v2 tau = 0.2; NAC p = 0.4 for hashing,
+0.1 for classification). The one setting chosen here is the hashing table's peak learning
+rate, per method, from `--learning_rates` (the paper's 3.0 and a lower 0.5), by a validation
+mAP on database images; no test image or query ever chose a setting. The linear table uses
+the paper's 3.0. One deviation from the linear protocol, for every
+method alike: the linear probe trains on the frozen features of unaugmented images (the
+protocol's crop + flip runs the encoder over the training set in each of 100 epochs of 5
+fits, hours per run on 2 CPU cores).
+
+- hashing (paper Table 3): the CIFAR-10 retrieval split of the real archive
+  (`--dataset=cifar10_hashing`: train + test pooled, 1 000 queries per class, the other
+  50 000 images the database, 500 training images per class drawn from it; seeded), NAC
+  (p = 0.4) against SimCLR and MoCo-v2 sign codes; Hamming mAP@all with ties in database
+  order and the tie-independent expected mAP, plus the number of distinct codewords in the
+  database. NAC and SimCLR also evaluate during training (kNN and 1 000-query mAP every
+  `steps / 5` steps), which gives the trajectory plot.
+- linear (paper Table 1): the 50 000 bit-exact training images, 1 000 per class held out
+  (seeded) as the test set, NAC (p = 0.1), NAC-MQ, SimCLR, MoCo-v2; linear top-1 (the
+  protocol: SGD + Nesterov, lr searched on a validation split of the training set,
+  crop + flip) and kNN top-1.
+- flip_sweep (paper Fig. 4): NAC on the retrieval split with p in {0.05, 0.1, 0.2, 0.3,
+  0.4, 0.45} at the learning rate the hashing table selected for NAC; linear top-1 (trained
+  on the 5 000 training images, tested on the 10 000 queries) and Hamming mAP@all against
+  p. The p = 0.4 run is the hashing table's NAC run (so this experiment runs that table
+  first).
+
+Runs are recorded in results/<experiment>/runs/ as they finish, so the same command
+continues an interrupted set (see benchmarks/experiments.py). Results: results/<experiment>/.
+"""
+import argparse
+import os
+
+import numpy as np
+
+from experiments import (CIFAR10_ARCHIVE, RESULTS_DIR, RUNS_DIR, RunRegistry,
+                         cifar10_exact_split, markdown_table, write_report)
+
+FLIP_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.45)
+METHOD_SETTINGS = {
+    "nac_p0.4": dict(method="nac", flip_prob=0.4),
+    "nac_p0.1": dict(method="nac", flip_prob=0.1),
+    "nac_mq": dict(method="nac_mq", flip_prob=0.1, queue_size=12800, momentum=0.99),
+    "simclr": dict(method="simclr", temperature=0.5),
+    "moco_v2": dict(method="moco_v2", temperature=0.2, queue_size=12800, momentum=0.99),
+}
+LABELS = {"nac_p0.4": "NAC (p = 0.4)", "nac_p0.1": "NAC (p = 0.1)", "nac_mq": "NAC-MQ (p = 0.1)",
+          "simclr": "SimCLR (sign codes)", "moco_v2": "MoCo-v2 (sign codes)"}
+
+
+def base_config(args, seed, **changes):
+    """The shared budget of every run (see the module docstring)."""
+    from nac_tf.config import PretrainConfig
+
+    fields = dict(encoder="resnet_tiny", stem="cifar", batch_size=args.batch_size,
+                  train_steps=args.steps, learning_rate=3.0, learning_rate_scaling="none",
+                  weight_decay=1e-6, code_dim=128, crop_area_min=0.08, blur_prob=0.0,
+                  checkpoint_every_steps=max(args.steps // 10, 1), log_every_steps=25,
+                  linear_eval_epochs=args.linear_eval_epochs,
+                  linear_eval_augment=False, seed=seed)
+    fields.update(changes)
+    return PretrainConfig(**fields)
+
+
+def hashing_config(args, registry, name, seed, settings, evaluate_during_training):
+    steps_per_epoch = 5000 // args.batch_size
+    # The authors' hashing schedule warms up for 5 % of training (100 of 2 000 epochs).
+    warmup_epochs = 0.05 * args.steps / steps_per_epoch
+    return base_config(
+        args, seed, dataset="cifar10_hashing", data_dir=args.archive,
+        warmup_epochs=warmup_epochs, model_dir=registry.model_dir(name),
+        eval_every_steps=max(args.steps // 5, 1) if evaluate_during_training else 0,
+        **settings)
+
+
+VALIDATION_QUERIES = 1000
+
+
+def validation_split(arrays, seed=0):
+    """(query rows, database rows) of a validation retrieval task inside the database:
+    `VALIDATION_QUERIES` seeded database images that are not pretraining images query the
+    rest of the database. The protocol's real queries are never touched, so choosing a
+    setting by this mAP never looks at them."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x76616C]))
+    candidates = np.arange(arrays.num_train, len(arrays.database_images))
+    queries = np.sort(rng.choice(candidates, VALIDATION_QUERIES, replace=False))
+    database = np.setdiff1d(np.arange(len(arrays.database_images)), queries)
+    return queries, database
+
+
+def codeword_analysis(config, results):
+    """Distinct codewords of the retrieval database and the validation mAP (hashing runs)."""
+    from nac_tf.data.sources import load_source
+    from nac_tf.evaluation import retrieval
+    from nac_tf.evaluation.report import embed
+    from nac_tf.export import ExportedModel, build_export_module
+    from nac_tf.training import read_run_config, restore_pretrained_method
+
+    _, statistics = read_run_config(config.model_dir)
+    _, method = restore_pretrained_method(config.model_dir)
+    model = ExportedModel.from_module(build_export_module(
+        method, statistics["image_size"], statistics))
+    source = load_source(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    arrays = source.retrieval
+    codes = embed(model, arrays.database_images, outputs=("hash_codes",))["hash_codes"]
+    _, counts = np.unique(codes, axis=0, return_counts=True)
+    frequencies = counts / counts.sum()
+    queries, database = validation_split(arrays, config.seed)
+    validation_map = retrieval.mean_average_precision(
+        codes[queries], codes[database], arrays.database_labels[queries],
+        arrays.database_labels[database], packed=True)
+    return {"database_distinct_codewords": int(len(counts)),
+            "database_codeword_entropy_bits": float(-np.sum(frequencies * np.log2(frequencies))),
+            "database_size": int(len(codes)), "validation_map_all": float(validation_map)}
+
+
+def mean_and_spread(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
+
+
+def hashing_run_name(key, seed, steps, learning_rate):
+    return f"{key}_lr{learning_rate:g}_s{seed}_{steps}steps"
+
+
+def run_hashing(args, seeds):
+    """Every method at every candidate learning rate; per method and seed, the rate with the
+    best validation mAP (`validation_split`) is the one reported."""
+    registry = RunRegistry("hashing")
+    records, candidates = {}, {}
+    for seed in seeds:
+        for key in ("nac_p0.4", "simclr", "moco_v2"):
+            runs = []
+            for learning_rate in args.learning_rates:
+                name = hashing_run_name(key, seed, args.steps, learning_rate)
+                config = hashing_config(
+                    args, registry, name, seed,
+                    dict(METHOD_SETTINGS[key], learning_rate=learning_rate),
+                    evaluate_during_training=key in ("nac_p0.4", "simclr"))
+                runs.append(registry.run(name, config, codeword_analysis))
+            candidates.setdefault(key, []).extend(runs)
+            best = max(runs, key=lambda r: r["analysis"]["validation_map_all"])
+            records.setdefault(key, []).append(best)
+    rows = []
+    first = next(iter(records.values()))[0]["results"]
+    rows.append(["random init (NAC network)",
+                 mean_and_spread([r["results"]["random_init_map_all"]
+                                  for r in records["nac_p0.4"]]),
+                 mean_and_spread([r["results"]["random_init_map_all_expected_ties"]
+                                  for r in records["nac_p0.4"]]), "", "", ""])
+    for key, runs in records.items():
+        rows.append([LABELS[key],
+                     mean_and_spread([r["results"]["map_all"] for r in runs]),
+                     mean_and_spread([r["results"]["map_all_expected_ties"] for r in runs]),
+                     " / ".join(str(r["analysis"]["database_distinct_codewords"]) for r in runs),
+                     mean_and_spread([r["results"].get("knn_top1") for r in runs]),
+                     " / ".join(f"{r['wall_seconds'] / 60:.0f}" for r in runs)])
+    table = markdown_table(
+        ["method", "mAP@all (%), stable ties", "mAP@all (%), expected ties",
+         "distinct codewords in the 50 000-image database", "kNN top-1 (%)",
+         "wall minutes per run"], rows)
+    selection = markdown_table(
+        ["method", "lr", "seed", "validation mAP (%)", "mAP@all (%)", "distinct codewords",
+         "selected"],
+        [[LABELS[key], r["config"]["learning_rate"], r["config"]["seed"],
+          f"{100 * r['analysis']['validation_map_all']:.1f}",
+          f"{100 * r['results']['map_all']:.1f}",
+          r["analysis"]["database_distinct_codewords"],
+          "yes" if any(r is chosen for chosen in records[key]) else ""]
+         for key, runs in candidates.items() for r in runs])
+    body = (f"CIFAR-10 retrieval split ({first['retrieval']['num_queries']} queries, "
+            f"{first['retrieval']['num_database']} database images, 5 000 training images), "
+            f"128-bit codes, resnet_tiny, {args.steps} LARS steps of batch {args.batch_size}, "
+            f"seeds {', '.join(map(str, seeds))} (mean ± std over seeds; per-seed values "
+            "separated by /). Paper (VGG16, 10 000 steps of batch 1 000): NAC 40.5, SimCLR "
+            "34.2, MoCo-v2 32.3. Each method's learning rate (LARS, peak) was chosen "
+            f"from {', '.join(f'{lr:g}' for lr in args.learning_rates)} by the mAP@all of "
+            f"{VALIDATION_QUERIES} validation queries drawn from the database images that are "
+            "not training images, against the rest of the database (never the real "
+            "queries):\n\n" + table + "\n\nAll runs:\n\n" + selection +
+            "\n\n![kNN and mAP during training](trajectories.png)\n")
+    write_report("hashing", {"steps": args.steps, "batch_size": args.batch_size,
+                             "seeds": seeds, "learning_rates": args.learning_rates,
+                             "selected_runs": {k: [r["name"] for r in v]
+                                               for k, v in records.items()},
+                             "runs": candidates}, body,
+                 "Table 3 at CPU scale: 128-bit hash codes on CIFAR-10")
+    plot_trajectories(records, os.path.join(RESULTS_DIR, "hashing", "trajectories.png"))
+    return records
+
+
+def run_linear(args, seeds):
+    registry = RunRegistry("linear")
+    split = cifar10_exact_split(RUNS_DIR, archive=args.archive)
+    steps_per_epoch = 40000 // args.batch_size
+    records = {}
+    for seed in seeds:
+        for key in ("nac_p0.1", "nac_mq", "simclr", "moco_v2"):
+            name = f"{key}_s{seed}_{args.steps}steps"
+            config = base_config(
+                args, seed, dataset="npz", data_dir=split,
+                warmup_epochs=0.05 * args.steps / steps_per_epoch,
+                model_dir=registry.model_dir(name), **METHOD_SETTINGS[key])
+            records.setdefault(key, []).append(registry.run(name, config))
+    rows = [["random init (NAC network)",
+             mean_and_spread([r["results"]["random_init_linear_top1"]
+                              for r in records["nac_p0.1"]]),
+             mean_and_spread([r["results"]["random_init_knn_top1"]
+                              for r in records["nac_p0.1"]]), ""]]
+    for key, runs in records.items():
+        rows.append([LABELS[key], mean_and_spread([r["results"]["linear_top1"] for r in runs]),
+                     mean_and_spread([r["results"]["knn_top1"] for r in runs]),
+                     " / ".join(f"{r['wall_seconds'] / 60:.0f}" for r in runs)])
+    table = markdown_table(["method", "linear top-1 (%)", "kNN top-1 (%)",
+                            "wall minutes per run"], rows)
+    body = (f"The 50 000 bit-exact CIFAR-10 training images, 1 000 per class held out as the "
+            f"test set (seeded), resnet_tiny, {args.steps} LARS steps of batch "
+            f"{args.batch_size}, seeds {', '.join(map(str, seeds))}. Paper (ResNet-50, 1 000 "
+            "epochs): NAC 93.9, NAC-MQ 93.8, SimCLR 92.8, MoCo-v2 91.6.\n\n" + table + "\n")
+    write_report("linear", {"steps": args.steps, "batch_size": args.batch_size,
+                            "seeds": seeds, "runs": records}, body,
+                 "Table 1 at CPU scale: linear evaluation on CIFAR-10")
+    return records
+
+
+def run_flip_sweep(args, seeds, hashing_records):
+    """NAC at every p with the learning rate the hashing table selected for NAC (p = 0.4)
+    on the validation queries; the p = 0.4 point is that run itself."""
+    registry = RunRegistry("flip_sweep")
+    records = {}
+    for seed, selected in zip(seeds, hashing_records["nac_p0.4"]):
+        learning_rate = selected["config"]["learning_rate"]
+        for p in FLIP_SWEEP:
+            if p == 0.4:
+                record = selected
+            else:
+                name = f"nac_p{p}_lr{learning_rate:g}_s{seed}_{args.steps}steps"
+                config = hashing_config(args, registry, name, seed,
+                                        dict(method="nac", flip_prob=p,
+                                             learning_rate=learning_rate),
+                                        evaluate_during_training=False)
+                record = registry.run(name, config, codeword_analysis)
+            records.setdefault(p, []).append(record)
+    rows = [[p, mean_and_spread([r["results"]["linear_top1"] for r in runs]),
+             mean_and_spread([r["results"]["map_all"] for r in runs]),
+             mean_and_spread([r["results"]["map_all_expected_ties"] for r in runs]),
+             " / ".join(str(r["analysis"]["database_distinct_codewords"]) for r in runs)]
+            for p, runs in records.items()]
+    table = markdown_table(["p", "linear top-1 (%)", "mAP@all (%), stable ties",
+                            "mAP@all (%), expected ties", "distinct codewords"], rows)
+    body = (f"NAC on the CIFAR-10 retrieval split (the hashing table's data and budget: "
+            f"resnet_tiny, {args.steps} steps of batch {args.batch_size}); linear top-1 "
+            "trained on the 5 000 training images and tested on the 10 000 queries. Paper "
+            "(ResNet-18): linear accuracy best at p = 0.1, nearest-neighbour search best at "
+            "p = 0.4.\n\n" + table + "\n\n![linear top-1 and mAP against p](flip_sweep.png)\n")
+    write_report("flip_sweep", {"steps": args.steps, "batch_size": args.batch_size,
+                                "seeds": seeds,
+                                "runs": {str(p): r for p, r in records.items()}}, body,
+                 "Fig. 4 at CPU scale: the flip probability")
+    plot_flip_sweep(records, os.path.join(RESULTS_DIR, "flip_sweep", "flip_sweep.png"))
+    return records
+
+
+def plot_trajectories(records, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for index, (key, runs) in enumerate(records.items()):
+        for run in runs:
+            trajectory = run["results"].get("trajectory") or []
+            if not trajectory:
+                continue
+            steps = [0] + [entry["step"] for entry in trajectory]
+            for axis, metric in zip(axes, ("knn_top1", "map_all")):
+                initial = run["results"].get("random_init_" + metric)
+                values = [initial] + [entry.get(metric) for entry in trajectory]
+                axis.plot(steps, values, "o-", color=f"C{index}", label=LABELS[key]
+                          + f" seed {run['config']['seed']}")
+    for axis, title in zip(axes, ("kNN top-1 (queries vs. training images)",
+                                  "Hamming mAP@all (fixed 1 000 queries)")):
+        axis.set_xlabel("step")
+        axis.set_title(title, fontsize=10)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def plot_flip_sweep(records, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ps = list(records)
+    figure, left = plt.subplots(figsize=(6, 4))
+    right = left.twinx()
+    for axis, metric, color, label in ((left, "linear_top1", "C0", "linear top-1"),
+                                       (right, "map_all", "C1", "Hamming mAP@all")):
+        means = [np.mean([r["results"][metric] for r in records[p]]) for p in ps]
+        axis.plot(ps, means, "o-", color=color, label=label)
+        axis.set_ylabel(label, color=color)
+    left.set_xlabel("flip probability p")
+    left.set_title("NAC on the CIFAR-10 retrieval split")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--experiment", default="all",
+                        choices=("hashing", "linear", "flip_sweep", "all"))
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--linear_eval_epochs", type=int, default=100)
+    parser.add_argument("--learning_rates", default="0.5,3.0",
+                        help="candidate peak LARS learning rates of the hashing table; each "
+                             "method keeps the one with the best validation mAP")
+    parser.add_argument("--archive", default=CIFAR10_ARCHIVE)
+    args = parser.parse_args()
+    if not os.path.exists(args.archive):
+        parser.error(f"--archive: {args.archive} does not exist (the CIFAR-10 .npz archive)")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    args.learning_rates = [float(lr) for lr in args.learning_rates.split(",")]
+    if args.experiment in ("hashing", "flip_sweep", "all"):
+        hashing_records = run_hashing(args, seeds)
+    if args.experiment in ("flip_sweep", "all"):
+        run_flip_sweep(args, seeds, hashing_records)
+    if args.experiment in ("linear", "all"):
+        run_linear(args, seeds)
+
+
+if __name__ == "__main__":
+    main()
