@@ -21,6 +21,7 @@ import threading
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from nac_tf.config import ConfigError, PretrainConfig, validate_config
 
@@ -165,6 +166,11 @@ def main(argv):
     # as "retracing" warnings on every evaluation; they say nothing about the run, whose
     # own progress goes to stdout. Errors still show.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    # TensorFlow's checkpoint writer logs through absl at INFO ("Sharding callback
+    # duration") on every save, which absl's default verbosity shows; --verbosity=0 (given
+    # explicitly) keeps it.
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
     from nac_tf.training import NonFiniteLossError, TrainingInterrupted
 
     # SIGTERM (preemption, `kill`, a scheduler's time limit) only sets a flag: the training

@@ -17,7 +17,7 @@ import pytest
 
 from nac_tf.config import PretrainConfig
 
-STEPS = 300
+STEPS = 600
 CODE_DIM = 128
 
 
