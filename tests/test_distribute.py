@@ -279,6 +279,22 @@ def test_two_replicas_with_sync_batch_norm_equal_one_device(name, graph, two_rep
         np.testing.assert_array_equal(queue[4 * K:], initial_queue[4 * K:])
 
 
+@pytest.mark.parametrize("mode", ["positive_key", "queue_only"])
+def test_other_nac_mq_denominators_equal_one_device(mode, two_replica_strategy, float64_policy):
+    """The NAC-MQ denominators besides the default (covered above): loss and gradients of
+    one step over two replicas equal one device on the global batch."""
+    strategy = two_replica_strategy
+    single, replicated = _pair("nac_mq", strategy, mq_negatives=mode)
+    view1, view2 = _views(0)
+    loss, gradients = _single_gradients(single, view1, view2)
+    replicated_loss, replicated_gradients = _replicated_gradients(
+        strategy, replicated, view1, view2)
+    _assert_same_scalar(replicated_loss, loss, "loss")
+    for variable, actual, expected in zip(single.optimized_variables, replicated_gradients,
+                                          gradients):
+        assert_close(actual, expected, "gradient of " + variable.path)
+
+
 def _batch_norm_layers(network):
     return [layer for layer in network._flatten_layers()
             if isinstance(layer, keras.layers.BatchNormalization)]

@@ -283,7 +283,8 @@ class MomentumQueueMethod(TwoViewMethod):
     """Base for methods with momentum networks and a queue of momentum keys (NAC-MQ, MoCo).
 
     Subclasses create their online networks, then call `init_momentum(online_networks)`,
-    and return the momentum keys to enqueue as `state["keys"]` from `view_pair_loss`. After
+    and return the momentum keys to enqueue as `state["keys"]` from `view_pair_loss` (or,
+    already gathered with `global_keys`, as `state["global_keys"]`). After
     each optimizer step the copies move by EMA and the keys of the whole global batch (both
     views) are written into the ring buffer, oldest first (MoCo convention).
     """
@@ -324,7 +325,9 @@ class MomentumQueueMethod(TwoViewMethod):
         # The queue receives the whole global batch in the single-device order [first-view
         # keys of all K images; second-view keys], so its contents and pointer do not depend
         # on the number of replicas.
-        keys = self.global_keys(state["keys"])
+        keys = state.get("global_keys")
+        if keys is None:
+            keys = self.global_keys(state["keys"])
         pointer = tf.convert_to_tensor(self.queue_pointer)
         new_queue = write_into_queue(tf.convert_to_tensor(self.queue), pointer, keys)
         new_pointer = (pointer + tf.shape(keys)[0]) % self.method_config.queue_size

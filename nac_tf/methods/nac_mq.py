@@ -61,9 +61,12 @@ class NACMQ(MomentumQueueMethod):
         signs = self.flip_signs(tf.shape(codes))
         queue = tf.convert_to_tensor(self.queue)
         positive_keys = None
+        state = {"keys": momentum_codes}
         if c.mq_negatives == "batch_in_queue":
+            # Gathered once: after the step the queue receives these same keys.
+            state["global_keys"] = self.global_keys(momentum_codes)
             queue = write_into_queue(queue, tf.convert_to_tensor(self.queue_pointer),
-                                     self.global_keys(momentum_codes))
+                                     state["global_keys"])
         elif c.mq_negatives == "positive_key":
             positive_keys = momentum_codes
         code_loss = nac_mq_loss(codes, momentum_logits, signs, c.flip_prob, queue, c.l2_weight,
@@ -77,5 +80,4 @@ class NACMQ(MomentumQueueMethod):
         metrics = {"mi_bound": mi_bound, "code_loss": code_loss,
                    "inference_loss": likelihood_loss,
                    "code_norm_sq": keras.ops.mean(keras.ops.sum(codes * codes, axis=-1))}
-        return PairLoss(code_loss + likelihood_loss, metrics, a[:num_images],
-                        {"keys": momentum_codes})
+        return PairLoss(code_loss + likelihood_loss, metrics, a[:num_images], state)
