@@ -283,8 +283,12 @@ def test_two_replicas_with_sync_batch_norm_equal_one_device(name, graph, two_rep
 def test_other_nac_mq_denominators_equal_one_device(mode, two_replica_strategy, float64_policy):
     """The NAC-MQ denominators besides the default (covered above): loss and gradients of
     one step over two replicas equal one device on the global batch."""
-    strategy = two_replica_strategy
-    single, replicated = _pair("nac_mq", strategy, mq_negatives=mode)
+    _assert_same_first_step(*_pair("nac_mq", two_replica_strategy, mq_negatives=mode),
+                            two_replica_strategy)
+
+
+def _assert_same_first_step(single, replicated, strategy):
+    """Loss and gradients of one step: two replicas == one device on the global batch."""
     view1, view2 = _views(0)
     loss, gradients = _single_gradients(single, view1, view2)
     replicated_loss, replicated_gradients = _replicated_gradients(
@@ -305,14 +309,7 @@ def test_per_view_with_sync_batch_norm_equals_one_device(two_replica_strategy, f
     batch of that view, on both replicas, as one device does per view."""
     strategy = two_replica_strategy
     single, replicated = _pair("nac_mq", strategy, per_view_batch_norm=True)
-    view1, view2 = _views(0)
-    loss, gradients = _single_gradients(single, view1, view2)
-    replicated_loss, replicated_gradients = _replicated_gradients(
-        strategy, replicated, view1, view2)
-    _assert_same_scalar(replicated_loss, loss, "loss")
-    for variable, actual, expected in zip(single.optimized_variables, replicated_gradients,
-                                          gradients):
-        assert_close(actual, expected, "gradient of " + variable.path)
+    _assert_same_first_step(single, replicated, strategy)
     for expected, variable in zip(single.weights, replicated.weights):
         if "moving_" in variable.path:  # two updates per step, from the global views
             for component in _variable_components(strategy, variable):
