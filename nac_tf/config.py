@@ -31,7 +31,8 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
-    """Every setting of a pretraining run (defaults: NAC on CIFAR-10, DESIGN.md section 1)."""
+    """Every setting of a pretraining run (defaults: NAC on CIFAR-10, docs/protocols.md
+    section 1)."""
 
     method: str = "nac"
     # Data.
@@ -67,7 +68,7 @@ class PretrainConfig:
     momentum: float = 0.99
     l2_weight: float = 0.1
     temperature: float = 0.5
-    # Augmentation: the CIFAR recipe of DESIGN.md section 1 by default; the ImageNet /
+    # Augmentation: the CIFAR recipe of docs/protocols.md section 1 by default; the ImageNet /
     # MoCo-v2 recipe is crop_area_min=0.2, blur_prob=0.5 (see configs/).
     crop_area_min: float = 0.08
     flip: bool = True

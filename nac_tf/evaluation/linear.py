@@ -1,4 +1,4 @@
-"""Linear evaluation of a frozen encoder (DESIGN.md section 2; paper Sec. 4).
+"""Linear evaluation of a frozen encoder (docs/protocols.md section 2; paper Sec. 4).
 
 Protocol: the encoder is frozen (inference-mode BatchNorm) and its projection head removed;
 a linear classifier (Dense with bias) on the representation h is trained with SGD, Nesterov
@@ -42,7 +42,7 @@ _SPLIT_STREAM, _ORDER_STREAM, _AUGMENT_STREAM = 0, 1, 2
 
 @dataclasses.dataclass(frozen=True)
 class LinearEvalConfig:
-    """Settings of the linear-evaluation protocol (defaults: DESIGN.md section 2).
+    """Settings of the linear-evaluation protocol (defaults: docs/protocols.md section 2).
 
     validation_fraction: a float in (0, 1) is the held-out fraction of the training set; an
     int >= 1 is the number of held-out examples.
@@ -373,7 +373,7 @@ def _progbar(progress, epochs, learning_rate, what):
 
 def train_linear_classifier(train_features, train_labels, num_classes, learning_rate,
                             config=None, eval_features=None, eval_labels=None, progress=False):
-    """Train the linear classifier of DESIGN.md section 2 on precomputed features.
+    """Train the linear classifier of docs/protocols.md section 2 on precomputed features.
 
     SGD with `config.momentum` (Nesterov per `config.nesterov`, Keras' formulation), mean
     softmax cross-entropy, `config.epochs` epochs of `config.batch_size` mini-batches in a
@@ -438,7 +438,7 @@ def _select_rate(validation_top1):
 
 def linear_evaluation(train_features, train_labels, test_features, test_labels, num_classes,
                       config=None, progress=False):
-    """The linear-evaluation protocol (DESIGN.md section 2) on precomputed features.
+    """The linear-evaluation protocol (docs/protocols.md section 2) on precomputed features.
 
     Every candidate rate in `config.learning_rates` is trained on the training set minus a
     seeded, stratified validation split and scored on that split; the best rate (ties to
@@ -615,7 +615,7 @@ def _train_augmented(encode, images, labels, num_classes, learning_rate, config,
 def linear_evaluation_from_images(encode_fn, train_images, train_labels, test_images,
                                   test_labels, num_classes, config=None, image_size=None,
                                   batch_size_encode=None, progress=False):
-    """The linear-evaluation protocol (DESIGN.md section 2) from uint8 images.
+    """The linear-evaluation protocol (docs/protocols.md section 2) from uint8 images.
 
     encode_fn(float32 images in [0, 1], [B, S, S, 3]) -> features [B, D]: the frozen
     encoder without its projection head, called by the caller's closure with

@@ -7,9 +7,9 @@ would get.
 
 - Classification (single-label sources with a train and a test split): kNN top-1 on the
   representation h (cosine, temperature-weighted votes) and the linear-evaluation protocol of
-  DESIGN.md section 2 (`nac_tf.evaluation.linear`), with its training-image augmentation
+  docs/protocols.md section 2 (`nac_tf.evaluation.linear`), with its training-image augmentation
   when `linear.augment` (the trainer's setting).
-- Retrieval (DESIGN.md section 2): 1[a > 0] codes of the projection head, Hamming ranking
+- Retrieval (docs/protocols.md section 2): 1[a > 0] codes of the projection head, Hamming ranking
   with stable ties. Queries and database come from the source's retrieval protocol
   (`source.retrieval`: CIFAR-10 hashing split, FLICKR-25K) or, for other datasets, the test
   split queries the training split.
@@ -100,7 +100,7 @@ def classification_metrics(train_features, train_labels, test_features, test_lab
 
 
 def retrieval_metrics(query_codes, database_codes, query_labels, database_labels):
-    """Hamming-ranking metrics of packed codes (DESIGN.md section 2); a flat dict."""
+    """Hamming-ranking metrics of packed codes (docs/protocols.md section 2); a flat dict."""
     args = (query_codes, database_codes, query_labels, database_labels)
     stable = retrieval.average_precisions(*args, packed=True)
     radius = retrieval.precision_within_hamming_radius(*args, radius=2, packed=True)

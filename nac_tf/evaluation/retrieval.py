@@ -1,4 +1,4 @@
-"""Hash-code retrieval metrics (DESIGN.md section 2), in pure NumPy.
+"""Hash-code retrieval metrics (docs/protocols.md section 2), in pure NumPy.
 
 Every metric ranks the database for each query by Hamming distance (popcount of XOR), and a
 database item is relevant to a query when they share at least one label.

@@ -229,14 +229,14 @@ def float_image_encoder(model):
 def retrieval_sets(source):
     """(query images, query labels, database images, database labels, description).
 
-    The hashing datasets' own protocol (`source.retrieval`, DESIGN.md section 2); for every
+    The hashing datasets' own protocol (`source.retrieval`, docs/protocols.md section 2); for every
     other dataset the test split queries the training split.
     """
     arrays = source.retrieval
     if arrays is not None:
-        description = {"queries": "the dataset's retrieval queries (DESIGN.md section 2)",
-                       "database": "the dataset's retrieval database (DESIGN.md section 2), "
-                                   "which includes the pretraining images",
+        description = {"queries": "the dataset's retrieval queries (docs/protocols.md section 2)",
+                       "database": "the dataset's retrieval database (docs/protocols.md "
+                                   "section 2), which includes the pretraining images",
                        "num_train": int(arrays.num_train),
                        "num_dropped": int(arrays.num_dropped)}
         return (arrays.query_images, arrays.query_labels, arrays.database_images,
@@ -262,7 +262,7 @@ def queries_without_relevant_items(query_labels, database_labels):
 def hash_retrieval_metrics(query_codes, database_codes, query_labels, database_labels,
                            top_k=None, ties="stable", empty_queries="exclude",
                            authors_inner_product=False):
-    """The retrieval metrics of DESIGN.md section 2 on packed codes; a JSON-ready dict.
+    """The retrieval metrics of docs/protocols.md section 2 on packed codes; a JSON-ready dict.
 
     mAP@all with stable and with expected ties; mAP@k (when `top_k`) with `ties`; precision
     within Hamming radius 2 (empty ball = 0) and the count of empty balls; the
