@@ -24,8 +24,8 @@ import os
 
 import numpy as np
 
-from experiments import (RunRegistry, channel_capacity_bits, markdown_table, write_report,
-                         RESULTS_DIR)
+from experiments import (RESULTS_DIR, RunRegistry, channel_capacity_bits, codeword_distribution,
+                         exported_model_of_run, markdown_table, write_report)
 
 EXPERIMENT = "code_capacity"
 
@@ -33,20 +33,10 @@ EXPERIMENT = "code_capacity"
 def codeword_statistics(config, results):
     """Distinct codewords and their plug-in entropy over all training images."""
     from nac_tf.data.sources import load_source
-    from nac_tf.export import ExportedModel, build_export_module
-    from nac_tf.training import read_run_config, restore_pretrained_method
 
-    _, statistics = read_run_config(config.model_dir)
-    _, method = restore_pretrained_method(config.model_dir)
-    model = ExportedModel.from_module(build_export_module(
-        method, statistics["image_size"], statistics))
-    source = load_source(config.dataset, seed=config.seed)
-    bits = model.hash_codes(source.train_images)
-    _, counts = np.unique(bits, axis=0, return_counts=True)
-    frequencies = counts / counts.sum()
-    return {"num_images": int(len(bits)), "distinct_codewords": int(len(counts)),
-            "codeword_entropy_bits": float(-np.sum(frequencies * np.log2(frequencies))),
-            "largest_codeword_share": float(frequencies.max())}
+    model = exported_model_of_run(config.model_dir)
+    bits = model.hash_codes(load_source(config.dataset, seed=config.seed).train_images)
+    return {"num_images": int(len(bits)), **codeword_distribution(bits)}
 
 
 def main():

@@ -76,6 +76,28 @@ def cifar10_exact_split(work_dir, held_out_per_class=1000, seed=0, archive=CIFAR
     return path
 
 
+def exported_model_of_run(model_dir):
+    """The online networks of a finished run, wrapped as the trainer's evaluation wraps them
+    (`ExportedModel` over the export module): the codes a SavedModel client would get."""
+    from nac_tf.export import ExportedModel, build_export_module
+    from nac_tf.training import read_run_config, restore_pretrained_method
+
+    _, statistics = read_run_config(model_dir)
+    _, method = restore_pretrained_method(model_dir)
+    return ExportedModel.from_module(build_export_module(
+        method, statistics["image_size"], statistics))
+
+
+def codeword_distribution(packed_codes):
+    """{"distinct_codewords", "codeword_entropy_bits", "largest_codeword_share"} of packed
+    hash codes [N, D / 8]."""
+    _, counts = np.unique(packed_codes, axis=0, return_counts=True)
+    frequencies = counts / counts.sum()
+    return {"distinct_codewords": int(len(counts)),
+            "codeword_entropy_bits": float(-np.sum(frequencies * np.log2(frequencies))),
+            "largest_codeword_share": float(frequencies.max())}
+
+
 class RunRegistry:
     """Named pretraining runs of one experiment, each recorded once it has finished.
 

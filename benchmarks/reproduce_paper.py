@@ -43,7 +43,8 @@ import os
 import numpy as np
 
 from experiments import (CIFAR10_ARCHIVE, RESULTS_DIR, RUNS_DIR, RunRegistry,
-                         cifar10_exact_split, markdown_table, write_report)
+                         cifar10_exact_split, codeword_distribution, exported_model_of_run,
+                         markdown_table, write_report)
 
 FLIP_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.45)
 METHOD_SETTINGS = {
@@ -102,24 +103,17 @@ def codeword_analysis(config, results):
     from nac_tf.data.sources import load_source
     from nac_tf.evaluation import retrieval
     from nac_tf.evaluation.report import embed
-    from nac_tf.export import ExportedModel, build_export_module
-    from nac_tf.training import read_run_config, restore_pretrained_method
 
-    _, statistics = read_run_config(config.model_dir)
-    _, method = restore_pretrained_method(config.model_dir)
-    model = ExportedModel.from_module(build_export_module(
-        method, statistics["image_size"], statistics))
-    source = load_source(config.dataset, data_dir=config.data_dir, seed=config.seed)
-    arrays = source.retrieval
+    model = exported_model_of_run(config.model_dir)
+    arrays = load_source(config.dataset, data_dir=config.data_dir, seed=config.seed).retrieval
     codes = embed(model, arrays.database_images, outputs=("hash_codes",))["hash_codes"]
-    _, counts = np.unique(codes, axis=0, return_counts=True)
-    frequencies = counts / counts.sum()
+    distribution = codeword_distribution(codes)
     queries, database = validation_split(arrays, config.seed)
     validation_map = retrieval.mean_average_precision(
         codes[queries], codes[database], arrays.database_labels[queries],
         arrays.database_labels[database], packed=True)
-    return {"database_distinct_codewords": int(len(counts)),
-            "database_codeword_entropy_bits": float(-np.sum(frequencies * np.log2(frequencies))),
+    return {"database_distinct_codewords": distribution["distinct_codewords"],
+            "database_codeword_entropy_bits": distribution["codeword_entropy_bits"],
             "database_size": int(len(codes)), "validation_map_all": float(validation_map)}
 
 
