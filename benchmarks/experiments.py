@@ -98,16 +98,42 @@ def codeword_distribution(packed_codes):
             "largest_codeword_share": float(frequencies.max())}
 
 
+def code_bit_statistics(packed_codes, code_dim):
+    """How redundant the bits of packed hash codes [N, D / 8] are across the images:
+    {"effective_bits": participation ratio (sum of eigenvalues)^2 / sum of squares of the
+    ±1 bits' covariance matrix (D for independent balanced bits, 1 when every bit repeats
+    one), "mean_abs_bit_correlation": mean |correlation| over pairs of non-constant bits,
+    "constant_bits": bits with one value on every image}."""
+    bits = np.unpackbits(packed_codes, axis=1)[:, :code_dim].astype(np.float64) * 2.0 - 1.0
+    covariance = np.cov(bits, rowvar=False)
+    variances = np.diag(covariance)
+    live = variances > 0
+    eigenvalues = np.linalg.eigvalsh(covariance)
+    statistics = {"constant_bits": int(np.sum(~live)),
+                  "effective_bits": float(eigenvalues.sum() ** 2 / np.sum(eigenvalues ** 2))
+                  if variances.sum() > 0 else 0.0,
+                  "mean_abs_bit_correlation": float("nan")}
+    if live.sum() > 1:
+        scale = np.sqrt(variances[live])
+        correlation = covariance[np.ix_(live, live)] / np.outer(scale, scale)
+        off_diagonal = ~np.eye(int(live.sum()), dtype=bool)
+        statistics["mean_abs_bit_correlation"] = float(np.abs(correlation[off_diagonal]).mean())
+    return statistics
+
+
 class RunRegistry:
     """Named pretraining runs of one experiment, each recorded once it has finished.
 
     `run(name, config, analyse)`: returns the stored record of `name`, or pretrains
     `config` (resuming its checkpoints), calls `analyse(config, results)` for extra numbers,
-    stores {"config", "results", "analysis", "wall_seconds"} and returns it.
+    stores {"config", "results", "analysis", "wall_seconds"} and returns it. With
+    `reanalyse=True`, a stored record whose trained model is still on disk gets its analysis
+    computed again (for numbers added to an experiment after its runs finished).
     """
 
-    def __init__(self, experiment):
+    def __init__(self, experiment, reanalyse=False):
         self.experiment = experiment
+        self.reanalyse = reanalyse
         self.records_dir = os.path.join(RESULTS_DIR, experiment, "runs")
         self.runs_dir = os.path.join(RUNS_DIR, experiment)
 
@@ -127,7 +153,12 @@ class RunRegistry:
     def run(self, name, config, analyse=None):
         record = self.load(name)
         if record is not None:
-            print(f"[{self.experiment}] {name}: recorded, skipped", flush=True)
+            if self.reanalyse and analyse and os.path.isdir(self.model_dir(name)):
+                print(f"[{self.experiment}] {name}: recorded, analysing again", flush=True)
+                record["analysis"] = analyse(config, record["results"])
+                write_json(self.record_path(name), record)
+            else:
+                print(f"[{self.experiment}] {name}: recorded, skipped", flush=True)
             return record
         from nac_tf.training import pretrain
 

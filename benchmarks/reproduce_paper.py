@@ -43,8 +43,9 @@ import os
 import numpy as np
 
 from experiments import (CIFAR10_ARCHIVE, RESULTS_DIR, RUNS_DIR, RunRegistry,
-                         cifar10_exact_split, codeword_distribution, exported_model_of_run,
-                         markdown_table, write_report)
+                         channel_capacity_bits, cifar10_exact_split, code_bit_statistics,
+                         codeword_distribution, exported_model_of_run, markdown_table,
+                         write_report)
 
 FLIP_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.45)
 METHOD_SETTINGS = {
@@ -99,7 +100,8 @@ def validation_split(arrays, seed=0):
 
 
 def codeword_analysis(config, results):
-    """Distinct codewords of the retrieval database and the validation mAP (hashing runs)."""
+    """Distinct codewords of the retrieval database, how redundant their bits are, and the
+    validation mAP (hashing runs)."""
     from nac_tf.data.sources import load_source
     from nac_tf.evaluation import retrieval
     from nac_tf.evaluation.report import embed
@@ -108,13 +110,15 @@ def codeword_analysis(config, results):
     arrays = load_source(config.dataset, data_dir=config.data_dir, seed=config.seed).retrieval
     codes = embed(model, arrays.database_images, outputs=("hash_codes",))["hash_codes"]
     distribution = codeword_distribution(codes)
+    bit_statistics = code_bit_statistics(codes, config.code_dim)
     queries, database = validation_split(arrays, config.seed)
     validation_map = retrieval.mean_average_precision(
         codes[queries], codes[database], arrays.database_labels[queries],
         arrays.database_labels[database], packed=True)
     return {"database_distinct_codewords": distribution["distinct_codewords"],
             "database_codeword_entropy_bits": distribution["codeword_entropy_bits"],
-            "database_size": int(len(codes)), "validation_map_all": float(validation_map)}
+            "database_size": int(len(codes)), "validation_map_all": float(validation_map),
+            **{"database_" + key: value for key, value in bit_statistics.items()}}
 
 
 def mean_and_spread(values):
@@ -133,7 +137,7 @@ def hashing_run_name(key, seed, steps, learning_rate):
 def run_hashing(args, seeds):
     """Every method at every candidate learning rate; per method and seed, the rate with the
     best validation mAP (`validation_split`) is the one reported."""
-    registry = RunRegistry("hashing")
+    registry = RunRegistry("hashing", reanalyse=args.reanalyse)
     records, candidates = {}, {}
     for seed in seeds:
         for key in args.hashing_methods:
@@ -166,11 +170,14 @@ def run_hashing(args, seeds):
          "wall minutes per run"], rows)
     selection = markdown_table(
         ["method", "lr", "seed", "validation mAP (%)", "mAP@all (%)", "distinct codewords",
-         "selected"],
+         "codeword entropy (bits)", "effective bits", "selected"],
         [[LABELS[key], r["config"]["learning_rate"], r["config"]["seed"],
           f"{100 * r['analysis']['validation_map_all']:.1f}",
           f"{100 * r['results']['map_all']:.1f}",
           r["analysis"]["database_distinct_codewords"],
+          f"{r['analysis']['database_codeword_entropy_bits']:.1f}",
+          (f"{r['analysis']['database_effective_bits']:.1f}"
+           if "database_effective_bits" in r["analysis"] else "n/a"),
           "yes" if any(r is chosen for chosen in records[key]) else ""]
          for key, runs in candidates.items() for r in runs])
     body = (f"CIFAR-10 retrieval split ({first['retrieval']['num_queries']} queries, "
@@ -233,7 +240,7 @@ def run_linear(args, seeds):
 def run_flip_sweep(args, seeds, hashing_records):
     """NAC at every p with the learning rate the hashing table selected for NAC (p = 0.4)
     on the validation queries; the p = 0.4 point is that run itself."""
-    registry = RunRegistry("flip_sweep")
+    registry = RunRegistry("flip_sweep", reanalyse=args.reanalyse)
     records = {}
     for seed, selected in zip(seeds, hashing_records["nac_p0.4"]):
         learning_rate = selected["config"]["learning_rate"]
@@ -248,18 +255,38 @@ def run_flip_sweep(args, seeds, hashing_records):
                                         evaluate_during_training=False)
                 record = registry.run(name, config, codeword_analysis)
             records.setdefault(p, []).append(record)
+    def analysed(runs, key, digits=1):
+        values = [r["analysis"].get(key) for r in runs]
+        if any(v is None for v in values):
+            return "n/a"
+        return " / ".join(f"{v:.{digits}f}" for v in values)
+
     rows = [[p, mean_and_spread([r["results"]["linear_top1"] for r in runs]),
              mean_and_spread([r["results"]["map_all"] for r in runs]),
              mean_and_spread([r["results"]["map_all_expected_ties"] for r in runs]),
-             " / ".join(str(r["analysis"]["database_distinct_codewords"]) for r in runs)]
+             f"{channel_capacity_bits(p, 128):.1f}",
+             " / ".join(str(r["analysis"]["database_distinct_codewords"]) for r in runs),
+             analysed(runs, "database_codeword_entropy_bits"),
+             analysed(runs, "database_effective_bits"),
+             analysed(runs, "database_mean_abs_bit_correlation", 2),
+             (1 - 2 * p) ** 2]
             for p, runs in records.items()]
     table = markdown_table(["p", "linear top-1 (%)", "mAP@all (%), stable ties",
-                            "mAP@all (%), expected ties", "distinct codewords"], rows)
+                            "mAP@all (%), expected ties", "capacity D(1-H(p)) bits",
+                            "distinct codewords", "codeword entropy (bits)",
+                            "effective bits", "mean |bit correlation|",
+                            "(1-2p)^2"], rows)
     body = (f"NAC on the CIFAR-10 retrieval split (the hashing table's data and budget: "
             f"resnet_tiny, {args.steps} steps of batch {args.batch_size}); linear top-1 "
             "trained on the 5 000 training images and tested on the 10 000 queries. Paper "
             "(ResNet-18): linear accuracy best at p = 0.1, nearest-neighbour search best at "
-            "p = 0.4.\n\n" + table + "\n\n![linear top-1 and mAP against p](flip_sweep.png)\n")
+            "p = 0.4. Code statistics over the 50 000 database codes: codeword entropy (plug-in, "
+            "at most log2 50 000 = 15.6 bits); effective bits, the participation ratio of the "
+            "±1 bits' covariance (128 for independent balanced bits, 1 when all bits repeat "
+            "one); the mean |correlation| between two bits. (1-2p)^2 is the weight the "
+            "denominator of Eq. 19 puts on correlations between bits, relative to each bit's "
+            "own variance, in its expansion for small codes (see the README's Results).\n\n"
+            + table + "\n\n![linear top-1, mAP and code statistics against p](flip_sweep.png)\n")
     write_report("flip_sweep", {"steps": args.steps, "batch_size": args.batch_size,
                                 "seeds": seeds,
                                 "runs": {str(p): r for p, r in records.items()}}, body,
@@ -306,7 +333,7 @@ def plot_flip_sweep(records, path):
     import matplotlib.pyplot as plt
 
     ps = list(records)
-    figure, left = plt.subplots(figsize=(6, 4))
+    figure, (left, codes) = plt.subplots(1, 2, figsize=(11, 4))
     right = left.twinx()
     for axis, metric, color, label in ((left, "linear_top1", "C0", "linear top-1"),
                                        (right, "map_all", "C1", "Hamming mAP@all")):
@@ -314,7 +341,21 @@ def plot_flip_sweep(records, path):
         axis.plot(ps, means, "o-", color=color, label=label)
         axis.set_ylabel(label, color=color)
     left.set_xlabel("flip probability p")
-    left.set_title("NAC on the CIFAR-10 retrieval split")
+    left.set_title("NAC on the CIFAR-10 retrieval split", fontsize=10)
+    dense = np.linspace(min(ps), max(ps), 100)
+    codes.plot(dense, [min(channel_capacity_bits(p, 128), np.log2(50000)) for p in dense],
+               "k--", label="min(capacity, log2 50 000)")
+    for key, color, label in (("database_codeword_entropy_bits", "C2", "codeword entropy"),
+                              ("database_effective_bits", "C3", "effective bits")):
+        points = [(p, np.mean([r["analysis"][key] for r in records[p]])) for p in ps
+                  if all(key in r["analysis"] for r in records[p])]
+        if points:
+            codes.plot(*zip(*points), "o-", color=color, label=label)
+    codes.set_yscale("log")
+    codes.set_xlabel("flip probability p")
+    codes.set_ylabel("bits")
+    codes.set_title("128-bit database codes", fontsize=10)
+    codes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     print(f"wrote {path}")
@@ -334,6 +375,9 @@ def main():
                         help="candidate peak LARS learning rates of the hashing table; each "
                              "method keeps the one with the best validation mAP")
     parser.add_argument("--archive", default=CIFAR10_ARCHIVE)
+    parser.add_argument("--reanalyse", action="store_true",
+                        help="compute the codeword analysis again for recorded hashing and "
+                             "flip-sweep runs whose models are still under runs/experiments/")
     args = parser.parse_args()
     if not os.path.exists(args.archive):
         parser.error(f"--archive: {args.archive} does not exist (the CIFAR-10 .npz archive)")
