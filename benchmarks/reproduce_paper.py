@@ -3,6 +3,7 @@
     python benchmarks/reproduce_paper.py --experiment=hashing      # Table 3 (+ trajectories)
     python benchmarks/reproduce_paper.py --experiment=linear       # Table 1
     python benchmarks/reproduce_paper.py --experiment=flip_sweep   # Fig. 4
+    python benchmarks/reproduce_paper.py --experiment=nac_ablations  # NAC p = 0.4 variants
     python benchmarks/reproduce_paper.py --experiment=all [--seeds=0,1] [--steps=N]
 
 Every method of one table gets the same budget: the same encoder (`resnet_tiny`, a
@@ -33,6 +34,9 @@ fits, hours per run on 2 CPU cores).
   on the 5 000 training images, tested on the 10 000 queries) and Hamming mAP@all against
   p. The p = 0.4 run is the hashing table's NAC run (so this experiment runs that table
   first).
+- nac_ablations: NAC (p = 0.4) on the hashing protocol with one setting changed at a time
+  (no sqrt(D) division, the authors' LARS rule, PyTorch head initialisation, per-view
+  BatchNorm), and SimCLR at NAC's effective temperature.
 
 Runs are recorded in results/<experiment>/runs/ as they finish, so the same command
 continues an interrupted set (see benchmarks/experiments.py). Results: results/<experiment>/.
@@ -295,6 +299,82 @@ def run_flip_sweep(args, seeds, hashing_records):
     return records
 
 
+# NAC (p = 0.4) variants at the hashing table's budget and NAC learning rate, each one
+# setting away from the table's run (the CIFAR-10 counterpart of the digits ablations of
+# benchmarks/code_capacity.py). "simclr_matched_temperature" is SimCLR at NAC's effective
+# temperature: NAC's similarity logits are beta z~.z_k, beta ||z||^2 cos for codes of equal
+# norm, so 1 / (beta ||z||^2) with the final ||z||^2 of the table's NAC run.
+NAC_ABLATIONS = {
+    "simclr_matched_temperature": "SimCLR at NAC's effective temperature",
+    "no_sqrt_dim": "NAC, head outputs not divided by sqrt(D)",
+    "authors_lars": "NAC, the authors' LARS rule with PyTorch head initialisation",
+    "head_init_pytorch": "NAC, PyTorch head initialisation",
+    "batch_norm_per_view": "NAC, BatchNorm statistics per view",
+}
+
+
+def nac_effective_temperature(record):
+    beta = 0.5 * np.log((1 - record["config"]["flip_prob"]) / record["config"]["flip_prob"])
+    return float(1.0 / (beta * record["results"]["final_metrics"]["code_norm_sq"]))
+
+
+def run_nac_ablations(args, seeds, hashing_records):
+    registry = RunRegistry("nac_ablations", reanalyse=args.reanalyse)
+    rows = []
+    payload = {}
+    for seed, nac, simclr in zip(seeds, hashing_records["nac_p0.4"], hashing_records["simclr"]):
+        learning_rate = nac["config"]["learning_rate"]
+        variants = {
+            "simclr_matched_temperature": dict(
+                METHOD_SETTINGS["simclr"], temperature=round(nac_effective_temperature(nac), 3),
+                learning_rate=simclr["config"]["learning_rate"]),
+            "no_sqrt_dim": dict(head_scale_by_sqrt_dim=False),
+            "authors_lars": dict(lars_rule="authors", head_init="pytorch"),
+            "head_init_pytorch": dict(head_init="pytorch"),
+            "batch_norm_per_view": dict(batch_norm="per_view"),
+        }
+        for key in args.ablations:
+            settings = variants[key]
+            if "method" not in settings:
+                settings = dict(METHOD_SETTINGS["nac_p0.4"], learning_rate=learning_rate,
+                                **settings)
+            name = f"{key}_s{seed}_{args.steps}steps"
+            config = hashing_config(args, registry, name, seed, settings,
+                                    evaluate_during_training=False)
+            payload[name] = registry.run(name, config, codeword_analysis)
+        for label, record in [("NAC (p = 0.4), the hashing table's run", nac),
+                              ("SimCLR, the hashing table's run", simclr)] + [
+                (NAC_ABLATIONS[key], payload[f"{key}_s{seed}_{args.steps}steps"])
+                for key in args.ablations]:
+            config, results, analysis = record["config"], record["results"], record["analysis"]
+            changed = (f"tau {config['temperature']:g}" if config["method"] == "simclr"
+                       else "")
+            rows.append([label + (f" ({changed})" if changed else ""), seed,
+                         f"{config['learning_rate']:g}",
+                         f"{100 * results['map_all']:.1f}",
+                         f"{100 * analysis['validation_map_all']:.1f}",
+                         f"{100 * results['knn_top1']:.1f}", f"{100 * results['linear_top1']:.1f}",
+                         analysis["database_distinct_codewords"],
+                         f"{analysis['database_codeword_entropy_bits']:.1f}",
+                         (f"{analysis['database_effective_bits']:.1f}"
+                          if "database_effective_bits" in analysis else "n/a"),
+                         (f"{results['final_metrics']['code_norm_sq']:.2f}"
+                          if "code_norm_sq" in results.get("final_metrics", {}) else "")])
+    table = markdown_table(
+        ["run", "seed", "lr", "mAP@all (%)", "validation mAP (%)", "kNN top-1 (%)",
+         "linear top-1 (%)", "distinct codewords", "codeword entropy (bits)", "effective bits",
+         "final ||z||^2 (of 128)"], rows)
+    body = ("One setting changed at a time from the hashing table's NAC run (same data, "
+            f"encoder, {args.steps} steps of batch {args.batch_size}, lr and seed), plus "
+            "SimCLR at the temperature that matches NAC's similarity logits at the end of "
+            "training (1 / (beta ||z||^2), see NAC_ABLATIONS in the script). Code statistics "
+            "over the 50 000 database codes; mAP@all over the 10 000 queries (reported, not "
+            "used to choose anything).\n\n" + table + "\n")
+    write_report("nac_ablations", {"steps": args.steps, "batch_size": args.batch_size,
+                                   "seeds": seeds, "runs": payload}, body,
+                 "NAC at p = 0.4 on the CIFAR-10 hashing protocol: one setting at a time")
+
+
 def plot_trajectories(records, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -364,7 +444,7 @@ def plot_flip_sweep(records, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", default="all",
-                        choices=("hashing", "linear", "flip_sweep", "all"))
+                        choices=("hashing", "linear", "flip_sweep", "nac_ablations", "all"))
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--seeds", default="0")
@@ -375,6 +455,9 @@ def main():
                         help="candidate peak LARS learning rates of the hashing table; each "
                              "method keeps the one with the best validation mAP")
     parser.add_argument("--archive", default=CIFAR10_ARCHIVE)
+    parser.add_argument("--ablations", default=",".join(NAC_ABLATIONS),
+                        help="the nac_ablations experiment's variants, in the order they run: "
+                             + ", ".join(NAC_ABLATIONS))
     parser.add_argument("--reanalyse", action="store_true",
                         help="compute the codeword analysis again for recorded hashing and "
                              "flip-sweep runs whose models are still under runs/experiments/")
@@ -390,12 +473,22 @@ def main():
                      "simclr, moco_v2")
     if args.experiment in ("flip_sweep", "all") and "nac_p0.4" not in args.hashing_methods:
         parser.error("--hashing_methods must include nac_p0.4 for the flip sweep")
-    if args.experiment in ("hashing", "flip_sweep", "all"):
+    if (args.experiment in ("nac_ablations", "all")
+            and not {"nac_p0.4", "simclr"} <= set(args.hashing_methods)):
+        parser.error("--hashing_methods must include nac_p0.4 and simclr for nac_ablations")
+    args.ablations = args.ablations.split(",")
+    unknown = set(args.ablations) - set(NAC_ABLATIONS)
+    if unknown:
+        parser.error(f"--ablations: {', '.join(sorted(unknown))} not among "
+                     f"{', '.join(NAC_ABLATIONS)}")
+    if args.experiment in ("hashing", "flip_sweep", "nac_ablations", "all"):
         hashing_records = run_hashing(args, seeds)
     if args.experiment in ("flip_sweep", "all"):
         run_flip_sweep(args, seeds, hashing_records)
     if args.experiment in ("linear", "all"):
         run_linear(args, seeds)
+    if args.experiment in ("nac_ablations", "all"):
+        run_nac_ablations(args, seeds, hashing_records)
 
 
 if __name__ == "__main__":
