@@ -273,7 +273,7 @@ def run_flip_sweep(args, seeds, hashing_records):
              analysed(runs, "database_codeword_entropy_bits"),
              analysed(runs, "database_effective_bits"),
              analysed(runs, "database_mean_abs_bit_correlation", 2),
-             (1 - 2 * p) ** 2]
+             f"{(1 - 2 * p) ** 2:.2f}"]
             for p, runs in records.items()]
     table = markdown_table(["p", "linear top-1 (%)", "mAP@all (%), stable ties",
                             "mAP@all (%), expected ties", "capacity D(1-H(p)) bits",
