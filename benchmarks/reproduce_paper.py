@@ -226,7 +226,8 @@ def run_linear(args, seeds):
              mean_and_spread([r["results"]["random_init_knn_top1"]
                               for r in records["nac_p0.1"]]), ""]]
     for key, runs in records.items():
-        rows.append([LABELS[key], mean_and_spread([r["results"]["linear_top1"] for r in runs]),
+        rows.append([LABELS[key].replace(" (sign codes)", ""),
+                     mean_and_spread([r["results"]["linear_top1"] for r in runs]),
                      mean_and_spread([r["results"]["knn_top1"] for r in runs]),
                      " / ".join(f"{r['wall_seconds'] / 60:.0f}" for r in runs)])
     table = markdown_table(["method", "linear top-1 (%)", "kNN top-1 (%)",
