@@ -1,4 +1,4 @@
-"""Hash-code retrieval (DESIGN.md section 2) with an exported SavedModel's codes.
+"""Hash-code retrieval (docs/protocols.md section 2) with an exported SavedModel's codes.
 
     python tools/hash_retrieval.py --saved_model=runs/x/saved_model --dataset=cifar10_hashing
         [--data_dir=...] [--image_size=0] [--seed=0] [--batch_size=256] [--top_k=1000]

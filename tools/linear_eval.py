@@ -1,4 +1,4 @@
-"""Linear evaluation (DESIGN.md section 2) and the kNN monitor of an exported SavedModel.
+"""Linear evaluation (docs/protocols.md section 2) and the kNN monitor of an exported SavedModel.
 
     python tools/linear_eval.py --saved_model=runs/x/saved_model --dataset=cifar10
         [--data_dir=...] [--image_size=0] [--seed=0] [--epochs=100]
