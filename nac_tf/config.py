@@ -1,8 +1,8 @@
 """The pretraining configuration: one plain dataclass, validated up front.
 
-The absl entry point (`nac_tf.train`) turns flags into a `PretrainConfig`; library code only
-ever sees this object. `validate_config` checks every field before any graph is built and
-raises `ConfigError` naming the flag and the accepted values.
+The command line (`nac-train`, `nac_tf.cli.train`) turns flags into a `PretrainConfig`;
+library code only ever sees this object. `validate_config` checks every field before any
+graph is built and raises `ConfigError` naming the flag and the accepted values.
 """
 import dataclasses
 import os
@@ -154,7 +154,7 @@ DATA_DIR_NEEDS = {
 
 def validate_data_flags(dataset, data_dir):
     """ConfigError for an unknown --dataset or a --data_dir it cannot use (no I/O beyond
-    existence checks, no TensorFlow: the evaluation tools call it before importing it)."""
+    existence checks, no TensorFlow: the evaluation commands call it before importing it)."""
     _one_of("dataset", dataset, DATASETS)
     needs = DATA_DIR_NEEDS.get(dataset)
     if needs and not data_dir:

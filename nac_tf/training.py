@@ -1,6 +1,6 @@
 """The pretraining run: data, strategy, method, optimizer, checkpoints, logs, evaluation.
 
-`pretrain(config)` is everything `python -m nac_tf.train` does after parsing flags. A run
+`pretrain(config)` is everything `nac-train` does after parsing flags. A run
 directory holds `flags.json` (the resolved configuration), `checkpoints/`, `tensorboard/`
 (scalars every `log_every_steps`), and `results.json` at the end. With `eval_every_steps`,
 the chief also evaluates the current networks during training (`nac_tf.evaluation.monitor`:
@@ -135,7 +135,7 @@ def build_pretraining_method(config: PretrainConfig, input_statistics, num_repli
 
     `input_statistics` is the run's {"image_size", "mean", "std"} (`input_statistics.json`
     of the run directory): everything besides the flags that fixes the architecture, so a
-    run directory alone rebuilds the model (export, evaluation tools). Call inside the
+    run directory alone rebuilds the model (export, evaluation commands). Call inside the
     strategy's scope when training distributed.
     """
     image_size = int(input_statistics["image_size"])
@@ -195,7 +195,7 @@ def evaluation_config(config: PretrainConfig):
     return EvaluationConfig(
         knn_k=config.knn_k, knn_temperature=config.knn_temperature,
         # By default the protocol's augmentation (pad-and-crop + flip of the training
-        # images, afresh every epoch), as tools/linear_eval.py --augment.
+        # images, afresh every epoch), as nac-linear-eval --augment.
         linear=LinearEvalConfig(epochs=config.linear_eval_epochs, seed=config.seed,
                                 augment=config.linear_eval_augment)
         if config.linear_eval_epochs else None)
