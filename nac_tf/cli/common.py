@@ -8,6 +8,7 @@ absl itself answers a parse error with "FATAL Flags parsing error" and exit code
 `--help` with exit code 1; `parse_flags` makes both follow the rules above. Nothing here
 imports TensorFlow.
 """
+import os
 import re
 import sys
 import time
@@ -67,15 +68,19 @@ def parse_flags(flag_values, argv, doc=None, help_module=None, configs=False):
 
 def print_help(flag_values, doc, module, full=False):
     """The command's help on stdout: `doc`, then its own flags (or every flag)."""
-    if doc:
-        print(doc.strip("\n"))
+    parts = [doc.strip("\n")] if doc else []
     listing = flag_values.get_help() if full or module is None \
         else flag_values.module_help(module)
     if listing:
-        print("\nflags:")
-        print(listing)
+        parts.append(f"flags:\n{listing}")
     if not full:
-        print("\nTry --helpfull to get a list of all flags.")
+        parts.append("Try --helpfull to get a list of all flags.")
+    try:
+        sys.stdout.write("\n\n".join(parts) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `nac-train --help | head`: the reader has left, not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not fail again
 
 
 def _absl_error_message(error):
