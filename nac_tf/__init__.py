@@ -1,3 +1,54 @@
-"""nac_tf: Neural Activation Coding (Park, Lee, Kim, Blei, ICML 2021) in TensorFlow / Keras 3."""
+"""nac_tf: Neural Activation Coding (Park, Lee, Kim, Blei, ICML 2021) in TensorFlow / Keras 3.
+
+What a notebook needs, importable from here (README, "Python API"):
+
+- `PretrainConfig`: every setting of a pretraining run (`nac_tf.config`).
+- `pretrain(config)`: a whole run into `config.model_dir`, as `nac-train` does.
+- `load_source(dataset, ...)`: a dataset as an `ImageSource` (`nac_tf.data.sources`).
+- `build_method(config, source)`: the method as a compiled keras.Model for `model.fit`, and
+  `view_pair_dataset(config, source)`: its input, batches of two augmented views.
+- `export_saved_model(model_dir, export_dir)`, `load_exported_model(export_dir)` and
+  `ExportedModel` (also `ExportedModel.from_method(model)` for a model in memory):
+  `features`, `hash_codes` and `codes` of uint8 images (`nac_tf.export`).
+- the retrieval metrics of `nac_tf.evaluation.retrieval`: `mean_average_precision`,
+  `average_precisions`, `precision_within_hamming_radius`, `precision_recall_curve`,
+  `hamming_distances`, `inner_product_map`.
+
+They are imported on first use, so `import nac_tf` (and `nac-train --help`) does not import
+TensorFlow.
+"""
+import importlib
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "PretrainConfig": "nac_tf.config",
+    "pretrain": "nac_tf.training",
+    "build_method": "nac_tf.training",
+    "view_pair_dataset": "nac_tf.training",
+    "load_source": "nac_tf.data.sources",
+    "ExportedModel": "nac_tf.export",
+    "export_saved_model": "nac_tf.export",
+    "load_exported_model": "nac_tf.export",
+    "mean_average_precision": "nac_tf.evaluation.retrieval",
+    "average_precisions": "nac_tf.evaluation.retrieval",
+    "precision_within_hamming_radius": "nac_tf.evaluation.retrieval",
+    "precision_recall_curve": "nac_tf.evaluation.retrieval",
+    "hamming_distances": "nac_tf.evaluation.retrieval",
+    "inner_product_map": "nac_tf.evaluation.retrieval",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nac_tf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,8 +1,8 @@
 """The pretraining configuration: one plain dataclass, validated up front.
 
-The absl entry point (`nac_tf.train`) turns flags into a `PretrainConfig`; library code only
-ever sees this object. `validate_config` checks every field before any graph is built and
-raises `ConfigError` naming the flag and the accepted values.
+The command line (`nac-train`, `nac_tf.cli.train`) turns flags into a `PretrainConfig`;
+library code only ever sees this object. `validate_config` checks every field before any
+graph is built and raises `ConfigError` naming the flag and the accepted values.
 """
 import dataclasses
 import os
@@ -154,7 +154,7 @@ DATA_DIR_NEEDS = {
 
 def validate_data_flags(dataset, data_dir):
     """ConfigError for an unknown --dataset or a --data_dir it cannot use (no I/O beyond
-    existence checks, no TensorFlow: the evaluation tools call it before importing it)."""
+    existence checks, no TensorFlow: the evaluation commands call it before importing it)."""
     _one_of("dataset", dataset, DATASETS)
     needs = DATA_DIR_NEEDS.get(dataset)
     if needs and not data_dir:
@@ -174,11 +174,14 @@ def validate_data_flags(dataset, data_dir):
                           f"nothing; {data_dir!r} is a file that is not .npz")
 
 
-def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None):
+def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
+                    require_model_dir: bool = True):
     """Raises ConfigError for the first unusable flag value; returns None when all is well.
 
     `num_replicas`, when known, checks that the global batch splits evenly over replicas.
     Filesystem checks (data_dir) happen here too, so a typo fails before any graph is built.
+    `require_model_dir=False`: a configuration used without a run directory (a method built
+    for `model.fit`, `nac_tf.training.build_method`).
     """
     from nac_tf.models import ENCODERS
 
@@ -200,7 +203,7 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None):
     _one_of("mq_negatives", config.mq_negatives, MQ_NEGATIVES)
 
     validate_data_flags(config.dataset, config.data_dir)
-    if not config.model_dir:
+    if require_model_dir and not config.model_dir:
         raise ConfigError("model_dir", "is required (the run directory for checkpoints, "
                           "TensorBoard logs, flags.json and results.json)")
 

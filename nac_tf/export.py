@@ -255,6 +255,17 @@ class ExportedModel:
         """Wraps an in-memory ExportModule (not saved)."""
         return cls(module=module, metadata=module.metadata)
 
+    @classmethod
+    def from_method(cls, method, input_statistics=None):
+        """Wraps a method in memory (e.g. one trained with `model.fit`, see
+        `nac_tf.training.build_method`) as its export would serve it, without saving.
+
+        The training image size is the encoder's input size; `input_statistics` (the run's
+        {"image_size", "mean", "std"}) only goes into the metadata.
+        """
+        image_size = (input_statistics or {}).get("image_size") or method.encoder.input_shape[1]
+        return cls.from_module(build_export_module(method, image_size, input_statistics))
+
     @staticmethod
     def check_images(images):
         """uint8 [N, H, W, 3] images as a tensor, or ValueError naming what is wrong."""

@@ -1,6 +1,7 @@
 """The pretraining run: data, strategy, method, optimizer, checkpoints, logs, evaluation.
 
-`pretrain(config)` is everything `python -m nac_tf.train` does after parsing flags. A run
+`pretrain(config)` is everything `nac-train` does after parsing flags; `build_method` and
+`view_pair_dataset` give the same method, optimizer and input pipeline for `model.fit`. A run
 directory holds `flags.json` (the resolved configuration), `checkpoints/`, `tensorboard/`
 (scalars every `log_every_steps`), and `results.json` at the end. With `eval_every_steps`,
 the chief also evaluates the current networks during training (`nac_tf.evaluation.monitor`:
@@ -35,8 +36,9 @@ import time
 import keras
 import tensorflow as tf
 
-from nac_tf import distribute
-from nac_tf.config import RUN_DEFINING_FIELDS, ConfigError, PretrainConfig, validate_config
+from nac_tf import distribute, methods
+from nac_tf.config import (DATASETS, RUN_DEFINING_FIELDS, ConfigError, PretrainConfig,
+                           validate_config)
 from nac_tf.data.pipeline import make_pretrain_dataset
 from nac_tf.data.sources import dataset_statistics, load_source
 from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter
@@ -44,7 +46,7 @@ from nac_tf.evaluation.linear import LinearEvalConfig
 from nac_tf.evaluation.monitor import TrainingMonitor
 from nac_tf.evaluation.report import EvaluationConfig, evaluate_model
 from nac_tf.export import ExportedModel, build_export_module
-from nac_tf.methods import MethodConfig, build_method
+from nac_tf.methods import MethodConfig
 from nac_tf.models import build_encoder, encoder_output_dim
 from nac_tf.optim import LARS, WarmupCosineSchedule, lars_rule_arguments, scaled_learning_rate
 
@@ -135,7 +137,7 @@ def build_pretraining_method(config: PretrainConfig, input_statistics, num_repli
 
     `input_statistics` is the run's {"image_size", "mean", "std"} (`input_statistics.json`
     of the run directory): everything besides the flags that fixes the architecture, so a
-    run directory alone rebuilds the model (export, evaluation tools). Call inside the
+    run directory alone rebuilds the model (export, evaluation commands). Call inside the
     strategy's scope when training distributed.
     """
     image_size = int(input_statistics["image_size"])
@@ -144,11 +146,81 @@ def build_pretraining_method(config: PretrainConfig, input_statistics, num_repli
         config.encoder, (image_size, image_size, 3), stem=resolve_stem(config, image_size),
         mean=input_statistics["mean"], std=input_statistics["std"],
         synchronized_batch_norm=sync_bn)
-    method = build_method(
+    method = methods.build_method(
         config.method, encoder,
         method_config(config, encoder_output_dim(config.encoder), num_replicas))
     method.build_networks((image_size, image_size, 3))
     return method
+
+
+def compile_method(method, config: PretrainConfig, total_steps, warmup_steps,
+                   jit_compile="auto"):
+    """Compiles `method` with the run's optimizer; returns (optimizer, peak learning rate).
+
+    LARS (`config.lars_rule`) on a linear warm-up over `warmup_steps`, then cosine decay to
+    0 at `total_steps`, from the scaled peak rate; wrapped in a LossScaleOptimizer for
+    mixed_float16. The optimizer is built on the optimized variables only (not the momentum
+    copies). `jit_compile` is Keras' (for `model.fit`; `pretrain` runs its own step, XLA
+    per `config.jit_compile`). Call inside the strategy's scope when training distributed.
+    """
+    peak_lr = scaled_learning_rate(config.learning_rate, config.batch_size,
+                                   config.learning_rate_scaling)
+    optimizer = LARS(WarmupCosineSchedule(peak_lr, total_steps, warmup_steps),
+                     momentum=config.lars_momentum, weight_decay=config.weight_decay,
+                     trust_coefficient=config.lars_trust_coefficient,
+                     **lars_rule_arguments(config.lars_rule))
+    if config.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    method.compile(optimizer=optimizer, jit_compile=jit_compile)
+    optimizer.build(method.optimized_variables)
+    return optimizer, peak_lr
+
+
+def _check_source(config: PretrainConfig, source):
+    if source.name in DATASETS and source.name != config.dataset:
+        # The dataset picks the input normalisation (published statistics for CIFAR-10 and
+        # ImageNet): a mismatch would silently normalise with another dataset's values.
+        raise ValueError(f"`source` holds {source.name!r} but config.dataset is "
+                         f"{config.dataset!r}; set dataset={source.name!r} in the config")
+
+
+def build_method(config: PretrainConfig, source):
+    """The method of `config` as a compiled keras.Model, for `model.fit` on
+    `view_pair_dataset(config, source)`: what `pretrain` trains, without its run directory,
+    checkpoints, distribution or evaluation.
+
+    `source`: the training data (an ImageSource, e.g. `load_source("digits", image_size=8)`),
+    which fixes the image size (`config.image_size`, 0: the source's), the input
+    normalisation (`dataset_statistics` of `config.dataset`) and, with `config.train_steps`
+    or `config.epochs`, the learning-rate schedule of the optimizer (`compile_method`).
+    As `pretrain`, it seeds Keras' global random state with `config.seed` and sets the
+    global dtype policy for a mixed `config.precision`. The bare method around an encoder of
+    your own is `nac_tf.methods.build_method`.
+    """
+    validate_config(config, require_model_dir=False)
+    _check_source(config, source)
+    keras.utils.set_random_seed(config.seed)
+    if config.precision != "float32":
+        keras.config.set_dtype_policy(config.precision)
+    image_size = config.image_size or source.image_shape[0]
+    mean, std = dataset_statistics(config.dataset, source)
+    statistics = {"image_size": image_size, "mean": list(mean), "std": list(std)}
+    _, total_steps, warmup_steps = schedule_lengths(config, source.num_train)
+    method = build_pretraining_method(config, statistics)
+    compile_method(method, config, total_steps, warmup_steps,
+                   jit_compile=config.jit_compile)
+    return method
+
+
+def view_pair_dataset(config: PretrainConfig, source, start_batch=0):
+    """Endless batches (view1, view2) of `config.batch_size` images of `source`, augmented
+    by `config`'s recipe: `pretrain`'s input pipeline on one device (every batch a function
+    of `config.seed` and its index), for `model.fit(..., steps_per_epoch=N)`."""
+    _check_source(config, source)
+    image_size = config.image_size or source.image_shape[0]
+    augmenter = ViewPairAugmenter(augmentation_config(config, image_size), seed=config.seed)
+    return make_pretrain_dataset(source, augmenter, config.batch_size, seed=config.seed,
+                                 start_batch=start_batch)
 
 
 def read_run_config(model_dir):
@@ -195,7 +267,7 @@ def evaluation_config(config: PretrainConfig):
     return EvaluationConfig(
         knn_k=config.knn_k, knn_temperature=config.knn_temperature,
         # By default the protocol's augmentation (pad-and-crop + flip of the training
-        # images, afresh every epoch), as tools/linear_eval.py --augment.
+        # images, afresh every epoch), as nac-linear-eval --augment.
         linear=LinearEvalConfig(epochs=config.linear_eval_epochs, seed=config.seed,
                                 augment=config.linear_eval_augment)
         if config.linear_eval_epochs else None)
@@ -393,16 +465,7 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
         _write_json(os.path.join(config.model_dir, INPUT_STATISTICS_FILE), input_statistics)
     with strategy.scope():
         method = build_pretraining_method(config, input_statistics, replicas)
-        peak_lr = scaled_learning_rate(config.learning_rate, config.batch_size,
-                                       config.learning_rate_scaling)
-        optimizer = LARS(WarmupCosineSchedule(peak_lr, total_steps, warmup_steps),
-                         momentum=config.lars_momentum, weight_decay=config.weight_decay,
-                         trust_coefficient=config.lars_trust_coefficient,
-                         **lars_rule_arguments(config.lars_rule))
-        if config.precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        method.compile(optimizer=optimizer)
-        optimizer.build(method.optimized_variables)
+        optimizer, peak_lr = compile_method(method, config, total_steps, warmup_steps)
     # Global batches consumed. Not optimizer.iterations: a LossScaleOptimizer does not count
     # the steps it skips for non-finite gradients, which still consume a batch.
     input_position = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_position")

@@ -73,33 +73,29 @@ def test_batch_must_split_over_replicas(tmp_path):
     assert error.value.flag == "batch_size"
 
 
-def _parse_flagfile(path, extra=()):
-    """Parses a flagfile with the entry point's flag definitions, as the CLI does."""
-    import nac_tf.train as entry
-
-    values = flags.FlagValues()
-    entry.define_flags(values)
-    values(["prog", f"--flagfile={path}", *extra])
-    return entry.config_from_flags(values)
+CONFIG_NAMES = sorted(os.path.basename(path)[:-len(".flags")]
+                      for path in glob.glob(os.path.join(REPO, "configs", "*.flags")))
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.flags"))))
-def test_every_flagfile_parses_and_validates(path, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)  # nested --flagfile paths are relative to the repository root
-    config = _parse_flagfile(path, [f"--model_dir={tmp_path}", f"--data_dir={tmp_path}"])
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_every_config_parses_and_validates(name, tmp_path):
+    from nac_tf.cli.train import config_from_args
+
+    config = config_from_args([f"--config={name}", f"--model_dir={tmp_path}",
+                               f"--data_dir={tmp_path}"])
     if config.dataset in ("npz",):
-        pytest.fail(f"{path} uses an npz archive; configs should name real datasets")
+        pytest.fail(f"{name} uses an npz archive; configs should name real datasets")
     if config.dataset == "digits":
         config = config.replace(data_dir="")
     validate_config(config)
-    with open(path) as f:
+    with open(os.path.join(REPO, "configs", f"{name}.flags")) as f:
         header = f.read().split("\n--", 1)[0]
-    assert "python -m nac_tf.train --flagfile=configs/" in header, "header states the command"
+    assert f"nac-train --config={name}" in header, "header states the command"
     assert "%" in header, "header states the paper's result it targets"
 
 
 def test_robustness_flags_reach_the_config(tmp_path):
-    import nac_tf.train as entry
+    import nac_tf.cli.train as entry
 
     values = flags.FlagValues()
     entry.define_flags(values)

@@ -1,4 +1,4 @@
-"""SavedModel export: signatures, equality with the Keras model, input checks, the tool."""
+"""SavedModel export: signatures, equality with the Keras model, input checks, nac-export."""
 import json
 import os
 import re
@@ -19,7 +19,7 @@ from nac_tf.training import (INPUT_STATISTICS_FILE, build_pretraining_method,
                              prepare_run_directory, pretrain, restore_pretrained_method)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(REPO, "tools", "export_saved_model.py")
+EXPORT = [sys.executable, "-m", "nac_tf.cli.export"]  # nac-export
 IMAGE_SIZE = 8
 CODE_DIM = 16
 # Subprocesses do not get the conftest: set the backend and quiet TensorFlow explicitly.
@@ -96,14 +96,14 @@ def _assert_matches_keras(outputs, h, a):
 
 @pytest.fixture(scope="module")
 def nac_export(tmp_path_factory):
-    """(run directory, export directory) of a tiny NAC run exported by the command-line tool."""
+    """(run directory, export directory) of a tiny NAC run exported by nac-export."""
     tmp_path = tmp_path_factory.mktemp("export")
     config = _tiny_config(tmp_path)
     pretrain(config, log=lambda *_: None)
     run = config.model_dir
     export_dir = str(tmp_path / "saved_model")
     result = subprocess.run(
-        [sys.executable, TOOL, f"--model_dir={run}", f"--export_dir={export_dir}"],
+        [*EXPORT, f"--model_dir={run}", f"--export_dir={export_dir}"],
         cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     for line in ("features: features float32 [None, 128]",
@@ -250,13 +250,13 @@ def test_other_methods_export_their_online_networks(tmp_path, method):
     _assert_matches_keras(outputs, h, a)
 
 
-def test_tool_refuses_a_missing_model_dir(tmp_path):
+def test_command_refuses_a_missing_model_dir(tmp_path):
     missing = str(tmp_path / "no_such_run")
-    result = subprocess.run([sys.executable, TOOL, f"--model_dir={missing}"], cwd=REPO,
+    result = subprocess.run([*EXPORT, f"--model_dir={missing}"], cwd=REPO,
                             env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "--model_dir" in result.stderr and "no_such_run" in result.stderr
-    result = subprocess.run([sys.executable, TOOL], cwd=REPO, env=SUBPROCESS_ENV,
+    assert result.returncode == 2
+    assert f"error: --model_dir: '{missing}' is not a directory" in result.stderr
+    result = subprocess.run(EXPORT, cwd=REPO, env=SUBPROCESS_ENV,
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "--model_dir: is required" in result.stderr
+    assert result.returncode == 2 and "error: --model_dir: is required" in result.stderr
     assert not os.path.exists(missing)

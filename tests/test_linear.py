@@ -1,4 +1,4 @@
-"""Linear evaluation (DESIGN.md section 2): the SGD-Nesterov training core against a float64
+"""Linear evaluation (docs/protocols.md section 2): the SGD-Nesterov training core against a float64
 NumPy reference, the learning-rate search, the stratified split, input checks and the
 augmented image path."""
 import json

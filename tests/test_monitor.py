@@ -167,7 +167,7 @@ def test_trajectory_survives_a_resume(tmp_path):
 def test_eval_flags_reach_the_config(tmp_path):
     from absl import flags
 
-    import nac_tf.train as entry
+    import nac_tf.cli.train as entry
 
     values = flags.FlagValues()
     entry.define_flags(values)

@@ -400,6 +400,87 @@ def test_inner_product_map_matches_reference(top_k):
                                             top_k=top_k)
 
 
+# ------------------------------------------------------------------ multi-hot label dtypes
+
+
+@pytest.mark.parametrize("num_classes", [4, 70])  # 70: label masks span two 64-bit words
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, bool, np.uint8, np.int32])
+def test_multi_hot_labels_of_any_dtype_give_the_integer_results(dtype, num_classes):
+    """Float (or bool, or any integer) 0/1 matrices are the same labels as int64 ones."""
+    query, database, query_labels, db_labels = random_problem(
+        70 + num_classes, num_items=200, multi_label=True, num_classes=num_classes)
+    labels = (query_labels.astype(dtype), db_labels.astype(dtype))
+    for kwargs in ({}, {"top_k": 25}, {"ties": "expected"}, {"ties": "expected", "top_k": 25},
+                   {"empty_queries": "zero"}):
+        reference = average_precisions(query, database, query_labels, db_labels, **kwargs)
+        result = average_precisions(query, database, *labels, **kwargs)
+        np.testing.assert_array_equal(result.values, reference.values)
+        assert result.mean == reference.mean or (np.isnan(result.mean)
+                                                 and np.isnan(reference.mean))
+    assert mean_average_precision(query, database, *labels) == \
+        mean_average_precision(query, database, query_labels, db_labels)
+    assert inner_product_map(query, database, *labels) == \
+        inner_product_map(query, database, query_labels, db_labels)
+    np.testing.assert_array_equal(
+        precision_within_hamming_radius(query, database, *labels).precisions,
+        precision_within_hamming_radius(query, database, query_labels, db_labels).precisions)
+    curve = precision_recall_curve(query, database, *labels)
+    reference_curve = precision_recall_curve(query, database, query_labels, db_labels)
+    np.testing.assert_array_equal(curve.precision, reference_curve.precision)
+    np.testing.assert_array_equal(curve.recall, reference_curve.recall)
+    # Mixed dtypes on the two sides are fine too.
+    assert mean_average_precision(query, database, labels[0], db_labels) == \
+        mean_average_precision(query, database, query_labels, db_labels)
+
+
+def test_float_multi_hot_labels_must_be_exactly_zero_or_one():
+    query, database, query_labels, db_labels = random_problem(80, num_items=30,
+                                                              multi_label=True)
+    query_labels, db_labels = query_labels.astype(float), db_labels.astype(float)
+    half = query_labels.copy()
+    half[3, 2] = 0.5
+    with pytest.raises(ValueError, match=r"query_labels is 2-D, so it must be multi-hot.*"
+                                         r"found 0\.5 at \[3, 2\]") as error:
+        mean_average_precision(query, database, half, db_labels)
+    assert "2-D multi-hot matrix [N, C] of 0/1 values" in str(error.value)
+    with_nan = db_labels.copy()
+    with_nan[7, 1] = np.nan
+    with pytest.raises(ValueError, match=r"db_labels is 2-D.*found nan at \[7, 1\]"):
+        mean_average_precision(query, database, query_labels, with_nan)
+    with pytest.raises(ValueError, match=r"db_labels is 2-D.*found 2\.0"):
+        precision_within_hamming_radius(query, database, query_labels, 2 * db_labels)
+    with pytest.raises(ValueError, match=r"query_labels is 2-D.*found -1"):
+        precision_recall_curve(query, database, -query_labels.astype(np.int64), db_labels)
+
+
+def test_labels_of_the_wrong_rank_or_dtype_name_the_argument_and_the_accepted_forms():
+    query, database, query_labels, db_labels = random_problem(81, num_items=30,
+                                                              multi_label=True)
+    accepted = ("1-D integer class ids [N], or a 2-D multi-hot matrix [N, C] of 0/1 values "
+                "with a bool, integer or float dtype")
+    cases = [
+        ("query_labels", r"query_labels must be .* got a 3-D array of shape \(40, 4, 1\)",
+         (query_labels[:, :, None].astype(float), db_labels)),
+        ("db_labels", r"db_labels must be .* got a 0-D array",
+         (query_labels, np.float64(1.0))),
+        ("query_labels", r"query_labels is 1-D, so it must hold integer class ids, got dtype "
+                         r"float64", (np.zeros(40), np.zeros(30))),
+        ("db_labels", r"db_labels is 2-D, so it must be multi-hot with a bool, integer or float "
+                      r"dtype, got dtype <U\d+", (query_labels, db_labels.astype(str))),
+        ("query_labels", r"query_labels must be .* not a regular array",
+         ([[0, 1]] * 39 + [[0]], db_labels)),
+    ]
+    for name, pattern, labels in cases:
+        with pytest.raises(ValueError, match=pattern) as error:
+            mean_average_precision(query, database, *labels)
+        message = str(error.value)
+        assert name in message and accepted in message and "--" not in message
+    with pytest.raises(ValueError, match=r"db_labels has 29 rows but db_bits has 30 \(one label "
+                                         r"row per code row\)"):
+        mean_average_precision(query, database, query_labels.astype(float),
+                               db_labels[:-1].astype(float))
+
+
 # ---------------------------------------------------------------------------- bad inputs
 
 

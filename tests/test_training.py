@@ -82,7 +82,7 @@ def test_cli_rejects_bad_flags_before_building_anything(tmp_path):
 
 def test_final_linear_probe_trains_on_augmented_images(tmp_path, monkeypatch):
     # The linear-evaluation protocol: the classifier trains on pad-and-crop + flipped
-    # training images (nac_tf.evaluation.linear, as tools/linear_eval.py --augment).
+    # training images (nac_tf.evaluation.linear, as nac-linear-eval --augment).
     from nac_tf.evaluation import linear
     from nac_tf.training import evaluation_config
 

@@ -15,9 +15,9 @@ a stricter subset of 14 concepts) and README.txt are ignored.
 Assumption: the annotation archive is extracted into a folder named
 mirflickr25k_annotations_v080 (if its .txt files landed elsewhere, move them there).
 
-Protocol (DESIGN.md §2): images with none of the 24 labels are dropped before splitting
-(they can never be relevant to any query). With the v080 annotations 24 581 of the 25 000
-images carry a label (the count of public 24-label lists of this dataset); the 20 015
+Protocol (docs/protocols.md section 2): images with none of the 24 labels are dropped before
+splitting (they can never be relevant to any query). With the v080 annotations 24 581 of the
+25 000 images carry a label (the count of public 24-label lists of this dataset); the 20 015
 sometimes quoted is the cross-modal subset of images with at least 20 Flickr tags (DCMH,
 Jiang & Li 2017), which needs the tag metadata and is not this protocol. The NAC authors'
 code kept unlabeled images (all-zero labels) and skipped queries without relevant items in

@@ -1,4 +1,5 @@
-"""Seeded query / database / training splits of the hash-code retrieval protocol (DESIGN.md §2).
+"""Seeded query / database / training splits of the hash-code retrieval protocol
+(docs/protocols.md section 2).
 
 CIFAR-10 (Yang et al., 2019, used by the paper's Table 3): pool the 60 000 train and test
 images; draw 1 000 queries per class; the other 50 000 images are the database; pretraining

@@ -167,7 +167,8 @@ class StreamImageSource(ImageSource):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RetrievalArrays:
-    """The query and database sets of the hash-code retrieval protocol (DESIGN.md §2).
+    """The query and database sets of the hash-code retrieval protocol (docs/protocols.md
+    section 2).
 
     query_images: uint8 [Q, H, W, 3]; query_labels: int64 class ids [Q] or multi-hot [Q, C].
     database_images, database_labels: the same for the M database items.
@@ -534,7 +535,8 @@ def load_tfds_source(name, data_dir=None, manual_dir=None, image_size=None):
 
 def cifar10_hashing_source(x_train, y_train, x_test, y_test, seed=0, queries_per_class=1000,
                            train_per_class=500, class_names=None):
-    """The CIFAR-10 retrieval split (DESIGN.md §2, paper Table 3) from CIFAR-10's arrays.
+    """The CIFAR-10 retrieval split (docs/protocols.md section 2, paper Table 3) from
+    CIFAR-10's arrays.
 
     Pools train + test (60 000, ids in that order), draws `queries_per_class` queries per
     class (seeded); the rest is the database, and `train_per_class` images per class of the

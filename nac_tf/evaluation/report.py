@@ -1,7 +1,7 @@
 """The evaluation of a pretrained encoder on a dataset: kNN, linear probe and hash retrieval.
 
 One function, `evaluate_model`, serves the trainer's end-of-run summary (on the in-memory
-networks) and the command-line tools (on an exported SavedModel): both hand it an
+networks) and the evaluation commands (on an exported SavedModel): both hand it an
 `ExportedModel`, so the numbers the trainer prints are the ones a client of the SavedModel
 would get.
 
@@ -23,7 +23,7 @@ from nac_tf.evaluation.knn import knn_accuracy
 from nac_tf.evaluation.linear import (LinearEvalConfig, linear_evaluation,
                                       linear_evaluation_from_images)
 from nac_tf.evaluation import retrieval
-from nac_tf.evaluation.tool_support import float_image_encoder
+from nac_tf.evaluation.exported_evaluation import float_image_encoder
 
 
 @dataclasses.dataclass(frozen=True)

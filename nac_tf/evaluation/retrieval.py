@@ -11,8 +11,8 @@ Conventions (shared by all functions):
   a uint8 matrix of 0s and 1s is a valid code matrix *and* a valid packed matrix (of other
   codes), so no rule on the values can tell them apart. Packed codes have 8 * bytes bits as
   far as the metrics can see; the zero padding bits never change a distance.
-- Labels are class ids [N] (integers) or multi-hot rows [N, C] ({0,1}); queries and database
-  must use the same kind.
+- Labels are class ids [N] (integers) or multi-hot rows [N, C] whose values are exactly 0 or 1,
+  in a bool, integer or float dtype; queries and database must use the same kind.
 - ``ties="stable"``: items at equal distance keep database order, so a result never depends
   on the sort implementation. ``ties="expected"``: the exact expectation over a uniformly
   random order inside every group of equal distance (derivation in
@@ -147,19 +147,47 @@ def _codes(query_bits, db_bits, packed):
     return query, database, num_bits
 
 
+LABEL_FORMS = ("1-D integer class ids [N], or a 2-D multi-hot matrix [N, C] of 0/1 values "
+               "with a bool, integer or float dtype")
+
+
 def _labels(labels, name, num_rows, bits_name):
-    labels = np.asarray(labels)
+    """Class ids [N] as given, or a multi-hot matrix [N, C] as uint8 {0, 1}.
+
+    Multi-hot matrices may come as bool, any integer or any float dtype (FLICKR-25K copies
+    often store float 0/1), but every value must be exactly 0 or 1: anything else (0.5, NaN,
+    2) has no meaning as "carries this label" and is refused rather than thresholded.
+    """
+    try:
+        labels = np.asarray(labels)
+    except ValueError as error:  # ragged nested lists
+        raise ValueError(f"{name} must be {LABEL_FORMS}; it is not a regular array "
+                         f"({error})") from None
     if labels.ndim not in (1, 2):
-        raise ValueError(f"{name} must be class ids [N] or multi-hot [N, C], got shape "
+        raise ValueError(f"{name} must be {LABEL_FORMS}; got a {labels.ndim}-D array of shape "
                          f"{labels.shape}")
     if labels.shape[0] != num_rows:
-        raise ValueError(f"{name} has {labels.shape[0]} rows but {bits_name} has {num_rows}")
-    if labels.dtype != np.bool_ and not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name} must have an integer or bool dtype, got {labels.dtype}")
-    if labels.ndim == 2 and labels.size and (labels.min() < 0 or labels.max() > 1):
-        raise ValueError(f"{name} is 2-D, so it must be multi-hot {{0,1}}; got values in "
-                         f"[{labels.min()}, {labels.max()}]")
-    return labels
+        raise ValueError(f"{name} has {labels.shape[0]} rows but {bits_name} has {num_rows} "
+                         "(one label row per code row)")
+    is_bool = labels.dtype == np.bool_
+    is_integer = np.issubdtype(labels.dtype, np.integer)
+    if labels.ndim == 1:
+        if not (is_bool or is_integer):
+            raise ValueError(f"{name} is 1-D, so it must hold integer class ids, got dtype "
+                             f"{labels.dtype}; accepted: {LABEL_FORMS}")
+        return labels
+    if not (is_bool or is_integer or np.issubdtype(labels.dtype, np.floating)):
+        raise ValueError(f"{name} is 2-D, so it must be multi-hot with a bool, integer or float "
+                         f"dtype, got dtype {labels.dtype}; accepted: {LABEL_FORMS}")
+    if not is_bool:
+        invalid = (labels != 0) & (labels != 1)  # NaN compares unequal to both
+        if invalid.any():
+            row, column = np.argwhere(invalid)[0]
+            raise ValueError(
+                f"{name} is 2-D, so it must be multi-hot: every value exactly 0 or 1; found "
+                f"{labels[row, column].item()!r} at [{row}, {column}] ({int(invalid.sum())} "
+                f"such entries); accepted: {LABEL_FORMS}")
+    return labels.astype(np.uint8)
 
 
 def _label_masks(multi_hot):
@@ -683,7 +711,8 @@ def average_precisions(query_bits, db_bits, query_labels, db_labels, top_k=None,
 
     Args:
       query_bits, db_bits: {0,1} codes [Q, D] and [N, D], or packed uint8 with packed=True.
-      query_labels, db_labels: class ids [Q], [N] or multi-hot [Q, C], [N, C].
+      query_labels, db_labels: integer class ids [Q], [N], or multi-hot 0/1 matrices [Q, C],
+        [N, C] (bool, integer or float dtype).
       top_k: None for AP@all; else AP@k = (sum of precision@rank over the relevant items in
         the top k) / (number of relevant items in the top k), the HashNet / DeepHash
         convention. k >= N is AP@all.

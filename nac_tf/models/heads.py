@@ -35,9 +35,9 @@ class ProjectionHead(keras.layers.Layer):
     applies tanh / sigmoid.
 
     `scale_by_sqrt_dim` (default True) divides the output by sqrt(output_dim), as the
-    authors' released code does for both networks before tanh / sigmoid (DESIGN.md section 1;
-    not stated in the paper). With D = 128 it keeps a and r in the non-saturated range of
-    tanh / sigmoid at initialisation, and keeps z_i . z_k in the denominator of Eq. 19 O(1).
+    authors' released code does for both networks before tanh / sigmoid (not stated in the
+    paper; docs/method.md section 1). With D = 128 it keeps a and r in the non-saturated range
+    of tanh / sigmoid at initialisation, and keeps z_i . z_k in the denominator of Eq. 19 O(1).
 
     `use_batch_norm` adds BatchNorm after the hidden Dense (whose bias is then dropped, BN's
     beta replaces it); the authors' CIFAR heads have none, hence the default False.

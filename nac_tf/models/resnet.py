@@ -3,7 +3,7 @@
 v1.5 (torchvision's ResNet): a downsampling bottleneck strides in its 3x3 convolution, not in
 the first 1x1. The encoder's output is the global-average-pooled representation h (512-d for
 BasicBlock networks, 2048-d for ResNet-50, 128-d for `resnet_tiny`); there is no classifier.
-The paper's CIFAR-10 runs use ResNet-50 with the CIFAR stem (DESIGN.md section 1).
+The paper's CIFAR-10 runs use ResNet-50 with the CIFAR stem (docs/protocols.md section 1).
 
 Layer names: "stem_conv", "stem_bn", "stem_pool"; blocks "stage<s>_block<b>_conv<k>" /
 "_bn<k>", the projection shortcut "_shortcut_conv" / "_shortcut_bn"; "avg_pool" gives h.

@@ -1,7 +1,8 @@
-"""tools/linear_eval.py and tools/hash_retrieval.py on a tiny exported run.
+"""nac-linear-eval and nac-hash-retrieval (nac_tf.cli.linear_eval, nac_tf.cli.hash_retrieval)
+on a tiny exported run, and the library helpers they share (nac_tf.evaluation.exported_evaluation).
 
-The tools run as subprocesses, as a user runs them; their JSON reports must hold exactly the
-numbers the library functions give on the same SavedModel in this process.
+The commands run as subprocesses, as a user runs them; their JSON reports must hold exactly
+the numbers the library functions give on the same SavedModel in this process.
 """
 import json
 import os
@@ -13,7 +14,8 @@ import pytest
 
 from nac_tf.config import PretrainConfig
 from nac_tf.data import sources
-from nac_tf.evaluation import retrieval, tool_support
+from nac_tf.cli import checks
+from nac_tf.evaluation import exported_evaluation, retrieval
 from nac_tf.evaluation.knn import knn_accuracy
 from nac_tf.evaluation.linear import (LinearEvalConfig, linear_evaluation,
                                       linear_evaluation_from_images)
@@ -23,17 +25,17 @@ from nac_tf.export import (METADATA_FILE, export_saved_model, load_exported_mode
 from nac_tf.training import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LINEAR_EVAL = os.path.join(REPO, "tools", "linear_eval.py")
-HASH_RETRIEVAL = os.path.join(REPO, "tools", "hash_retrieval.py")
+LINEAR_EVAL = "nac_tf.cli.linear_eval"
+HASH_RETRIEVAL = "nac_tf.cli.hash_retrieval"
 # Subprocesses do not get the conftest: set the backend and quiet TensorFlow explicitly.
 SUBPROCESS_ENV = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
 IMAGE_SIZE = 8
 CODE_DIM = 16
-BATCH = 256  # the tools' default --batch_size: the same slices give the same outputs
+BATCH = 256  # the commands' default --batch_size: the same slices give the same outputs
 
 
-def _run(tool, *args, timeout=300, python_args=()):
-    return subprocess.run([sys.executable, *python_args, tool, *args], cwd=REPO,
+def _run(module, *args, timeout=300, python_args=()):
+    return subprocess.run([sys.executable, *python_args, "-m", module, *args], cwd=REPO,
                           env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -45,7 +47,7 @@ def _ok(result):
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
     """A tiny NAC run (small CNN on 8x8 digits, 3 steps), exported."""
-    tmp_path = tmp_path_factory.mktemp("tools")
+    tmp_path = tmp_path_factory.mktemp("cli_evaluation")
     config = PretrainConfig(
         method="nac", dataset="digits", image_size=IMAGE_SIZE, encoder="small_cnn",
         batch_size=32, train_steps=3, learning_rate=0.5, warmup_epochs=0.2,
@@ -114,7 +116,7 @@ def test_linear_eval_augmented_equals_the_library(export_dir, model, digits, tmp
     assert report["protocol"]["linear"]["augment"] is True
     config = LinearEvalConfig(epochs=1, learning_rates=(0.5,), augment=True)
     expected = linear_evaluation_from_images(
-        tool_support.float_image_encoder(model), digits.train_images, digits.train_labels,
+        exported_evaluation.float_image_encoder(model), digits.train_images, digits.train_labels,
         digits.test_images, digits.test_labels, 10, config, batch_size_encode=BATCH)
     assert report["linear"] == expected.to_dict()
 
@@ -206,17 +208,17 @@ def test_retrieval_metrics_count_and_exclude_queries_without_relevant_items():
     codes = np.packbits(np.array([[0, 0, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], bool), axis=1)
     database = np.packbits(np.array([[0, 0, 0, 1], [1, 1, 1, 0]], bool), axis=1)
     query_labels, database_labels = np.array([0, 1, 2]), np.array([0, 1])  # class 2: none
-    excluded = tool_support.hash_retrieval_metrics(codes, database, query_labels,
+    excluded = exported_evaluation.hash_retrieval_metrics(codes, database, query_labels,
                                                    database_labels)
-    zero = tool_support.hash_retrieval_metrics(codes, database, query_labels,
+    zero = exported_evaluation.hash_retrieval_metrics(codes, database, query_labels,
                                                database_labels, empty_queries="zero")
     assert excluded["num_queries_without_relevant"] == zero["num_queries_without_relevant"] == 1
     assert excluded["num_excluded_queries"] == 1 and zero["num_excluded_queries"] == 0
     assert excluded["map_all"] == 1.0 and zero["map_all"] == pytest.approx(2 / 3)
     multi_hot = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
-    assert tool_support.queries_without_relevant_items(multi_hot, multi_hot[:2]) == 1
+    assert exported_evaluation.queries_without_relevant_items(multi_hot, multi_hot[:2]) == 1
     # Every query excluded: the mAP is NaN, written as JSON null.
-    nothing = tool_support.hash_retrieval_metrics(codes[2:], database, query_labels[2:],
+    nothing = exported_evaluation.hash_retrieval_metrics(codes[2:], database, query_labels[2:],
                                                   database_labels)
     assert nothing["map_all"] is None and nothing["precision_recall_curve"]["precision"][0] \
         is None
@@ -228,22 +230,23 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules: ImportError
     curve = {"precision": [1.0, 0.5], "recall": [0.5, 1.0]}
     with pytest.raises(ImportError, match=r'pip install "nac_tf\[plot\]"'):
-        tool_support.plot_precision_recall(curve, str(tmp_path / "pr.png"), "title")
+        exported_evaluation.plot_precision_recall(curve, str(tmp_path / "pr.png"), "title")
 
 
-def test_tool_support_mirrors_the_package_without_tensorflow():
-    assert tool_support.EXPORT_METADATA == os.path.join("assets", METADATA_FILE)
-    # Importing it (as the tools do before checking flags) must not import TensorFlow.
-    check = ("import sys; import nac_tf.evaluation.tool_support; "
-             "sys.exit(int('tensorflow' in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=SUBPROCESS_ENV,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, "tool_support imports TensorFlow"
+def test_checks_mirror_the_package_without_tensorflow():
+    assert checks.EXPORT_METADATA == os.path.join("assets", METADATA_FILE)
+    # Importing them (as the commands do before checking flags) must not import TensorFlow.
+    for module in ("nac_tf.cli.checks", "nac_tf.evaluation.exported_evaluation",
+                   "nac_tf.cli.linear_eval", "nac_tf.cli.hash_retrieval", "nac_tf.cli.export"):
+        check = f"import sys; import {module}; sys.exit(int('tensorflow' in sys.modules))"
+        result = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=SUBPROCESS_ENV,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"{module} imports TensorFlow: {result.stderr[-2000:]}"
 
 
 @pytest.fixture
 def fake_export(tmp_path):
-    """A directory that passes the tools' --saved_model check, for flag tests (no TF)."""
+    """A directory that passes the commands' --saved_model check, for flag tests (no TF)."""
     path = tmp_path / "export"
     (path / "assets").mkdir(parents=True)
     (path / "saved_model.pb").write_bytes(b"")
@@ -275,15 +278,22 @@ BAD_FLAGS = {
                     "--epochs: "),
     "bad top_k": (HASH_RETRIEVAL, ["--saved_model={export}", "--dataset=digits", "--top_k=0"],
                   "--top_k: "),
+    "unknown flag": (HASH_RETRIEVAL, ["--saved_model={export}", "--dataset=digits",
+                                      "--topk=5"], "--topk: unknown flag"),
+    "positional argument": (LINEAR_EVAL, ["--saved_model={export}", "--dataset=digits",
+                                          "digits"], "unexpected arguments 'digits'"),
+    "missing flagfile": (LINEAR_EVAL, ["--flagfile={tmp}/none.flags"],
+                         "--flagfile: '{tmp}/none.flags' is not a file"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_FLAGS))
 def test_bad_flags_exit_2_naming_the_flag(case, fake_export, tmp_path):
-    tool, args, message = BAD_FLAGS[case]
+    module, args, message = BAD_FLAGS[case]
     args = [arg.format(export=fake_export, tmp=tmp_path) for arg in args]
+    message = message.format(tmp=tmp_path)
     # -X importtime lists every module imported: TensorFlow must not be among them.
-    result = _run(tool, *args, timeout=120, python_args=("-X", "importtime"))
+    result = _run(module, *args, timeout=120, python_args=("-X", "importtime"))
     assert result.returncode == 2, (result.stdout, result.stderr[-2000:])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors and message in errors[0], errors

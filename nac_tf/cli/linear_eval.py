@@ -1,9 +1,11 @@
-"""Linear evaluation (DESIGN.md section 2) and the kNN monitor of an exported SavedModel.
+"""nac-linear-eval: linear evaluation (docs/protocols.md section 2) and the kNN monitor of an
+exported SavedModel.
 
-    python tools/linear_eval.py --saved_model=runs/x/saved_model --dataset=cifar10
+    nac-linear-eval --saved_model=runs/x/saved_model --dataset=cifar10
         [--data_dir=...] [--image_size=0] [--seed=0] [--epochs=100]
         [--learning_rates=0.01,0.1,1,10] [--batch_size=256] [--validation_fraction=0.1]
         [--augment] [--knn_k=200] [--output=<saved_model>/linear_eval_<dataset>.json]
+    python -m nac_tf.cli.linear_eval ...
 
 The frozen encoder is the SavedModel's `features` signature (inference-mode BatchNorm, no
 projection head). A linear classifier on the training split's features is trained with SGD
@@ -17,72 +19,69 @@ Writes a JSON report and prints a summary. Flags are checked before TensorFlow i
 a bad flag exits with code 2 and a message naming it.
 """
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-# Run as a script, tools/ is the import root: make the repository's package importable
-# without installing it.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+from nac_tf.cli import checks, common
+from nac_tf.config import DATASETS, ConfigError
+from nac_tf.evaluation import exported_evaluation
 
-from nac_tf.config import ConfigError  # noqa: E402 (after the path set-up)
-from nac_tf.evaluation import tool_support  # noqa: E402 (no TensorFlow import)
 
-flags.DEFINE_string("saved_model", "", "SavedModel directory written by "
-                    "tools/export_saved_model.py.")
-flags.DEFINE_string("dataset", "", f"Dataset to evaluate on: one of "
-                    f"{', '.join(tool_support.DATASETS)} (not flickr25k: multi-label, not "
-                    "imagenet2012: streamed).")
-flags.DEFINE_string("data_dir", "", "Where the dataset is (see nac_tf.data.sources."
-                    "load_source); unused for digits, optional for cifar10(_hashing).")
-flags.DEFINE_integer("image_size", 0, "Size the resizing loaders (digits, image_folder) "
-                     "load images at; 0: the SavedModel's training size.")
-flags.DEFINE_integer("seed", 0, "Seed of the dataset's split and of the linear evaluation "
-                     "(validation split, mini-batch order, augmentation).")
-flags.DEFINE_integer("epochs", 100, "Training epochs of every linear classifier.")
-flags.DEFINE_list("learning_rates", ["0.01", "0.1", "1", "10"], "Candidate learning "
-                  "rates, comma-separated; one rate skips the validation split.")
-flags.DEFINE_integer("batch_size", 256, "Mini-batch of the classifier and images per "
-                     "SavedModel call.")
-flags.DEFINE_float("validation_fraction", 0.1, "Held-out share of the training split for "
-                   "the rate search, or a whole number >= 1 of held-out examples.")
-flags.DEFINE_bool("augment", False, "The CIFAR recipe on training images every epoch: "
-                  "4-pixel zero padding, random crop back, horizontal flip (the encoder runs "
-                  "in the training loop: much slower; meant for 32x32 and larger).")
-flags.DEFINE_integer("knn_k", 200, "Neighbours of the kNN monitor; 0 skips it.")
-flags.DEFINE_string("output", "", "JSON report path; empty: "
-                    "<saved_model>/linear_eval_<dataset>.json.")
+def define_flags(flag_values=flags.FLAGS):
+    def define(kind, name, default, help_text):
+        getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
 
-FLAGS = flags.FLAGS
+    define("string", "saved_model", "", "SavedModel directory written by nac-export.")
+    define("string", "dataset", "", f"Dataset to evaluate on: one of {', '.join(DATASETS)} "
+           "(not flickr25k: multi-label, not imagenet2012: streamed).")
+    define("string", "data_dir", "", "Where the dataset is (see nac_tf.data.sources."
+           "load_source); unused for digits, optional for cifar10(_hashing).")
+    define("integer", "image_size", 0, "Size the resizing loaders (digits, image_folder) "
+           "load images at; 0: the SavedModel's training size.")
+    define("integer", "seed", 0, "Seed of the dataset's split and of the linear evaluation "
+           "(validation split, mini-batch order, augmentation).")
+    define("integer", "epochs", 100, "Training epochs of every linear classifier.")
+    define("list", "learning_rates", ["0.01", "0.1", "1", "10"], "Candidate learning "
+           "rates, comma-separated; one rate skips the validation split.")
+    define("integer", "batch_size", 256, "Mini-batch of the classifier and images per "
+           "SavedModel call.")
+    define("float", "validation_fraction", 0.1, "Held-out share of the training split for "
+           "the rate search, or a whole number >= 1 of held-out examples.")
+    define("bool", "augment", False, "The CIFAR recipe on training images every epoch: "
+           "4-pixel zero padding, random crop back, horizontal flip (the encoder runs in the "
+           "training loop: much slower; meant for 32x32 and larger).")
+    define("integer", "knn_k", 200, "Neighbours of the kNN monitor; 0 skips it.")
+    define("string", "output", "", "JSON report path; empty: "
+           "<saved_model>/linear_eval_<dataset>.json.")
+
 
 KNN_TEMPERATURE = 0.1  # report.EvaluationConfig's default, the trainer's monitor
 REFUSED = {name: "is multi-label and linear top-1 needs one class id per image; evaluate "
-                  "it with tools/hash_retrieval.py" for name in tool_support.MULTI_LABEL_DATASETS}
+                  "it with nac-hash-retrieval" for name in checks.MULTI_LABEL_DATASETS}
 
 
 def validate_flags():
     """The settings as a dict, or ConfigError naming the first unusable flag."""
-    metadata = tool_support.check_saved_model(FLAGS.saved_model)
-    tool_support.check_dataset(FLAGS.dataset, FLAGS.data_dir, refuse=REFUSED)
+    FLAGS = flags.FLAGS
+    metadata = checks.check_saved_model(FLAGS.saved_model)
+    checks.check_dataset(FLAGS.dataset, FLAGS.data_dir, refuse=REFUSED)
     settings = {
         "saved_model": os.path.abspath(FLAGS.saved_model),
         "metadata": metadata,
         "dataset": FLAGS.dataset,
         "data_dir": FLAGS.data_dir,
-        "image_size": tool_support.check_int("image_size", FLAGS.image_size, 0,
+        "image_size": checks.check_int("image_size", FLAGS.image_size, 0,
                                              " (0: the SavedModel's training size)"),
-        "seed": tool_support.check_int("seed", FLAGS.seed, 0),
-        "epochs": tool_support.check_int("epochs", FLAGS.epochs, 1),
-        "learning_rates": tool_support.parse_learning_rates(FLAGS.learning_rates),
-        "batch_size": tool_support.check_int("batch_size", FLAGS.batch_size, 1),
-        "validation_fraction": tool_support.parse_validation_fraction(
+        "seed": checks.check_int("seed", FLAGS.seed, 0),
+        "epochs": checks.check_int("epochs", FLAGS.epochs, 1),
+        "learning_rates": checks.parse_learning_rates(FLAGS.learning_rates),
+        "batch_size": checks.check_int("batch_size", FLAGS.batch_size, 1),
+        "validation_fraction": checks.parse_validation_fraction(
             FLAGS.validation_fraction),
         "augment": FLAGS.augment,
-        "knn_k": tool_support.check_int("knn_k", FLAGS.knn_k, 0, " (0 skips kNN)"),
+        "knn_k": checks.check_int("knn_k", FLAGS.knn_k, 0, " (0 skips kNN)"),
     }
-    settings["output"] = tool_support.output_path(
+    settings["output"] = checks.output_path(
         "output", FLAGS.output,
         os.path.join(settings["saved_model"], f"linear_eval_{FLAGS.dataset}.json"))
     return settings
@@ -107,7 +106,7 @@ def evaluate(settings):
     from nac_tf.export import load_exported_model
 
     metadata = settings["metadata"]
-    source = tool_support.load_arrays_source(
+    source = checks.load_arrays_source(
         settings["dataset"], settings["data_dir"],
         settings["image_size"] or metadata["image_size"], settings["seed"])
     if source.multi_label:
@@ -116,10 +115,10 @@ def evaluate(settings):
     _check_validation_split(settings, source.num_train)
     model = load_exported_model(settings["saved_model"])
     batch_size = settings["batch_size"]
-    train_features = tool_support.embed_images(model, source.train_images, batch_size,
-                                               "features", "the training split")
-    test_features = tool_support.embed_images(model, source.test_images, batch_size,
-                                              "features", "the test split")
+    train_features = exported_evaluation.embed_images(
+        model, source.train_images, batch_size, "features", "the training split")
+    test_features = exported_evaluation.embed_images(
+        model, source.test_images, batch_size, "features", "the test split")
     linear_config = LinearEvalConfig(
         epochs=settings["epochs"], batch_size=batch_size,
         learning_rates=settings["learning_rates"],
@@ -183,8 +182,13 @@ def print_summary(report, output):
 
 
 def main(argv):
-    tool_support.run_report_tool(argv, validate_flags, evaluate, print_summary)
+    common.run_report_tool(argv, validate_flags, evaluate, print_summary)
+
+
+def run(argv=None):
+    """The `nac-linear-eval` console script."""
+    common.run(main, define_flags, __doc__, argv=argv)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=lambda argv: tool_support.parse_flags(FLAGS, argv))
+    run()

@@ -1,193 +1,21 @@
-"""What the command-line tools over exported SavedModels share (tools/linear_eval.py,
-tools/hash_retrieval.py): flag checks, embedding with a progress bar, the hash-retrieval
-report, JSON and plot output.
+"""Evaluating an exported model (`nac_tf.export.ExportedModel`): embedding with a progress
+bar, the hash-retrieval report, JSON and plot output.
 
-Importing this module does not import TensorFlow: the tools check their flags with it first
-and only then pay for TensorFlow. Functions that need TensorFlow, Keras, the data loaders or
-matplotlib import them when called. Flag errors are `nac_tf.config.ConfigError`s, whose
-message starts with the flag (`--saved_model: ...`); the tools print them as
-`error: <message>` and exit with code 2.
+The evaluation commands (`nac-linear-eval`, `nac-hash-retrieval`, in `nac_tf.cli`) and the
+trainer's evaluation (`nac_tf.evaluation.report`) build on it. Importing this module does
+not import TensorFlow: functions that need TensorFlow, Keras or matplotlib import them when
+called.
 """
 import json
 import math
 import os
-import re
-import sys
-import time
 
 import numpy as np
 
-from nac_tf.config import DATASETS, ConfigError, validate_data_flags
-
-# Multi-hot labels (no class ids: no top-1 accuracy).
-MULTI_LABEL_DATASETS = ("flickr25k",)
-# Streamed from TFDS, never held in memory: the tools evaluate arrays only.
-STREAMED_DATASETS = ("imagenet2012",)
-# nac_tf.export.METADATA_FILE inside the SavedModel's assets/ (export imports TensorFlow).
-EXPORT_METADATA = os.path.join("assets", "nac_tf_export.json")
 PLOT_INSTALL_HINT = 'pip install "nac_tf[plot]"'
-FLAG_ERROR_EXIT_CODE = 2
 
 
-
-# ------------------------------------------------------------------------ flag parsing
-
-def parse_flags(flag_values, argv):
-    """app.run's flags_parser: absl's parse errors as `error: --flag: ...`, exit code 2.
-
-    absl itself prints "FATAL Flags parsing error" and exits with 1; the tools answer every
-    unusable flag the same way, whether absl or the tool's own checks find it.
-    """
-    from absl import flags  # light; the tools have imported it already
-
-    try:
-        return flag_values(argv)
-    except flags.Error as error:
-        exit_with_flag_error(_absl_error_message(error))
-
-
-def _absl_error_message(error):
-    message = str(error)
-    # IllegalFlagValueError reads "flag --NAME=VALUE: REASON".
-    match = re.match(r"flag --([\w.-]+)=(.*?): (.*)$", message, re.DOTALL)
-    if match:
-        name, value, reason = match.groups()
-        return f"--{name}: {reason} (received {value!r})"
-    name = getattr(error, "flagname", None)
-    if name:
-        return f"--{name}: unknown flag (--helpshort lists the flags)"
-    return message
-
-
-def exit_with_flag_error(error):
-    """Prints `error: <message>` on stderr and exits with code 2."""
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(FLAG_ERROR_EXIT_CODE)
-
-
-def reject_arguments(argv):
-    """Exits with code 2 on positional arguments (a flag written without --)."""
-    if len(argv) > 1:
-        exit_with_flag_error(f"unexpected arguments {' '.join(argv[1:])!r}; every setting "
-                             "is a --flag")
-
-
-# ------------------------------------------------------------------------- flag checks
-
-def check_saved_model(saved_model):
-    """The export's metadata (assets/nac_tf_export.json), or ConfigError("saved_model")."""
-    hint = "a directory written by tools/export_saved_model.py"
-    if not saved_model:
-        raise ConfigError("saved_model", f"is required ({hint})")
-    if not os.path.isdir(saved_model):
-        raise ConfigError("saved_model", f"{saved_model!r} is not a directory ({hint})")
-    if not os.path.isfile(os.path.join(saved_model, "saved_model.pb")):
-        raise ConfigError("saved_model", f"{saved_model!r} holds no saved_model.pb; expected "
-                          f"{hint}")
-    path = os.path.join(saved_model, EXPORT_METADATA)
-    if not os.path.isfile(path):
-        raise ConfigError("saved_model", f"{saved_model!r} has no {EXPORT_METADATA}: it is "
-                          f"not an nac_tf export; expected {hint}")
-    try:
-        with open(path) as f:
-            metadata = json.load(f)
-    except (OSError, ValueError) as error:
-        raise ConfigError("saved_model", f"cannot read {path}: {error}") from None
-    if not isinstance(metadata, dict):
-        raise ConfigError("saved_model", f"{path} does not hold a JSON object; re-export "
-                          "with tools/export_saved_model.py")
-    missing = [key for key in ("method", "image_size", "feature_dim", "code_dim")
-               if key not in metadata]
-    if missing:
-        raise ConfigError("saved_model", f"{path} lacks {', '.join(missing)}; re-export with "
-                          "tools/export_saved_model.py")
-    return metadata
-
-
-def check_dataset(dataset, data_dir, refuse=None):
-    """ConfigError for an unknown --dataset or a --data_dir it cannot use.
-
-    `nac_tf.config.validate_data_flags` plus what the tools cannot evaluate.
-    `refuse`: {dataset: why this tool cannot evaluate it} ("is multi-label ...").
-    """
-    accepted = ", ".join(DATASETS)
-    if not dataset:
-        raise ConfigError("dataset", f"is required; one of: {accepted}")
-    if dataset not in DATASETS:
-        raise ConfigError("dataset", f"{dataset!r} is not one of: {accepted}")
-    if dataset in STREAMED_DATASETS:
-        raise ConfigError("dataset", f"{dataset} is streamed from TFDS, never held in memory; "
-                          "these tools evaluate datasets held as arrays (digits, cifar10, "
-                          "npz, image_folder, cifar10_hashing, flickr25k)")
-    if refuse and dataset in refuse:
-        raise ConfigError("dataset", f"{dataset} {refuse[dataset]}")
-    validate_data_flags(dataset, data_dir)
-
-
-def check_int(flag, value, minimum, meaning=""):
-    """ConfigError unless `value` is an integer >= minimum; returns it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(flag, f"{value!r} must be an integer >= {minimum}{meaning}")
-    return value
-
-
-def parse_learning_rates(values):
-    """--learning_rates (absl list of strings) -> tuple of positive finite floats."""
-    if not values:
-        raise ConfigError("learning_rates", "needs at least one rate, e.g. 0.01,0.1,1,10")
-    rates = []
-    for text in values:
-        try:
-            rate = float(text)
-        except ValueError:
-            raise ConfigError("learning_rates", f"{text!r} is not a number") from None
-        if not math.isfinite(rate) or rate <= 0:
-            raise ConfigError("learning_rates", f"{text!r} must be a positive finite number")
-        if rate in rates:
-            raise ConfigError("learning_rates", f"{text!r} is repeated")
-        rates.append(rate)
-    return tuple(rates)
-
-
-def parse_validation_fraction(value):
-    """A fraction in (0, 1), or a whole number >= 1 of held-out examples (as an int)."""
-    if math.isfinite(value) and 0.0 < value < 1.0:
-        return float(value)
-    if math.isfinite(value) and value >= 1 and value == int(value):
-        return int(value)
-    raise ConfigError("validation_fraction", f"{value!r} must be a fraction in (0, 1) or a "
-                      "whole number >= 1 of held-out training examples")
-
-
-def output_path(flag, path, default):
-    """`path`, or `default` when it is empty; ConfigError if it cannot be written there."""
-    path = os.path.abspath(path or default)
-    if os.path.isdir(path):
-        raise ConfigError(flag, f"{path!r} is a directory; give a file path")
-    parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
-        raise ConfigError(flag, f"the directory {parent!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(flag, f"the directory {parent!r} is not writable")
-    return path
-
-
-# ---------------------------------------------------------------------- data and model
-
-def load_arrays_source(dataset, data_dir, image_size, seed):
-    """`load_source` for the tools: errors about the data become ConfigError("data_dir")."""
-    from nac_tf.data.sources import load_source
-
-    try:
-        source = load_source(dataset, data_dir=data_dir or None, image_size=image_size or None,
-                             seed=seed)
-    except (FileNotFoundError, ValueError) as error:
-        raise ConfigError("data_dir", f"cannot load --dataset={dataset}: {error}") from None
-    if not source.has_arrays:
-        raise ConfigError("dataset", f"{dataset} is streamed; these tools need a dataset "
-                          "held in memory")
-    return source
-
+# ---------------------------------------------------------------------- embedding
 
 def embed_images(model, images, batch_size, output, label=None):
     """`report.embed` of one output over `images` in slices, with a Keras progress bar
@@ -369,19 +197,3 @@ def plot_precision_recall(curve, path, title):
     figure.tight_layout()
     figure.savefig(path, format="png")
 
-
-def run_report_tool(argv, validate_flags, evaluate, print_summary, finish=None):
-    """A tool's main: check the flags (exit 2 on a bad one), evaluate, add `finish`'s extras
-    (e.g. a plot) to the report, write the JSON report and print its summary."""
-    reject_arguments(argv)
-    try:
-        settings = validate_flags()
-        started = time.time()
-        report = evaluate(settings)
-    except ConfigError as error:  # a flag, or what it names (e.g. a bad archive) once loaded
-        exit_with_flag_error(error)
-    report["seconds"] = round(time.time() - started, 2)
-    if finish is not None:
-        finish(report, settings)
-    write_json(settings["output"], report)
-    print_summary(report, settings["output"])

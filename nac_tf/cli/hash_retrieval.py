@@ -1,10 +1,12 @@
-"""Hash-code retrieval (DESIGN.md section 2) with an exported SavedModel's codes.
+"""nac-hash-retrieval: hash-code retrieval (docs/protocols.md section 2) with an exported
+SavedModel's codes.
 
-    python tools/hash_retrieval.py --saved_model=runs/x/saved_model --dataset=cifar10_hashing
+    nac-hash-retrieval --saved_model=runs/x/saved_model --dataset=cifar10_hashing
         [--data_dir=...] [--image_size=0] [--seed=0] [--batch_size=256] [--top_k=1000]
         [--ties=stable|expected] [--empty_queries=exclude|zero] [--authors_inner_product]
         [--output=<saved_model>/hash_retrieval_<dataset>.json]
         [--plot=<saved_model>/hash_retrieval_<dataset>.png | none]
+    python -m nac_tf.cli.hash_retrieval ...
 
 Codes are the SavedModel's `hash_codes` (the bits 1[a > 0] of the projection head, packed
 8 per byte). Queries and database are the retrieval protocol's for cifar10_hashing and
@@ -20,53 +22,50 @@ Flags are checked before TensorFlow is imported; a bad flag exits with code 2 an
 naming it.
 """
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-# Run as a script, tools/ is the import root: make the repository's package importable
-# without installing it.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+from nac_tf.cli import checks, common
+from nac_tf.config import DATASETS
+from nac_tf.evaluation import exported_evaluation
 
-from nac_tf.evaluation import tool_support  # noqa: E402 (after the path set-up; no TensorFlow)
 
-flags.DEFINE_string("saved_model", "", "SavedModel directory written by "
-                    "tools/export_saved_model.py.")
-flags.DEFINE_string("dataset", "", f"Dataset: one of {', '.join(tool_support.DATASETS)} "
-                    "(not imagenet2012: streamed). cifar10_hashing and flickr25k use their "
-                    "retrieval protocol; the others query the training split with the test "
-                    "split.")
-flags.DEFINE_string("data_dir", "", "Where the dataset is (see nac_tf.data.sources."
-                    "load_source); unused for digits, optional for cifar10(_hashing).")
-flags.DEFINE_integer("image_size", 0, "Size the resizing loaders (digits, image_folder, "
-                     "flickr25k) load images at; 0: the SavedModel's training size.")
-flags.DEFINE_integer("seed", 0, "Seed of the dataset's split (the retrieval split of "
-                     "cifar10_hashing and flickr25k).")
-flags.DEFINE_integer("batch_size", 256, "Images per SavedModel call.")
-flags.DEFINE_integer("top_k", None, "Also report mAP@k for this k (e.g. 1000; FLICKR-25K "
-                     "papers use 5000).")
-flags.DEFINE_enum("ties", "stable", ["stable", "expected"], "Tie rule of mAP@k: database "
-                  "order, or the expectation over random order within equal distances "
-                  "(mAP@all is reported both ways).")
-flags.DEFINE_enum("empty_queries", "exclude", ["exclude", "zero"], "Queries without a "
-                  "relevant item: left out of the means (as the NAC and HashNet code do), "
-                  "or counted as AP 0.")
-flags.DEFINE_bool("authors_inner_product", False, "Also report the mAP of the NAC authors' "
-                  "evaluation, which ranks {0,1} codes by inner product (NOT Hamming).")
-flags.DEFINE_string("output", "", "JSON report path; empty: "
-                    "<saved_model>/hash_retrieval_<dataset>.json.")
-flags.DEFINE_string("plot", "", "Precision-recall PNG path; empty: "
-                    "<saved_model>/hash_retrieval_<dataset>.png; 'none': no plot.")
+def define_flags(flag_values=flags.FLAGS):
+    def define(kind, name, default, help_text):
+        getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
 
-FLAGS = flags.FLAGS
+    define("string", "saved_model", "", "SavedModel directory written by nac-export.")
+    define("string", "dataset", "", f"Dataset: one of {', '.join(DATASETS)} (not "
+           "imagenet2012: streamed). cifar10_hashing and flickr25k use their retrieval "
+           "protocol; the others query the training split with the test split.")
+    define("string", "data_dir", "", "Where the dataset is (see nac_tf.data.sources."
+           "load_source); unused for digits, optional for cifar10(_hashing).")
+    define("integer", "image_size", 0, "Size the resizing loaders (digits, image_folder, "
+           "flickr25k) load images at; 0: the SavedModel's training size.")
+    define("integer", "seed", 0, "Seed of the dataset's split (the retrieval split of "
+           "cifar10_hashing and flickr25k).")
+    define("integer", "batch_size", 256, "Images per SavedModel call.")
+    define("integer", "top_k", None, "Also report mAP@k for this k (e.g. 1000; FLICKR-25K "
+           "papers use 5000).")
+    flags.DEFINE_enum("ties", "stable", ["stable", "expected"], "Tie rule of mAP@k: database "
+                      "order, or the expectation over random order within equal distances "
+                      "(mAP@all is reported both ways).", flag_values=flag_values)
+    flags.DEFINE_enum("empty_queries", "exclude", ["exclude", "zero"], "Queries without a "
+                      "relevant item: left out of the means (as the NAC and HashNet code do), "
+                      "or counted as AP 0.", flag_values=flag_values)
+    define("bool", "authors_inner_product", False, "Also report the mAP of the NAC authors' "
+           "evaluation, which ranks {0,1} codes by inner product (NOT Hamming).")
+    define("string", "output", "", "JSON report path; empty: "
+           "<saved_model>/hash_retrieval_<dataset>.json.")
+    define("string", "plot", "", "Precision-recall PNG path; empty: "
+           "<saved_model>/hash_retrieval_<dataset>.png; 'none': no plot.")
 
 
 def validate_flags():
     """The settings as a dict, or ConfigError naming the first unusable flag."""
-    metadata = tool_support.check_saved_model(FLAGS.saved_model)
-    tool_support.check_dataset(FLAGS.dataset, FLAGS.data_dir)
+    FLAGS = flags.FLAGS
+    metadata = checks.check_saved_model(FLAGS.saved_model)
+    checks.check_dataset(FLAGS.dataset, FLAGS.data_dir)
     saved_model = os.path.abspath(FLAGS.saved_model)
     stem = os.path.join(saved_model, f"hash_retrieval_{FLAGS.dataset}")
     settings = {
@@ -74,18 +73,18 @@ def validate_flags():
         "metadata": metadata,
         "dataset": FLAGS.dataset,
         "data_dir": FLAGS.data_dir,
-        "image_size": tool_support.check_int("image_size", FLAGS.image_size, 0,
+        "image_size": checks.check_int("image_size", FLAGS.image_size, 0,
                                              " (0: the SavedModel's training size)"),
-        "seed": tool_support.check_int("seed", FLAGS.seed, 0),
-        "batch_size": tool_support.check_int("batch_size", FLAGS.batch_size, 1),
+        "seed": checks.check_int("seed", FLAGS.seed, 0),
+        "batch_size": checks.check_int("batch_size", FLAGS.batch_size, 1),
         "top_k": (None if FLAGS.top_k is None
-                  else tool_support.check_int("top_k", FLAGS.top_k, 1)),
+                  else checks.check_int("top_k", FLAGS.top_k, 1)),
         "ties": FLAGS.ties,
         "empty_queries": FLAGS.empty_queries,
         "authors_inner_product": FLAGS.authors_inner_product,
-        "output": tool_support.output_path("output", FLAGS.output, stem + ".json"),
+        "output": checks.output_path("output", FLAGS.output, stem + ".json"),
         "plot": (None if FLAGS.plot.lower() == "none"
-                 else tool_support.output_path("plot", FLAGS.plot, stem + ".png")),
+                 else checks.output_path("plot", FLAGS.plot, stem + ".png")),
     }
     return settings
 
@@ -95,19 +94,19 @@ def evaluate(settings):
     from nac_tf.export import load_exported_model
 
     metadata = settings["metadata"]
-    source = tool_support.load_arrays_source(
+    source = checks.load_arrays_source(
         settings["dataset"], settings["data_dir"],
         settings["image_size"] or metadata["image_size"], settings["seed"])
     query_images, query_labels, database_images, database_labels, sets = \
-        tool_support.retrieval_sets(source)
+        exported_evaluation.retrieval_sets(source)
     model = load_exported_model(settings["saved_model"])
     batch_size = settings["batch_size"]
-    query_codes = tool_support.embed_images(model, query_images, batch_size, "hash_codes",
-                                            "the queries")
-    database_codes = tool_support.embed_images(model, database_images, batch_size,
-                                               "hash_codes", "the database")
+    query_codes = exported_evaluation.embed_images(model, query_images, batch_size,
+                                                   "hash_codes", "the queries")
+    database_codes = exported_evaluation.embed_images(model, database_images, batch_size,
+                                                      "hash_codes", "the database")
     print("Ranking the database for every query")
-    metrics = tool_support.hash_retrieval_metrics(
+    metrics = exported_evaluation.hash_retrieval_metrics(
         query_codes, database_codes, query_labels, database_labels, top_k=settings["top_k"],
         ties=settings["ties"], empty_queries=settings["empty_queries"],
         authors_inner_product=settings["authors_inner_product"])
@@ -153,7 +152,7 @@ def draw_plot(report, path):
     title = (f"{report['metadata']['method']}, {report['code_bits']} bits, "
              f"{report['dataset']}: mAP@all {_number(report['map_all'])}")
     try:
-        tool_support.plot_precision_recall(curve, path, title)
+        exported_evaluation.plot_precision_recall(curve, path, title)
     except ImportError as error:
         print(f"No precision-recall plot: {error}")
         return None
@@ -196,8 +195,13 @@ def add_plot(report, settings):
 
 
 def main(argv):
-    tool_support.run_report_tool(argv, validate_flags, evaluate, print_summary, add_plot)
+    common.run_report_tool(argv, validate_flags, evaluate, print_summary, add_plot)
+
+
+def run(argv=None):
+    """The `nac-hash-retrieval` console script."""
+    common.run(main, define_flags, __doc__, argv=argv)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=lambda argv: tool_support.parse_flags(FLAGS, argv))
+    run()

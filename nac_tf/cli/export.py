@@ -1,39 +1,34 @@
-"""Exports a pretraining run as a SavedModel with the signatures of `nac_tf.export`.
+"""nac-export: exports a pretraining run as a SavedModel with the signatures of `nac_tf.export`.
 
-    python tools/export_saved_model.py --model_dir=runs/x [--export_dir=runs/x/saved_model]
+    nac-export --model_dir=runs/x [--export_dir=runs/x/saved_model]
         [--checkpoint=runs/x/checkpoints/ckpt-100] [--overwrite]
+    python -m nac_tf.cli.export ...
 
 Signatures: features (= serving_default), hash_codes, codes; all take uint8 images
 [N, H, W, 3]. Flags are checked before TensorFlow is imported; a bad flag exits with code 2
-and a message naming it.
+and one line `error: --flag: ...`.
 """
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-# Run as a script, tools/ is the import root: make the repository's package importable
-# without installing it.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+from nac_tf.cli import common
+from nac_tf.config import ConfigError
 
-flags.DEFINE_string("model_dir", "", "Pretraining run directory (flags.json, "
-                    "input_statistics.json, checkpoints/).")
-flags.DEFINE_string("export_dir", "", "Where to write the SavedModel; empty: "
-                    "<model_dir>/saved_model.")
-flags.DEFINE_string("checkpoint", "", "Checkpoint prefix to export (e.g. "
-                    "<model_dir>/checkpoints/ckpt-100); empty: the latest one.")
-flags.DEFINE_bool("overwrite", False, "Replace a previous SavedModel in --export_dir.")
 
-FLAGS = flags.FLAGS
+def define_flags(flag_values=flags.FLAGS):
+    flags.DEFINE_string("model_dir", "", "Pretraining run directory (flags.json, "
+                        "input_statistics.json, checkpoints/).", flag_values=flag_values)
+    flags.DEFINE_string("export_dir", "", "Where to write the SavedModel; empty: "
+                        "<model_dir>/saved_model.", flag_values=flag_values)
+    flags.DEFINE_string("checkpoint", "", "Checkpoint prefix to export (e.g. "
+                        "<model_dir>/checkpoints/ckpt-100); empty: the latest one.",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("overwrite", False, "Replace a previous SavedModel in --export_dir.",
+                      flag_values=flag_values)
+
 
 _RUN_FILES = ("flags.json", "input_statistics.json")
-
-
-class FlagError(ValueError):
-    def __init__(self, flag, message):
-        super().__init__(f"--{flag}: {message}")
 
 
 def _latest_checkpoint_prefix(checkpoint_dir):
@@ -51,47 +46,46 @@ def _latest_checkpoint_prefix(checkpoint_dir):
 
 
 def validate_flags(model_dir, export_dir, checkpoint, overwrite):
-    """(model_dir, export_dir, checkpoint or None), or FlagError naming the bad flag."""
+    """(model_dir, export_dir, checkpoint or None), or ConfigError naming the bad flag."""
     if not model_dir:
-        raise FlagError("model_dir", "is required (the pretraining run directory)")
+        raise ConfigError("model_dir", "is required (the pretraining run directory)")
     if not os.path.isdir(model_dir):
-        raise FlagError("model_dir", f"{model_dir!r} is not a directory")
+        raise ConfigError("model_dir", f"{model_dir!r} is not a directory")
     missing = [name for name in _RUN_FILES if not os.path.isfile(os.path.join(model_dir, name))]
     if missing:
-        raise FlagError("model_dir", f"{model_dir!r} is not a pretraining run directory "
-                        f"({', '.join(missing)} missing)")
+        raise ConfigError("model_dir", f"{model_dir!r} is not a pretraining run directory "
+                          f"({', '.join(missing)} missing)")
     if checkpoint:
         if not os.path.isfile(checkpoint + ".index"):
-            raise FlagError("checkpoint", f"{checkpoint!r} is not a checkpoint prefix "
-                            f"({checkpoint}.index does not exist)")
+            raise ConfigError("checkpoint", f"{checkpoint!r} is not a checkpoint prefix "
+                              f"({checkpoint}.index does not exist)")
     else:
         latest = _latest_checkpoint_prefix(os.path.join(model_dir, "checkpoints"))
         if latest is None or not os.path.isfile(latest + ".index"):
-            raise FlagError("model_dir", f"{model_dir!r} has no checkpoint in checkpoints/; "
-                            "train first, or pass --checkpoint")
+            raise ConfigError("model_dir", f"{model_dir!r} has no checkpoint in checkpoints/; "
+                              "train first, or pass --checkpoint")
     export_dir = export_dir or os.path.join(model_dir, "saved_model")
     if os.path.exists(export_dir):
         if not os.path.isdir(export_dir):
-            raise FlagError("export_dir", f"{export_dir!r} exists and is not a directory")
+            raise ConfigError("export_dir", f"{export_dir!r} exists and is not a directory")
         if os.listdir(export_dir):
             if not os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
-                raise FlagError("export_dir", f"{export_dir!r} is not empty and holds no "
-                                "SavedModel; choose another directory")
+                raise ConfigError("export_dir", f"{export_dir!r} is not empty and holds no "
+                                  "SavedModel; choose another directory")
             if not overwrite:
-                raise FlagError("export_dir", f"{export_dir!r} already holds a SavedModel; "
-                                "pass --overwrite to replace it")
+                raise ConfigError("export_dir", f"{export_dir!r} already holds a SavedModel; "
+                                  "pass --overwrite to replace it")
     return model_dir, export_dir, checkpoint or None
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    common.reject_arguments(argv)
+    FLAGS = flags.FLAGS
     try:
         model_dir, export_dir, checkpoint = validate_flags(
             FLAGS.model_dir, FLAGS.export_dir, FLAGS.checkpoint, FLAGS.overwrite)
-    except FlagError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except ConfigError as error:
+        common.exit_with_flag_error(error)
     # Heavy imports only once the flags are known to be usable.
     import tensorflow as tf
 
@@ -112,5 +106,11 @@ def main(argv):
         print(f"  {name}: {described}")
     print(f"Export path: {path}")
 
+
+def run(argv=None):
+    """The `nac-export` console script."""
+    common.run(main, define_flags, __doc__, argv=argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

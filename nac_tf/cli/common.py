@@ -1,0 +1,129 @@
+"""What every nac_tf command shares: absl parsing, help, flag errors and exit codes.
+
+Exit codes of every command: 0 done (also after `--help`); 2 a flag, or what it names, is
+unusable: one line `error: --flag: ...` on stderr, no traceback, nothing written. The
+trainer adds 1 (the loss became non-finite) and 143 (stopped by SIGTERM).
+
+absl itself answers a parse error with "FATAL Flags parsing error" and exit code 1, and
+`--help` with exit code 1; `parse_flags` makes both follow the rules above. Nothing here
+imports TensorFlow.
+"""
+import os
+import re
+import sys
+import time
+
+from nac_tf.cli.configs import expand_config_args
+from nac_tf.config import ConfigError
+
+FLAG_ERROR_EXIT_CODE = 2
+_SHORT_HELP = frozenset({"-h", "-?", "--help", "-help", "--helpshort", "-helpshort"})
+_FULL_HELP = frozenset({"--helpfull", "-helpfull"})
+
+
+def run(main, define_flags, doc, argv=None, configs=False):
+    """A command's entry point: defines its flags on absl's FLAGS, parses `argv` (default
+    sys.argv) with `parse_flags` and runs `main(remaining argv)` under absl's `app.run`.
+
+    define_flags: `define_flags(flag_values)` of the command.
+    doc: the text `--help` prints above the flags (the command module's docstring).
+    configs: whether the command takes `--config=NAME` (the trainer).
+    """
+    from absl import app, flags
+
+    before = set(flags.FLAGS)
+    try:
+        define_flags(flags.FLAGS)
+    except flags.DuplicateFlagError:
+        pass  # defined by an earlier run() in this process
+    own = sorted(set(flags.FLAGS) - before)
+    module = flags.FLAGS.find_module_defining_flag(own[0]) if own else None
+    app.run(main, argv=argv, flags_parser=lambda args: parse_flags(
+        flags.FLAGS, args, doc=doc, help_module=module, configs=configs))
+
+
+def parse_flags(flag_values, argv, doc=None, help_module=None, configs=False):
+    """app.run's flags_parser: `--config` / `--flagfile` expanded (`expand_config_args`),
+    then absl's parse; returns the remaining argv.
+
+    `--help` (`-h`, `--helpshort`) prints `doc` and the flags of `help_module` (absl's name
+    of the module that defined them), `--helpfull` every flag; both exit with 0. A parse
+    error exits with code 2 and one `error: --flag: ...` line.
+    """
+    from absl import flags
+
+    head = list(argv[1:])
+    if "--" in head:
+        head = head[:head.index("--")]
+    if _FULL_HELP.intersection(head) or _SHORT_HELP.intersection(head):
+        print_help(flag_values, doc, help_module, full=bool(_FULL_HELP.intersection(head)))
+        sys.exit(0)
+    try:
+        return flag_values(expand_config_args(argv, allow_config=configs))
+    except ConfigError as error:
+        exit_with_flag_error(error)
+    except flags.Error as error:
+        exit_with_flag_error(_absl_error_message(error))
+
+
+def print_help(flag_values, doc, module, full=False):
+    """The command's help on stdout: `doc`, then its own flags (or every flag)."""
+    parts = [doc.strip("\n")] if doc else []
+    listing = flag_values.get_help() if full or module is None \
+        else flag_values.module_help(module)
+    if listing:
+        parts.append(f"flags:\n{listing}")
+    if not full:
+        parts.append("Try --helpfull to get a list of all flags.")
+    try:
+        sys.stdout.write("\n\n".join(parts) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `nac-train --help | head`: the reader has left, not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not fail again
+
+
+def _absl_error_message(error):
+    message = str(error)
+    # IllegalFlagValueError reads "flag --NAME=VALUE: REASON".
+    match = re.match(r"flag --([\w.-]+)=(.*?): (.*)$", message, re.DOTALL)
+    if match:
+        name, value, reason = match.groups()
+        return f"--{name}: {reason} (received {value!r})"
+    name = getattr(error, "flagname", None)
+    if name:
+        return f"--{name}: unknown flag (--helpshort lists the flags)"
+    return message
+
+
+def exit_with_flag_error(error):
+    """Prints `error: <message>` on stderr and exits with code 2."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(FLAG_ERROR_EXIT_CODE)
+
+
+def reject_arguments(argv):
+    """Exits with code 2 on positional arguments (a flag written without --)."""
+    if len(argv) > 1:
+        exit_with_flag_error(f"unexpected arguments {' '.join(argv[1:])!r}; every setting "
+                             "is a --flag")
+
+
+def run_report_tool(argv, validate_flags, evaluate, print_summary, finish=None):
+    """An evaluation command's main: check the flags (exit 2 on a bad one), evaluate, add
+    `finish`'s extras (e.g. a plot) to the report, write the JSON report and print its
+    summary."""
+    from nac_tf.evaluation.exported_evaluation import write_json
+
+    reject_arguments(argv)
+    try:
+        settings = validate_flags()
+        started = time.time()
+        report = evaluate(settings)
+    except ConfigError as error:  # a flag, or what it names (e.g. a bad archive) once loaded
+        exit_with_flag_error(error)
+    report["seconds"] = round(time.time() - started, 2)
+    if finish is not None:
+        finish(report, settings)
+    write_json(settings["output"], report)
+    print_summary(report, settings["output"])
