@@ -559,9 +559,9 @@ def cifar10_hashing_source(x_train, y_train, x_test, y_test, seed=0, queries_per
 def load_cifar10_hashing_source(data_dir=None, seed=0, queries_per_class=1000,
                                 train_per_class=500):
     """`cifar10_hashing_source` on CIFAR-10 read from `data_dir`: an .npz archive with
-    x_train, y_train, x_test, y_test (e.g. ../shared/data/cifar10.npz on machines without
-    internet; note its README: 8 983 of its test images are JPEG-degraded, and pooling
-    spreads them over queries and database), or else a TFDS data directory (None: TFDS's
+    x_train, y_train, x_test, y_test (a local copy of the archive, for machines without
+    internet; if its test images were JPEG-degraded, the pooling spreads them over
+    queries and database alike), or else a TFDS data directory (None: TFDS's
     default; TFDS downloads CIFAR-10 if it is not there yet)."""
     if data_dir and os.path.isfile(data_dir):
         if not data_dir.endswith(".npz"):
