@@ -21,6 +21,42 @@ _SHORT_HELP = frozenset({"-h", "-?", "--help", "-help", "--helpshort", "-helpsho
 _FULL_HELP = frozenset({"--helpfull", "-helpfull"})
 
 
+def define_evaluation_data_flags(flag_values, dataset_help, image_size_help, seed_help):
+    """The flags both evaluation commands share (SavedModel, dataset, data_dir, image_size,
+    seed), with the help texts that differ per command; returns `define(kind, name,
+    default, help_text)` for the command's own flags."""
+    from absl import flags
+
+    def define(kind, name, default, help_text):
+        getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
+
+    define("string", "saved_model", "", "SavedModel directory written by nac-export.")
+    define("string", "dataset", "", dataset_help)
+    define("string", "data_dir", "", "Where the dataset is (see nac_tf.data.sources."
+           "load_source); unused for digits, optional for cifar10(_hashing).")
+    define("integer", "image_size", 0, image_size_help)
+    define("integer", "seed", 0, seed_help)
+    return define
+
+
+def evaluation_data_settings(refuse=None):
+    """The flags of `define_evaluation_data_flags`, checked: {"saved_model" (absolute),
+    "metadata", "dataset", "data_dir", "image_size", "seed"}, or ConfigError naming the
+    first unusable one. `refuse`: datasets the command cannot evaluate (`check_dataset`)."""
+    from absl import flags
+
+    from nac_tf.cli import checks
+
+    values = flags.FLAGS
+    metadata = checks.check_saved_model(values.saved_model)
+    checks.check_dataset(values.dataset, values.data_dir, refuse=refuse)
+    return {"saved_model": os.path.abspath(values.saved_model), "metadata": metadata,
+            "dataset": values.dataset, "data_dir": values.data_dir,
+            "image_size": checks.check_int("image_size", values.image_size, 0,
+                                           " (0: the SavedModel's training size)"),
+            "seed": checks.check_int("seed", values.seed, 0)}
+
+
 def run(main, define_flags, doc, argv=None, configs=False):
     """A command's entry point: defines its flags on absl's FLAGS, parses `argv` (default
     sys.argv) with `parse_flags` and runs `main(remaining argv)` under absl's `app.run`.

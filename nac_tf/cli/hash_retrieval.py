@@ -31,19 +31,15 @@ from nac_tf.evaluation import exported_evaluation
 
 
 def define_flags(flag_values=flags.FLAGS):
-    def define(kind, name, default, help_text):
-        getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
-
-    define("string", "saved_model", "", "SavedModel directory written by nac-export.")
-    define("string", "dataset", "", f"Dataset: one of {', '.join(DATASETS)} (not "
-           "imagenet2012: streamed). cifar10_hashing and flickr25k use their retrieval "
-           "protocol; the others query the training split with the test split.")
-    define("string", "data_dir", "", "Where the dataset is (see nac_tf.data.sources."
-           "load_source); unused for digits, optional for cifar10(_hashing).")
-    define("integer", "image_size", 0, "Size the resizing loaders (digits, image_folder, "
-           "flickr25k) load images at; 0: the SavedModel's training size.")
-    define("integer", "seed", 0, "Seed of the dataset's split (the retrieval split of "
-           "cifar10_hashing and flickr25k).")
+    define = common.define_evaluation_data_flags(
+        flag_values,
+        dataset_help=f"Dataset: one of {', '.join(DATASETS)} (not imagenet2012: streamed). "
+        "cifar10_hashing and flickr25k use their retrieval protocol; the others query the "
+        "training split with the test split.",
+        image_size_help="Size the resizing loaders (digits, image_folder, flickr25k) load "
+        "images at; 0: the SavedModel's training size.",
+        seed_help="Seed of the dataset's split (the retrieval split of cifar10_hashing and "
+        "flickr25k).")
     define("integer", "batch_size", 256, "Images per SavedModel call.")
     define("integer", "top_k", None, "Also report mAP@k for this k (e.g. 1000; FLICKR-25K "
            "papers use 5000).")
@@ -64,18 +60,9 @@ def define_flags(flag_values=flags.FLAGS):
 def validate_flags():
     """The settings as a dict, or ConfigError naming the first unusable flag."""
     FLAGS = flags.FLAGS
-    metadata = checks.check_saved_model(FLAGS.saved_model)
-    checks.check_dataset(FLAGS.dataset, FLAGS.data_dir)
-    saved_model = os.path.abspath(FLAGS.saved_model)
-    stem = os.path.join(saved_model, f"hash_retrieval_{FLAGS.dataset}")
-    settings = {
-        "saved_model": saved_model,
-        "metadata": metadata,
-        "dataset": FLAGS.dataset,
-        "data_dir": FLAGS.data_dir,
-        "image_size": checks.check_int("image_size", FLAGS.image_size, 0,
-                                             " (0: the SavedModel's training size)"),
-        "seed": checks.check_int("seed", FLAGS.seed, 0),
+    settings = common.evaluation_data_settings()
+    stem = os.path.join(settings["saved_model"], f"hash_retrieval_{FLAGS.dataset}")
+    settings.update({
         "batch_size": checks.check_int("batch_size", FLAGS.batch_size, 1),
         "top_k": (None if FLAGS.top_k is None
                   else checks.check_int("top_k", FLAGS.top_k, 1)),
@@ -85,7 +72,7 @@ def validate_flags():
         "output": checks.output_path("output", FLAGS.output, stem + ".json"),
         "plot": (None if FLAGS.plot.lower() == "none"
                  else checks.output_path("plot", FLAGS.plot, stem + ".png")),
-    }
+    })
     return settings
 
 

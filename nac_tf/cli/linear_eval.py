@@ -28,18 +28,14 @@ from nac_tf.evaluation import exported_evaluation
 
 
 def define_flags(flag_values=flags.FLAGS):
-    def define(kind, name, default, help_text):
-        getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
-
-    define("string", "saved_model", "", "SavedModel directory written by nac-export.")
-    define("string", "dataset", "", f"Dataset to evaluate on: one of {', '.join(DATASETS)} "
-           "(not flickr25k: multi-label, not imagenet2012: streamed).")
-    define("string", "data_dir", "", "Where the dataset is (see nac_tf.data.sources."
-           "load_source); unused for digits, optional for cifar10(_hashing).")
-    define("integer", "image_size", 0, "Size the resizing loaders (digits, image_folder) "
-           "load images at; 0: the SavedModel's training size.")
-    define("integer", "seed", 0, "Seed of the dataset's split and of the linear evaluation "
-           "(validation split, mini-batch order, augmentation).")
+    define = common.define_evaluation_data_flags(
+        flag_values,
+        dataset_help=f"Dataset to evaluate on: one of {', '.join(DATASETS)} (not flickr25k: "
+        "multi-label, not imagenet2012: streamed).",
+        image_size_help="Size the resizing loaders (digits, image_folder) load images at; "
+        "0: the SavedModel's training size.",
+        seed_help="Seed of the dataset's split and of the linear evaluation (validation "
+        "split, mini-batch order, augmentation).")
     define("integer", "epochs", 100, "Training epochs of every linear classifier.")
     define("list", "learning_rates", ["0.01", "0.1", "1", "10"], "Candidate learning "
            "rates, comma-separated; one rate skips the validation split.")
@@ -63,16 +59,8 @@ REFUSED = {name: "is multi-label and linear top-1 needs one class id per image; 
 def validate_flags():
     """The settings as a dict, or ConfigError naming the first unusable flag."""
     FLAGS = flags.FLAGS
-    metadata = checks.check_saved_model(FLAGS.saved_model)
-    checks.check_dataset(FLAGS.dataset, FLAGS.data_dir, refuse=REFUSED)
-    settings = {
-        "saved_model": os.path.abspath(FLAGS.saved_model),
-        "metadata": metadata,
-        "dataset": FLAGS.dataset,
-        "data_dir": FLAGS.data_dir,
-        "image_size": checks.check_int("image_size", FLAGS.image_size, 0,
-                                             " (0: the SavedModel's training size)"),
-        "seed": checks.check_int("seed", FLAGS.seed, 0),
+    settings = common.evaluation_data_settings(refuse=REFUSED)
+    settings.update({
         "epochs": checks.check_int("epochs", FLAGS.epochs, 1),
         "learning_rates": checks.parse_learning_rates(FLAGS.learning_rates),
         "batch_size": checks.check_int("batch_size", FLAGS.batch_size, 1),
@@ -80,7 +68,7 @@ def validate_flags():
             FLAGS.validation_fraction),
         "augment": FLAGS.augment,
         "knn_k": checks.check_int("knn_k", FLAGS.knn_k, 0, " (0 skips kNN)"),
-    }
+    })
     settings["output"] = checks.output_path(
         "output", FLAGS.output,
         os.path.join(settings["saved_model"], f"linear_eval_{FLAGS.dataset}.json"))
