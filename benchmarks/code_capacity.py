@@ -32,7 +32,7 @@ EXPERIMENT = "code_capacity"
 
 def codeword_statistics(config, results):
     """Distinct codewords and their plug-in entropy over all training images."""
-    from nac_tf.data.sources import load_source
+    from nac_tf.data.catalog import load_source
 
     model = exported_model_of_run(config.model_dir)
     bits = model.hash_codes(load_source(config.dataset, seed=config.seed).train_images)

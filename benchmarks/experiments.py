@@ -80,7 +80,7 @@ def exported_model_of_run(model_dir):
     """The online networks of a finished run, wrapped as the trainer's evaluation wraps them
     (`ExportedModel` over the export module): the codes a SavedModel client would get."""
     from nac_tf.export import ExportedModel, build_export_module
-    from nac_tf.training import read_run_config, restore_pretrained_method
+    from nac_tf.run_directory import read_run_config, restore_pretrained_method
 
     _, statistics = read_run_config(model_dir)
     _, method = restore_pretrained_method(model_dir)

@@ -106,7 +106,7 @@ def validation_split(arrays, seed=0):
 def codeword_analysis(config, results):
     """Distinct codewords of the retrieval database, how redundant their bits are, and the
     validation mAP (hashing runs)."""
-    from nac_tf.data.sources import load_source
+    from nac_tf.data.catalog import load_source
     from nac_tf.evaluation import retrieval
     from nac_tf.evaluation.report import embed
 

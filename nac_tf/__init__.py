@@ -4,7 +4,7 @@ What a notebook needs, importable from here (README, "Python API"):
 
 - `PretrainConfig`: every setting of a pretraining run (`nac_tf.config`).
 - `pretrain(config)`: a whole run into `config.model_dir`, as `nac-train` does.
-- `load_source(dataset, ...)`: a dataset as an `ImageSource` (`nac_tf.data.sources`).
+- `load_source(dataset, ...)`: a dataset as an `ImageSource` (`nac_tf.data.catalog`).
 - `build_method(config, source)`: the method as a compiled keras.Model for `model.fit`, and
   `view_pair_dataset(config, source)`: its input, batches of two augmented views.
 - `export_saved_model(model_dir, export_dir)`, `load_exported_model(export_dir)` and
@@ -14,7 +14,7 @@ What a notebook needs, importable from here (README, "Python API"):
   `average_precisions`, `precision_within_hamming_radius`, `precision_recall_curve`,
   `hamming_distances`, `inner_product_map`.
 
-They are imported on first use, so `import nac_tf` (and `nac-train --help`) does not import
+They are imported on first use, so `import nac_tf` (and the commands' help) does not import
 TensorFlow.
 """
 import importlib
@@ -26,7 +26,7 @@ _EXPORTS = {
     "pretrain": "nac_tf.training",
     "build_method": "nac_tf.training",
     "view_pair_dataset": "nac_tf.training",
-    "load_source": "nac_tf.data.sources",
+    "load_source": "nac_tf.data.catalog",
     "ExportedModel": "nac_tf.export",
     "export_saved_model": "nac_tf.export",
     "load_exported_model": "nac_tf.export",

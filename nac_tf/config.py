@@ -1,32 +1,50 @@
-"""The pretraining configuration: one plain dataclass, validated up front.
+"""The pretraining configuration: one plain dataclass, validated up front, and every list of
+accepted values.
 
 The command line (`nac-train`, `nac_tf.cli.train`) turns flags into a `PretrainConfig`;
 library code only ever sees this object. `validate_config` checks every field before any
-graph is built and raises `ConfigError` naming the flag and the accepted values.
+graph is built and raises `ConfigError` naming the field and the accepted values (the
+command line prints it as `error: --<field>: ...`).
+
+This module is the one home of the choice lists; the modules that implement a choice import
+its list from here (and tests check the two agree). It imports neither TensorFlow nor Keras,
+so a command line can validate its settings before paying for them.
 """
 import dataclasses
 import os
 from typing import Optional, Tuple
 
-METHODS = ("nac", "nac_mq", "simclr", "moco_v2")
-# The --dataset values (loaders in nac_tf.data.sources; kept here, free of TensorFlow, so
-# flags can be checked before it is imported).
+METHODS = ("nac", "nac_mq", "simclr", "moco_v2")  # nac_tf.methods.METHOD_CLASSES
 DATASETS = ("digits", "cifar10", "imagenet2012", "npz", "image_folder", "cifar10_hashing",
-            "flickr25k")
-STEMS = ("auto", "cifar", "imagenet")
-LR_SCALINGS = ("none", "linear", "sqrt")
+            "flickr25k")  # loaders: nac_tf.data.catalog.load_source
+# Builders: nac_tf.models.registry.
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet_tiny", "vgg16_bn", "small_cnn")
+ENCODER_STEMS = ("cifar", "imagenet")  # the ResNet stems (nac_tf.models.layers)
+STEMS = ("auto",) + ENCODER_STEMS  # auto: cifar up to 64 px, imagenet above
+LR_SCALINGS = ("none", "linear", "sqrt")  # nac_tf.optim.scaled_learning_rate
+LARS_RULES = ("simclr", "all", "authors")  # nac_tf.optim.lars_rule_arguments
+HEAD_INITIALIZERS = ("keras", "pytorch")  # nac_tf.models.heads.ProjectionHead
+# What the NAC-MQ denominator holds besides the stored queue (nac_tf.methods.nac_mq):
+# batch_in_queue: the current global batch's momentum codes written into the queue first
+#   (the authors' CIFAR code enqueues before computing the loss);
+# positive_key: each row's positive momentum key prepended (their ImageNet code, MoCo's way);
+# queue_only: the stored queue alone (Eq. 20 read literally).
+MQ_NEGATIVES = ("batch_in_queue", "positive_key", "queue_only")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")  # nac_tf.distribute
 BATCH_NORM_MODES = ("sync", "per_replica", "per_view")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-# What loaders of image files do with a file they cannot decode (--on_corrupt).
+# What loaders of image files do with a file they cannot decode.
 ON_CORRUPT = ("skip", "raise")
 
 
 class ConfigError(ValueError):
-    """A flag has a value the run cannot use; the message names the flag."""
+    """A setting has a value the run cannot use: `field` names it (a PretrainConfig field,
+    which is also the command line's flag name), `reason` says why."""
 
-    def __init__(self, flag, message):
-        super().__init__(f"--{flag}: {message}")
-        self.flag = flag
+    def __init__(self, field, reason):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +77,12 @@ class PretrainConfig:
     weight_decay: float = 1e-6
     lars_momentum: float = 0.9
     lars_trust_coefficient: float = 1e-3
-    lars_rule: str = "simclr"  # which variables LARS adapts (nac_tf.optim.LARS_RULES)
+    lars_rule: str = "simclr"  # which variables LARS adapts (LARS_RULES)
     # Objectives.
     flip_prob: float = 0.1
     queue_size: int = 50000
     queue_init_scale: float = 1e-3  # std of the initial queue entries (authors: 1e-3)
-    mq_negatives: str = "batch_in_queue"  # NAC-MQ denominator (nac_tf.methods.MQ_NEGATIVES)
+    mq_negatives: str = "batch_in_queue"  # NAC-MQ denominator (MQ_NEGATIVES)
     momentum: float = 0.99
     l2_weight: float = 0.1
     temperature: float = 0.5
@@ -83,7 +101,7 @@ class PretrainConfig:
     tpu: str = ""
     precision: str = "float32"
     jit_compile: bool = False
-    deterministic: bool = False  # op determinism: bit-identical reruns and resumes
+    deterministic: bool = False  # op determinism: reproducible reruns and resumes
     steps_per_loop: int = 1
     checkpoint_every_steps: int = 500
     keep_checkpoints: int = 3
@@ -141,7 +159,7 @@ def _in_range(flag, value, low, high, low_open=False, high_open=False):
         raise ConfigError(flag, f"{value} is outside the accepted range {lo}{low}, {high}{hi}")
 
 
-# What --data_dir must hold, for the datasets that need one.
+# What data_dir must hold, for the datasets that need one.
 DATA_DIR_NEEDS = {
     "npz": "the path of the .npz archive (x_train, y_train, x_test, y_test)",
     "image_folder": "the root directory of class folders (root/<class>/<image>)",
@@ -152,24 +170,24 @@ DATA_DIR_NEEDS = {
 }
 
 
-def validate_data_flags(dataset, data_dir):
-    """ConfigError for an unknown --dataset or a --data_dir it cannot use (no I/O beyond
+def validate_data_settings(dataset, data_dir):
+    """ConfigError for an unknown `dataset` or a `data_dir` it cannot use (no I/O beyond
     existence checks, no TensorFlow: the evaluation commands call it before importing it)."""
     _one_of("dataset", dataset, DATASETS)
     needs = DATA_DIR_NEEDS.get(dataset)
     if needs and not data_dir:
-        raise ConfigError("data_dir", f"--dataset={dataset} needs --data_dir: {needs}")
+        raise ConfigError("data_dir", f"dataset={dataset!r} needs a data_dir: {needs}")
     if data_dir and not os.path.exists(data_dir):
         raise ConfigError("data_dir", f"{data_dir!r} does not exist")
     if dataset == "npz" and not os.path.isfile(data_dir):
-        raise ConfigError("data_dir", f"--dataset=npz needs a .npz file ({needs}); "
+        raise ConfigError("data_dir", f"dataset='npz' needs a .npz file ({needs}); "
                           f"{data_dir!r} is not a file")
     if dataset in ("image_folder", "flickr25k") and not os.path.isdir(data_dir):
-        raise ConfigError("data_dir", f"--dataset={dataset} needs {needs}; {data_dir!r} is "
+        raise ConfigError("data_dir", f"dataset={dataset!r} needs {needs}; {data_dir!r} is "
                           "not a directory")
     if dataset == "cifar10_hashing" and os.path.isfile(data_dir or "") \
             and not data_dir.endswith(".npz"):
-        raise ConfigError("data_dir", "--dataset=cifar10_hashing accepts an .npz archive "
+        raise ConfigError("data_dir", "dataset='cifar10_hashing' accepts an .npz archive "
                           "(x_train, y_train, x_test, y_test), a TFDS data directory, or "
                           f"nothing; {data_dir!r} is a file that is not .npz")
 
@@ -183,26 +201,20 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
     `require_model_dir=False`: a configuration used without a run directory (a method built
     for `model.fit`, `nac_tf.training.build_method`).
     """
-    from nac_tf.models import ENCODERS
-
     _one_of("method", config.method, METHODS)
     _one_of("dataset", config.dataset, DATASETS)
-    _one_of("encoder", config.encoder, tuple(ENCODERS))
+    _one_of("encoder", config.encoder, ENCODERS)
     _one_of("stem", config.stem, STEMS)
     _one_of("learning_rate_scaling", config.learning_rate_scaling, LR_SCALINGS)
     _one_of("batch_norm", config.batch_norm, BATCH_NORM_MODES)
     _one_of("precision", config.precision, PRECISIONS)
     _one_of("on_corrupt", config.on_corrupt, ON_CORRUPT)
-    from nac_tf.distribute import STRATEGIES
     _one_of("strategy", config.strategy, STRATEGIES)
-    from nac_tf.methods.base import MQ_NEGATIVES
-    from nac_tf.models.heads import HEAD_INITIALIZERS
-    from nac_tf.optim import LARS_RULES
     _one_of("lars_rule", config.lars_rule, LARS_RULES)
     _one_of("head_init", config.head_init, HEAD_INITIALIZERS)
     _one_of("mq_negatives", config.mq_negatives, MQ_NEGATIVES)
 
-    validate_data_flags(config.dataset, config.data_dir)
+    validate_data_settings(config.dataset, config.data_dir)
     if require_model_dir and not config.model_dir:
         raise ConfigError("model_dir", "is required (the run directory for checkpoints, "
                           "TensorBoard logs, flags.json and results.json)")
@@ -219,11 +231,11 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
     for flag, zero_means in (("eval_every_steps", "0: no evaluation during training"),
                              ("linear_eval_epochs", "0 skips the linear probe"),
                              ("head_hidden_dim", "0: the encoder's output width"),
-                             ("train_steps", "0: use --epochs")):
+                             ("train_steps", "0: use epochs")):
         if getattr(config, flag) < 0:
             raise ConfigError(flag, f"{getattr(config, flag)} must be >= 0 ({zero_means})")
     if config.train_steps == 0 and config.epochs < 1:
-        raise ConfigError("epochs", f"{config.epochs} must be >= 1 (or set --train_steps)")
+        raise ConfigError("epochs", f"{config.epochs} must be >= 1 (or set train_steps)")
     _in_range("learning_rate", config.learning_rate, 0.0, float("inf"), low_open=True)
     _in_range("warmup_epochs", config.warmup_epochs, 0.0, float("inf"))
     _in_range("weight_decay", config.weight_decay, 0.0, float("inf"))
@@ -243,15 +255,15 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
 
     if num_replicas is not None and config.batch_size % num_replicas:
         raise ConfigError("batch_size", f"the global batch {config.batch_size} must be "
-                          f"divisible by the {num_replicas} replicas of --strategy="
+                          f"divisible by the {num_replicas} replicas of strategy="
                           f"{config.strategy}")
     if config.uses_queue:
         if config.queue_size < 1:
             raise ConfigError("queue_size", f"{config.queue_size} must be positive for "
-                              f"--method={config.method}")
+                              f"method={config.method!r}")
         rows_per_step = 2 * config.batch_size
         if config.queue_size % rows_per_step:
             raise ConfigError(
-                "queue_size", f"{config.queue_size} must be a multiple of 2 x --batch_size = "
+                "queue_size", f"{config.queue_size} must be a multiple of 2 x batch_size = "
                 f"{rows_per_step}: every step enqueues the momentum codes of both views of the "
                 "global batch, and the queue is a ring of whole batches")

@@ -9,20 +9,18 @@ import os
 import keras
 import tensorflow as tf
 
-from nac_tf.config import ConfigError
-
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+from nac_tf.config import STRATEGIES, ConfigError
 
 
 def make_strategy(name, tpu_address=""):
-    """Returns the tf.distribute strategy for the `--strategy` flag.
+    """The tf.distribute strategy `name` (one of `nac_tf.config.STRATEGIES`).
 
     `auto` picks MirroredStrategy when several GPUs are visible, a single-device strategy
     otherwise. `tpu` connects to `tpu_address` (empty: the TPU VM's local TPU) and runs
     `initialize_tpu_system` before building the strategy, as TPUStrategy requires.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"--strategy={name!r} is not one of {', '.join(STRATEGIES)}")
+        raise ValueError(f"strategy={name!r} is not one of {', '.join(STRATEGIES)}")
     if name == "auto":
         gpus = tf.config.list_logical_devices("GPU")
         if len(gpus) > 1:
@@ -46,8 +44,8 @@ def make_strategy(name, tpu_address=""):
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (tf.errors.OpError, ValueError) as error:
         # Without a TPU, TensorFlow answers with a long NotFoundError about an unregistered
-        # ConfigureDistributedTPU kernel; say what is wrong in the flags' terms instead.
-        where = f"--tpu={tpu_address}" if tpu_address else "this machine (--tpu empty: local)"
+        # ConfigureDistributedTPU kernel; say what is wrong in the settings' terms instead.
+        where = f"tpu={tpu_address!r}" if tpu_address else "this machine (tpu empty: local)"
         raise ConfigError("strategy", f"tpu: no TPU reachable at {where} "
                           f"({type(error).__name__}: {str(error).splitlines()[0][:160]})"
                           ) from error

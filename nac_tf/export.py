@@ -35,6 +35,10 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from nac_tf.data.pipeline import evaluation_images
+from nac_tf.run_directory import (check_export_dir, latest_checkpoint, read_run_config,
+                                  restore_pretrained_method)
+
 SIGNATURES = ("features", "serving_default", "hash_codes", "codes")
 METADATA_FILE = "nac_tf_export.json"
 IMAGE_FORMAT = "images must be uint8 [N, H, W, 3]"
@@ -114,17 +118,9 @@ class ExportModule(tf.Module):
         with tf.control_dependencies(checks):
             images = tf.ensure_shape(images, [None, None, None, 3])
             shape = tf.shape(images)
-        images = tf.cast(images, tf.float32) / 255.0
-        size = self._size
-        # Resize only when needed, with the same ops as make_eval_dataset, so exported
-        # features equal the evaluation pipeline's.
-        needs_resize = tf.logical_or(tf.not_equal(shape[1], size), tf.not_equal(shape[2], size))
-        images = tf.cond(
-            needs_resize,
-            lambda: tf.clip_by_value(
-                tf.image.resize(images, (size, size), antialias=True), 0.0, 1.0),
-            lambda: images)
-        return tf.ensure_shape(images, [None, size, size, 3])
+        # The evaluation pipeline's preprocessing, so exported features equal its features.
+        images = evaluation_images(images, self._size)
+        return tf.ensure_shape(images, [None, self._size, self._size, 3])
 
     def _features(self, images):
         h = self.encoder(self._preprocess(images), training=False)
@@ -176,10 +172,6 @@ def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
     `export_dir` first and moved into place, so a failure leaves no half-written export.
     Returns the export path.
     """
-    # Imported here: training pulls in the data and evaluation stacks, not needed to
-    # build or load an export module.
-    from nac_tf.training import read_run_config, restore_pretrained_method
-
     export_dir = os.path.abspath(export_dir)
     check_export_dir(export_dir, overwrite)
     _, statistics = read_run_config(model_dir)
@@ -191,8 +183,7 @@ def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         metadata = dict(module.metadata, model_dir=os.path.abspath(model_dir),
-                        checkpoint=os.path.abspath(checkpoint or tf.train.latest_checkpoint(
-                            os.path.join(model_dir, "checkpoints"))))
+                        checkpoint=os.path.abspath(checkpoint or latest_checkpoint(model_dir)))
         metadata_path = os.path.join(staging, METADATA_FILE)
         with open(metadata_path, "w") as f:
             json.dump(metadata, f, indent=2, sort_keys=True)
@@ -206,22 +197,6 @@ def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return export_dir
-
-
-def check_export_dir(export_dir, overwrite=False):
-    """Raises FileExistsError if exporting to `export_dir` would clobber something."""
-    if not os.path.exists(export_dir):
-        return
-    if not os.path.isdir(export_dir):
-        raise FileExistsError(f"{export_dir!r} exists and is not a directory")
-    if not os.listdir(export_dir):
-        return
-    if not os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
-        raise FileExistsError(f"{export_dir!r} is not empty and does not hold a SavedModel; "
-                              "choose another export directory")
-    if not overwrite:
-        raise FileExistsError(f"{export_dir!r} already holds a SavedModel; pass overwrite "
-                              "(--overwrite) to replace it")
 
 
 def read_export_metadata(export_dir):

@@ -45,6 +45,8 @@ import re
 import keras
 from keras import ops
 
+from nac_tf.config import LARS_RULES, LR_SCALINGS
+
 DEFAULT_EXCLUDES = (
     # (a) normalisation scale / offset and biases, by leaf name.
     r"(^|/)(gamma|beta|bias)$",
@@ -54,8 +56,6 @@ DEFAULT_EXCLUDES = (
     r"(^|/)([^/]*_)?batch_norm(alization)?(_\d+)?/[^/]+$",
 )
 
-
-LARS_RULES = ("simclr", "all", "authors")
 
 
 def lars_rule_arguments(rule):
@@ -266,18 +266,15 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
 
 
-LEARNING_RATE_SCALINGS = ("linear", "sqrt", "none")
-
-
 def scaled_learning_rate(base_learning_rate, batch_size, scaling):
     """The peak learning rate for a global batch size.
 
     linear: base * batch / 256 (SimCLR); sqrt: base * sqrt(batch) (NAC on ImageNet:
     0.075 * sqrt(512) = 1.70); none: base (NAC on CIFAR: 3.0 at batch 1000).
     """
-    if scaling not in LEARNING_RATE_SCALINGS:
+    if scaling not in LR_SCALINGS:
         raise ValueError(f"scaling={scaling!r} is not one of the accepted values: "
-                         f"{', '.join(LEARNING_RATE_SCALINGS)}")
+                         f"{', '.join(LR_SCALINGS)}")
     _check_int("batch_size", batch_size, 1)
     if scaling == "linear":
         return base_learning_rate * batch_size / 256.0

@@ -1,9 +1,9 @@
 """The pretraining run: data, strategy, method, optimizer, checkpoints, logs, evaluation.
 
 `pretrain(config)` is everything `nac-train` does after parsing flags; `build_method` and
-`view_pair_dataset` give the same method, optimizer and input pipeline for `model.fit`. A run
-directory holds `flags.json` (the resolved configuration), `checkpoints/`, `tensorboard/`
-(scalars every `log_every_steps`), and `results.json` at the end. With `eval_every_steps`,
+`view_pair_dataset` give the same method, optimizer and input pipeline for `model.fit`. It
+writes the run directory (`nac_tf.run_directory`): flags.json, checkpoints/, tensorboard/
+(scalars every `log_every_steps`), and results.json at the end. With `eval_every_steps`,
 the chief also evaluates the current networks during training (`nac_tf.evaluation.monitor`:
 kNN top-1, subset Hamming mAP@all) into TensorBoard (eval/...) and `trajectory.json`, which
 `results.json` repeats as "trajectory".
@@ -14,7 +14,8 @@ the queue, and the input position (`input_position`: global batches consumed). E
 random draw of a run is stateless and indexed (initialisation by the seed, views and image
 order by (seed, batch index), channel noise by (seed, step)), so this is the whole state:
 the same command resumes from the latest checkpoint and, with `deterministic`, ends with
-bit-identical weights to an uninterrupted run (in-memory datasets; see
+the weights of an uninterrupted run, bit for bit in nearly every run (rare resumes have
+ended a rounding error away; tests/test_resume.py) (in-memory datasets; see
 `nac_tf.data.pipeline` for streamed ones).
 
 Multi-worker (MultiWorkerMirroredStrategy): every worker runs this function; only the chief
@@ -25,7 +26,6 @@ from the chief's checkpoints (a shared filesystem, as TensorFlow's multi-worker 
 assumes).
 """
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -36,25 +36,21 @@ import time
 import keras
 import tensorflow as tf
 
-from nac_tf import distribute, methods
-from nac_tf.config import (DATASETS, RUN_DEFINING_FIELDS, ConfigError, PretrainConfig,
-                           validate_config)
+from nac_tf import distribute
+from nac_tf.config import DATASETS, ConfigError, PretrainConfig, validate_config
+from nac_tf.data.catalog import dataset_statistics, load_source
 from nac_tf.data.pipeline import make_pretrain_dataset
-from nac_tf.data.sources import dataset_statistics, load_source
 from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter
 from nac_tf.evaluation.linear import LinearEvalConfig
 from nac_tf.evaluation.monitor import TrainingMonitor
 from nac_tf.evaluation.report import EvaluationConfig, evaluate_model
 from nac_tf.export import ExportedModel, build_export_module
-from nac_tf.methods import MethodConfig
-from nac_tf.models import build_encoder, encoder_output_dim
+from nac_tf.methods.from_config import method_from_config
 from nac_tf.optim import LARS, WarmupCosineSchedule, lars_rule_arguments, scaled_learning_rate
-
-
-INPUT_STATISTICS_FILE = "input_statistics.json"
-CHECKPOINT_DIR = "checkpoints"
-# The evaluations during training (--eval_every_steps), kept across resumes.
-TRAJECTORY_FILE = "trajectory.json"
+from nac_tf.run_directory import (
+    CHECKPOINT_DIR, INPUT_STATISTICS_FILE, RANDOM_INIT_EVAL_FILE, RESULTS_FILE, TENSORBOARD_DIR,
+    TRAJECTORY_FILE, latest_checkpoint, path_in, prepare_run_directory, read_json,
+    read_trajectory, write_json)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,85 +68,12 @@ class TrainingInterrupted(RuntimeError):
         self.checkpoint = checkpoint
 
 
-# ----------------------------------------------------------------------------- run directory
-def prepare_run_directory(config: PretrainConfig, write=True):
-    """Creates `model_dir` and writes flags.json, refusing a directory of another experiment.
-
-    A directory whose flags.json differs in a run-defining field (RUN_DEFINING_FIELDS) holds
-    a different experiment: resuming it would silently mix two runs, so it is refused unless
-    `allow_flag_changes` is set. `write=False` only checks (non-chief workers).
-    """
-    path = os.path.join(config.model_dir, "flags.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-        changed = {k: (previous.get(k), getattr(config, k)) for k in RUN_DEFINING_FIELDS
-                   if previous.get(k) != getattr(config, k)}
-        if changed and not config.allow_flag_changes:
-            details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise ConfigError("model_dir", f"{config.model_dir!r} holds a run with different "
-                              f"flags ({details}); use a new --model_dir, or pass "
-                              "--allow_flag_changes to resume it with the new values")
-    if write:
-        os.makedirs(config.model_dir, exist_ok=True)
-        _write_json(path, config.to_dict())
-
-
-def _write_json(path, payload):
-    # Write-then-rename, so a crash never leaves a truncated file behind.
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- building blocks
-def resolve_stem(config, image_size):
-    if config.stem != "auto":
-        return config.stem
-    return "cifar" if image_size <= 64 else "imagenet"
-
-
 def augmentation_config(config: PretrainConfig, image_size):
     return AugmentationConfig(
         image_size=image_size, crop_area=(config.crop_area_min, 1.0), flip=config.flip,
         jitter_strength=config.jitter, jitter_prob=config.jitter_prob,
         grayscale_prob=config.grayscale_prob, blur_prob=config.blur_prob)
-
-
-def method_config(config: PretrainConfig, representation_dim, num_replicas):
-    return MethodConfig(
-        code_dim=config.code_dim,
-        head_hidden_dim=config.head_hidden_dim or representation_dim,
-        head_batch_norm=config.head_batch_norm,
-        head_scale_by_sqrt_dim=config.head_scale_by_sqrt_dim,
-        synchronized_batch_norm=config.batch_norm == "sync" and num_replicas > 1,
-        per_view_batch_norm=config.batch_norm == "per_view",
-        flip_prob=config.flip_prob, queue_size=config.queue_size, momentum=config.momentum,
-        l2_weight=config.l2_weight, temperature=config.temperature, seed=config.seed,
-        mq_negatives=config.mq_negatives, queue_init_scale=config.queue_init_scale,
-        head_init=config.head_init)
-
-
-def build_pretraining_method(config: PretrainConfig, input_statistics, num_replicas=1):
-    """The method of `config` (encoder, heads, momentum copies) with every variable created.
-
-    `input_statistics` is the run's {"image_size", "mean", "std"} (`input_statistics.json`
-    of the run directory): everything besides the flags that fixes the architecture, so a
-    run directory alone rebuilds the model (export, evaluation commands). Call inside the
-    strategy's scope when training distributed.
-    """
-    image_size = int(input_statistics["image_size"])
-    sync_bn = config.batch_norm == "sync" and num_replicas > 1
-    encoder = build_encoder(
-        config.encoder, (image_size, image_size, 3), stem=resolve_stem(config, image_size),
-        mean=input_statistics["mean"], std=input_statistics["std"],
-        synchronized_batch_norm=sync_bn)
-    method = methods.build_method(
-        config.method, encoder,
-        method_config(config, encoder_output_dim(config.encoder), num_replicas))
-    method.build_networks((image_size, image_size, 3))
-    return method
 
 
 def compile_method(method, config: PretrainConfig, total_steps, warmup_steps,
@@ -206,7 +129,7 @@ def build_method(config: PretrainConfig, source):
     mean, std = dataset_statistics(config.dataset, source)
     statistics = {"image_size": image_size, "mean": list(mean), "std": list(std)}
     _, total_steps, warmup_steps = schedule_lengths(config, source.num_train)
-    method = build_pretraining_method(config, statistics)
+    method = method_from_config(config, statistics)
     compile_method(method, config, total_steps, warmup_steps,
                    jit_compile=config.jit_compile)
     return method
@@ -223,40 +146,12 @@ def view_pair_dataset(config: PretrainConfig, source, start_batch=0):
                                  start_batch=start_batch)
 
 
-def read_run_config(model_dir):
-    """(PretrainConfig, input statistics) of a run directory written by `pretrain`."""
-    paths = {name: os.path.join(model_dir, name)
-             for name in ("flags.json", INPUT_STATISTICS_FILE)}
-    for name, path in paths.items():
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{model_dir!r} is not a pretraining run directory: "
-                                    f"{name} is missing")
-    with open(paths["flags.json"]) as f:
-        flags = json.load(f)
-    known = {field.name for field in dataclasses.fields(PretrainConfig)}
-    config = PretrainConfig(**{k: v for k, v in flags.items() if k in known})
-    with open(paths[INPUT_STATISTICS_FILE]) as f:
-        return config, json.load(f)
-
-
-def restore_pretrained_method(model_dir, checkpoint=None):
-    """The method of a run directory with the weights of its latest (or given) checkpoint."""
-    config, statistics = read_run_config(model_dir)
-    method = build_pretraining_method(config, statistics)
-    path = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    if path is None:
-        raise FileNotFoundError(f"{model_dir!r} has no checkpoint in checkpoints/")
-    # expect_partial: the optimizer slots in the checkpoint are not needed here.
-    tf.train.Checkpoint(method=method).restore(path).expect_partial()
-    return config, method
-
-
 def schedule_lengths(config, num_train):
     """(steps_per_epoch, total_steps, warmup_steps) for the global batch."""
     steps_per_epoch = num_train // config.batch_size
     if steps_per_epoch < 1:
         raise ConfigError("batch_size", f"{config.batch_size} is larger than the "
-                          f"{num_train} training images of --dataset={config.dataset}")
+                          f"{num_train} training images of dataset={config.dataset!r}")
     total = config.train_steps or config.epochs * steps_per_epoch
     warmup = min(total, int(round(config.warmup_epochs * steps_per_epoch)))
     return steps_per_epoch, total, warmup
@@ -267,7 +162,7 @@ def evaluation_config(config: PretrainConfig):
     return EvaluationConfig(
         knn_k=config.knn_k, knn_temperature=config.knn_temperature,
         # By default the protocol's augmentation (pad-and-crop + flip of the training
-        # images, afresh every epoch), as nac-linear-eval --augment.
+        # images, afresh every epoch), as the linear-evaluation command's augment option.
         linear=LinearEvalConfig(epochs=config.linear_eval_epochs, seed=config.seed,
                                 augment=config.linear_eval_augment)
         if config.linear_eval_epochs else None)
@@ -285,20 +180,8 @@ def evaluate_method(method, source, input_statistics, config, prefix=""):
     return {prefix + key: value for key, value in report.items()}
 
 
-def read_trajectory(model_dir, up_to_step=None):
-    """The evaluations during training of a run directory (trajectory.json, written with
-    --eval_every_steps): a list of dicts in step order, those after `up_to_step` left out;
-    [] when there is none."""
-    path = os.path.join(model_dir, TRAJECTORY_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        entries = json.load(f)
-    return [entry for entry in entries if up_to_step is None or entry["step"] <= up_to_step]
-
-
 class _TrainingEvaluation:
-    """--eval_every_steps on the chief: the `TrainingMonitor` over the live online networks
+    """eval_every_steps on the chief: the `TrainingMonitor` over the live online networks
     and the run's trajectory (trajectory.json, rewritten atomically after every evaluation).
 
     On resume the trajectory is read back without the entries after the restored step
@@ -308,10 +191,10 @@ class _TrainingEvaluation:
 
     def __init__(self, monitor, model, model_dir, start_step, log):
         self.monitor, self.model, self.log = monitor, model, log
-        self.path = os.path.join(model_dir, TRAJECTORY_FILE)
+        self.path = path_in(model_dir, TRAJECTORY_FILE)
         self.entries = read_trajectory(model_dir, start_step)
         if os.path.exists(self.path) and len(self.entries) != len(read_trajectory(model_dir)):
-            _write_json(self.path, self.entries)
+            write_json(self.path, self.entries)
 
     def __call__(self, step, train_metrics, summaries):
         begin = time.time()
@@ -319,7 +202,7 @@ class _TrainingEvaluation:
         seconds = time.time() - begin
         entry = {**train_metrics, **values, "step": step, "eval_seconds": round(seconds, 3)}
         self.entries = [e for e in self.entries if e["step"] < step] + [entry]
-        _write_json(self.path, self.entries)
+        write_json(self.path, self.entries)
         with summaries.as_default(step=step):
             for name, value in values.items():
                 tf.summary.scalar("eval/" + name, value)
@@ -329,17 +212,17 @@ class _TrainingEvaluation:
 
 def _training_evaluation(config, method, source, input_statistics, start_step, log):
     """The chief's _TrainingEvaluation of `config` (its monitor None unless
-    --eval_every_steps > 0 on a source held in memory with something to evaluate)."""
+    eval_every_steps > 0 on a source held in memory with something to evaluate)."""
     monitor = model = None
     if config.eval_every_steps and not source.has_arrays:
-        log(f"--eval_every_steps: {config.dataset} is streamed, not held in memory; no "
+        log(f"eval_every_steps: {config.dataset} is streamed, not held in memory; no "
             "evaluation during training")
     elif config.eval_every_steps:
         monitor = TrainingMonitor(source, knn_k=config.knn_k,
                                   knn_temperature=config.knn_temperature,
                                   num_queries=config.eval_num_queries, seed=config.seed)
         if not monitor.metric_names:
-            log(f"--eval_every_steps: nothing to evaluate on {config.dataset} (multi-label, "
+            log(f"eval_every_steps: nothing to evaluate on {config.dataset} (multi-label, "
                 "no retrieval protocol)")
             monitor = None
         else:
@@ -377,7 +260,8 @@ class _CheckpointWriter:
     is emptied after every save (they must take part in saving, not keep the files)."""
 
     def __init__(self, checkpoint, model_dir, keep, role):
-        self.directory = os.path.join(model_dir, CHECKPOINT_DIR)
+        self.model_dir = model_dir
+        self.directory = path_in(model_dir, CHECKPOINT_DIR)
         self.role = role
         self._checkpoint = checkpoint
         self._manager = None
@@ -391,7 +275,7 @@ class _CheckpointWriter:
     @property
     def latest(self):
         """The latest checkpoint of the run (the chief's), or None."""
-        return tf.train.latest_checkpoint(self.directory)
+        return latest_checkpoint(self.model_dir)
 
     def save(self, step):
         if self._manager is not None:
@@ -409,7 +293,7 @@ class _CheckpointWriter:
 
 def _load_source(config, log):
     """The run's ImageSource; a loader's complaint about the data becomes a ConfigError
-    naming --data_dir (the entry point prints it without a traceback)."""
+    naming data_dir (the command line prints it without a traceback)."""
     try:
         source = load_source(config.dataset, data_dir=config.data_dir,
                              image_size=config.image_size or None, seed=config.seed,
@@ -418,7 +302,7 @@ def _load_source(config, log):
         raise ConfigError("data_dir", str(error)) from error
     if source.num_skipped:
         log(f"{source.num_skipped} image file(s) in {config.data_dir} could not be decoded "
-            "and were skipped (--on_corrupt=skip; --on_corrupt=raise stops at the first one)")
+            "and were skipped (on_corrupt='skip'; on_corrupt='raise' stops at the first one)")
     return source
 
 
@@ -449,7 +333,7 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
         # XLA-compiled replica steps over several CPU devices fail in TF 2.21 ("Trying to
         # access resource .../replica_1 located in device CPU:1 from device CPU:0").
         raise ConfigError("jit_compile", f"XLA cannot compile the step of {replicas} CPU "
-                          "replicas; use --jit_compile=false or a single CPU device")
+                          "replicas; turn jit_compile off or use a single CPU device")
     role = worker_role(strategy)
     prepare_run_directory(config, write=role.is_chief)
     keras.utils.set_random_seed(config.seed)
@@ -462,9 +346,9 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
     mean, std = dataset_statistics(config.dataset, source)
     input_statistics = {"image_size": image_size, "mean": list(mean), "std": list(std)}
     if role.is_chief:
-        _write_json(os.path.join(config.model_dir, INPUT_STATISTICS_FILE), input_statistics)
+        write_json(path_in(config.model_dir, INPUT_STATISTICS_FILE), input_statistics)
     with strategy.scope():
-        method = build_pretraining_method(config, input_statistics, replicas)
+        method = method_from_config(config, input_statistics, replicas)
         optimizer, peak_lr = compile_method(method, config, total_steps, warmup_steps)
     # Global batches consumed. Not optimizer.iterations: a LossScaleOptimizer does not count
     # the steps it skips for non-finite gradients, which still consume a batch.
@@ -474,7 +358,7 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
     writer = _CheckpointWriter(checkpoint, config.model_dir, config.keep_checkpoints, role)
     evaluation = None
     try:
-        initial_eval_path = os.path.join(config.model_dir, "random_init_eval.json")
+        initial_eval_path = path_in(config.model_dir, RANDOM_INIT_EVAL_FILE)
         latest = writer.latest
         if latest:
             checkpoint.restore(latest).assert_existing_objects_matched()
@@ -486,7 +370,7 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
         elif config.evaluate and source.has_arrays and role.is_chief:
             # The same networks at their random initialisation: the baseline to beat.
             log("Evaluating the networks at their random initialisation")
-            _write_json(initial_eval_path, evaluate_method(
+            write_json(initial_eval_path, evaluate_method(
                 method, source, input_statistics, config, prefix="random_init_"))
 
         if role.is_chief:
@@ -529,10 +413,9 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
         log("Evaluating the pretrained networks")
         results.update(evaluate_method(method, source, input_statistics, config))
         if os.path.exists(initial_eval_path):
-            with open(initial_eval_path) as f:
-                results.update(json.load(f))
+            results.update(read_json(initial_eval_path))
         log(summary_table(results))
-    _write_json(os.path.join(config.model_dir, "results.json"), results)
+    write_json(path_in(config.model_dir, RESULTS_FILE), results)
     return results
 
 
@@ -582,7 +465,7 @@ def _train_loop(config, strategy, method, optimizer, dataset, writer, input_posi
             logs = strategy.run(replica_step, args=(next(iterator),))
         return reduce(logs)
 
-    summaries = (tf.summary.create_file_writer(os.path.join(config.model_dir, "tensorboard"))
+    summaries = (tf.summary.create_file_writer(path_in(config.model_dir, TENSORBOARD_DIR))
                  if role.is_chief else tf.summary.create_noop_writer())
     step = int(optimizer.iterations.numpy())
     saved_step = step if writer.latest else None
@@ -601,7 +484,7 @@ def _train_loop(config, strategy, method, optimizer, dataset, writer, input_posi
                 f"the weights became non-finite by step {step} (the loss was still finite); "
                 f"stopped without saving, the last good checkpoint is "
                 f"{writer.latest or 'none (no checkpoint was written)'}. Lower "
-                "--learning_rate or check the input data.")
+                "learning_rate or check the input data.")
         writer.save(step)
 
     agree = _stop_agreement(strategy, role)
@@ -629,7 +512,7 @@ def _train_loop(config, strategy, method, optimizer, dataset, writer, input_posi
             raise NonFiniteLossError(
                 f"loss is {metrics['loss']} at step {step}; stopped without saving, the last "
                 f"good checkpoint is {writer.latest or 'none (no checkpoint was written)'}. "
-                "Lower --learning_rate or check the input data.")
+                "Lower learning_rate or check the input data.")
         progbar.update(step, [(k, v) for k, v in metrics.items()])
         if step % config.log_every_steps == 0 or step == total_steps:
             with summaries.as_default(step=step):

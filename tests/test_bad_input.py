@@ -88,7 +88,7 @@ def test_corrupt_image_folder_files_are_skipped_and_counted(tmp_path):
     with pytest.raises(ConfigError) as error:
         pretrain(config.replace(on_corrupt="raise", model_dir=str(tmp_path / "raise")),
                  log=lambda *_: None)
-    assert error.value.flag == "data_dir"
+    assert error.value.field == "data_dir"
     assert "cannot decode image" in str(error.value)
     assert "broken.jpg" in str(error.value) or "truncated.png" in str(error.value)
 
@@ -118,7 +118,7 @@ def test_corrupt_flickr25k_images_are_skipped_and_counted(tmp_path, monkeypatch)
                    train_steps=1, evaluate=False)
     results = pretrain(config, log=lambda *_: None)
     assert results["num_skipped_images"] == 1
-    with pytest.raises(ConfigError, match=r"--data_dir: cannot decode image .*im5\.jpg"):
+    with pytest.raises(ConfigError, match=r"data_dir: cannot decode image .*im5\.jpg"):
         pretrain(config.replace(on_corrupt="raise", model_dir=str(tmp_path / "raise")),
                  log=lambda *_: None)
 

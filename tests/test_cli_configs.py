@@ -87,11 +87,11 @@ def test_without_configs_the_config_flag_is_left_to_absl(configs):
 def test_unknown_config_lists_the_available_ones(configs):
     with pytest.raises(ConfigError) as error:
         expand_config_args(["prog", "--config=bottom"], directory=configs)
-    assert error.value.flag == "config"
-    assert str(error.value) == "--config: unknown config 'bottom'; available: base, middle, top"
+    assert error.value.field == "config"
+    assert str(error.value) == "config: unknown config 'bottom'; available: base, middle, top"
     with pytest.raises(ConfigError, match="is a path, not a config name"):
         expand_config_args(["prog", "--config=configs/top.flags"], directory=configs)
-    with pytest.raises(ConfigError, match="--config: needs a value"):
+    with pytest.raises(ConfigError, match="config: needs a value"):
         expand_config_args(["prog", "--config"], directory=configs)
 
 
@@ -101,11 +101,11 @@ def test_missing_include_is_named(configs, tmp_path):
     with pytest.raises(ConfigError) as error:
         expand_config_args(["prog", "--config=broken"], directory=configs)
     message = str(error.value)
-    assert error.value.flag == "flagfile"
-    assert message.startswith(f"--flagfile: 'nowhere.flags', included from {including}, "
+    assert error.value.field == "flagfile"
+    assert message.startswith(f"flagfile: 'nowhere.flags', included from {including}, "
                               "is not a file")
     assert os.path.join(configs, "nowhere.flags") in message
-    with pytest.raises(ConfigError, match=r"--flagfile: '/no/such\.flags' is not a file"):
+    with pytest.raises(ConfigError, match=r"flagfile: '/no/such\.flags' is not a file"):
         expand_config_args(["prog", "--flagfile=/no/such.flags"], directory=configs)
 
 
@@ -120,7 +120,7 @@ def test_include_cycles_are_rejected(tmp_path):
         expand_config_args(["prog", "--config=a"], directory=str(folder))
     real = os.path.realpath(str(folder))
     cycle = " -> ".join(os.path.join(real, f"{name}.flags") for name in "abca")
-    assert error.value.flag == "flagfile" and "include cycle (in " in str(error.value)
+    assert error.value.field == "flagfile" and "include cycle (in " in str(error.value)
     assert str(error.value).endswith(cycle)
     with pytest.raises(ConfigError, match="include cycle"):
         expand_config_args(["prog", "--config=self"], directory=str(folder))

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from nac_tf.config import PretrainConfig
-from nac_tf.data import sources
+from nac_tf.data import catalog
 from nac_tf.cli import checks
 from nac_tf.evaluation import exported_evaluation, retrieval
 from nac_tf.evaluation.knn import knn_accuracy
 from nac_tf.evaluation.linear import (LinearEvalConfig, linear_evaluation,
                                       linear_evaluation_from_images)
-from nac_tf.evaluation.report import embed
+from nac_tf.evaluation.report import embed, float_image_encoder
 from nac_tf.export import (METADATA_FILE, export_saved_model, load_exported_model,
                            read_export_metadata)
 from nac_tf.training import pretrain
@@ -65,7 +65,7 @@ def model(export_dir):
 
 @pytest.fixture(scope="module")
 def digits():
-    return sources.load_source("digits", image_size=IMAGE_SIZE, seed=0)
+    return catalog.load_source("digits", image_size=IMAGE_SIZE, seed=0)
 
 
 def _features(model, images):
@@ -116,7 +116,7 @@ def test_linear_eval_augmented_equals_the_library(export_dir, model, digits, tmp
     assert report["protocol"]["linear"]["augment"] is True
     config = LinearEvalConfig(epochs=1, learning_rates=(0.5,), augment=True)
     expected = linear_evaluation_from_images(
-        exported_evaluation.float_image_encoder(model), digits.train_images, digits.train_labels,
+        float_image_encoder(model), digits.train_images, digits.train_labels,
         digits.test_images, digits.test_labels, 10, config, batch_size_encode=BATCH)
     assert report["linear"] == expected.to_dict()
 
@@ -194,7 +194,7 @@ def test_hash_retrieval_uses_the_hashing_protocol(export_dir, model, tmp_path):
     assert "retrieval queries" in report["protocol"]["queries"]
     assert report["protocol"]["num_train"] == 5000
 
-    source = sources.load_source("cifar10_hashing", data_dir=archive, seed=3)
+    source = catalog.load_source("cifar10_hashing", data_dir=archive, seed=3)
     arrays = source.retrieval
     args = (_hash_codes(model, arrays.query_images), _hash_codes(model, arrays.database_images),
             arrays.query_labels, arrays.database_labels)
@@ -271,7 +271,7 @@ BAD_FLAGS = {
     "flickr25k in linear_eval": (LINEAR_EVAL, ["--saved_model={export}", "--dataset=flickr25k"],
                                  "--dataset: flickr25k is multi-label"),
     "npz without data_dir": (HASH_RETRIEVAL, ["--saved_model={export}", "--dataset=npz"],
-                             "--data_dir: --dataset=npz needs --data_dir"),
+                             "--data_dir: dataset='npz' needs a data_dir"),
     "bad learning rate": (LINEAR_EVAL, ["--saved_model={export}", "--dataset=digits",
                                         "--learning_rates=0.1,-1"], "--learning_rates: "),
     "bad integer": (LINEAR_EVAL, ["--saved_model={export}", "--dataset=digits", "--epochs=x"],

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from nac_tf import distribute
 from nac_tf.config import ConfigError
-from nac_tf.methods import MethodConfig, build_method
+from test_methods import build_test_method
 from nac_tf.models import ProjectionHead, build_encoder, clone_encoder, clone_head
 from nac_tf.optim import LARS
 
@@ -45,18 +45,13 @@ def assert_close(actual, expected, name="", rtol=RTOL):
     assert error <= rtol, f"{name}: relative error {error:.3g} > {rtol:g}"
 
 
-def _config(**changes):
-    fields = dict(code_dim=16, head_hidden_dim=32, head_batch_norm=True, flip_prob=0.2,
-                  queue_size=QUEUE, momentum=0.9, temperature=0.5, seed=3)
-    fields.update(changes)
-    return MethodConfig(**fields)
-
-
 def _method(name, synchronized, **changes):
     """A compiled method (LARS); built in the current strategy's scope by the caller."""
     encoder = build_encoder("small_cnn", IMAGE_SHAPE, synchronized_batch_norm=synchronized)
-    method = build_method(name, encoder, _config(synchronized_batch_norm=synchronized,
-                                                 **changes))
+    method = build_test_method(
+        name, encoder, code_dim=16, head_hidden_dim=32, head_batch_norm=True, flip_prob=0.2,
+        queue_size=QUEUE, momentum=0.9, temperature=0.5, seed=3,
+        synchronized_batch_norm=synchronized, **changes)
     method.build_networks(IMAGE_SHAPE)
     method.compile(optimizer=LARS(0.5))
     method.optimizer.build(method.optimized_variables)
@@ -157,8 +152,9 @@ def test_flip_masks_are_a_function_of_the_global_row(two_replica_strategy):
     strategy = two_replica_strategy
     single, replicated = _pair("nac", strategy)
     shape = (2 * K, 16)
-    expected = single.flip_signs(shape).numpy()
-    masks = strategy.run(tf.function(lambda: replicated.flip_signs((2 * LOCAL, 16))))
+    expected = single.flip_signs(shape, single.flip_prob).numpy()
+    masks = strategy.run(tf.function(
+        lambda: replicated.flip_signs((2 * LOCAL, 16), replicated.flip_prob)))
     for r, mask in enumerate(_local(strategy, masks)):
         np.testing.assert_array_equal(mask[:LOCAL], expected[r * LOCAL:(r + 1) * LOCAL])
         np.testing.assert_array_equal(mask[LOCAL:], expected[K + r * LOCAL:K + (r + 1) * LOCAL])
@@ -406,5 +402,5 @@ def test_strategies_that_cannot_start_here_fail_naming_the_flag(monkeypatch):
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert "CONFIG_ERROR --strategy: tpu: no TPU reachable" in result.stdout, result.stderr
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(ConfigError, match=r"--strategy: multi_worker needs the TF_CONFIG"):
+    with pytest.raises(ConfigError, match=r"strategy: multi_worker needs the TF_CONFIG"):
         distribute.make_strategy("multi_worker")

@@ -15,8 +15,10 @@ from nac_tf.config import PretrainConfig
 from nac_tf.data.pipeline import make_eval_dataset
 from nac_tf.export import (IMAGE_FORMAT, METADATA_FILE, export_saved_model,
                            load_exported_model, pack_bits, read_export_metadata)
-from nac_tf.training import (INPUT_STATISTICS_FILE, build_pretraining_method,
-                             prepare_run_directory, pretrain, restore_pretrained_method)
+from nac_tf.methods.from_config import method_from_config
+from nac_tf.run_directory import (INPUT_STATISTICS_FILE, prepare_run_directory,
+                                  restore_pretrained_method)
+from nac_tf.training import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT = [sys.executable, "-m", "nac_tf.cli.export"]  # nac-export
@@ -53,7 +55,7 @@ def _perturbed_run(tmp_path, method):
     statistics = {"image_size": IMAGE_SIZE, "mean": [0.3, 0.4, 0.5], "std": [0.2, 0.3, 0.4]}
     with open(os.path.join(config.model_dir, INPUT_STATISTICS_FILE), "w") as f:
         json.dump(statistics, f)
-    model = build_pretraining_method(config, statistics)
+    model = method_from_config(config, statistics)
     rng = np.random.default_rng(3)
     for variable in model.weights:
         value = np.asarray(variable.numpy())

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from nac_tf.config import ConfigError, PretrainConfig, validate_config
-from nac_tf.data import flickr25k, hashing_splits, sources
+from nac_tf.data import catalog, flickr25k, sources, splits
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data")
 CIFAR10_NPZ = os.path.join(SHARED_DATA, "cifar10.npz")
@@ -33,41 +33,41 @@ def _assert_split_is_a_protocol_split(query_ids, database_ids, train_ids, all_id
 # ============================================================================ splits
 def test_class_balanced_split_on_synthetic_labels():
     labels = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 6000))
-    split = hashing_splits.class_balanced_retrieval_split(labels, seed=0)
+    split = splits.class_balanced_retrieval_split(labels, seed=0)
     assert (len(split.query), len(split.database), len(split.train)) == (10000, 50000, 5000)
     np.testing.assert_array_equal(np.bincount(labels[split.query]), [1000] * 10)
     np.testing.assert_array_equal(np.bincount(labels[split.train]), [500] * 10)
     _assert_split_is_a_protocol_split(split.query, split.database, split.train,
                                       np.arange(60000))
-    again = hashing_splits.class_balanced_retrieval_split(labels, seed=0)
+    again = splits.class_balanced_retrieval_split(labels, seed=0)
     np.testing.assert_array_equal(split.query, again.query)
     np.testing.assert_array_equal(split.train, again.train)
-    other = hashing_splits.class_balanced_retrieval_split(labels, seed=1)
+    other = splits.class_balanced_retrieval_split(labels, seed=1)
     assert not np.array_equal(split.query, other.query)
     assert not np.array_equal(split.train, other.train)
 
 
 def test_random_split_sizes_determinism_and_errors():
-    split = hashing_splits.random_retrieval_split(100, num_queries=20, num_train=30, seed=3)
+    split = splits.random_retrieval_split(100, num_queries=20, num_train=30, seed=3)
     assert (len(split.query), len(split.database), len(split.train)) == (20, 80, 30)
     _assert_split_is_a_protocol_split(split.query, split.database, split.train, np.arange(100))
-    again = hashing_splits.random_retrieval_split(100, 20, 30, seed=3)
+    again = splits.random_retrieval_split(100, 20, 30, seed=3)
     np.testing.assert_array_equal(split.train, again.train)
     assert not np.array_equal(split.query,
-                              hashing_splits.random_retrieval_split(100, 20, 30, 4).query)
+                              splits.random_retrieval_split(100, 20, 30, 4).query)
     with pytest.raises(ValueError, match="20 queries \\+ 90 training"):
-        hashing_splits.random_retrieval_split(100, 20, 90)
+        splits.random_retrieval_split(100, 20, 90)
     with pytest.raises(ValueError, match="num_queries"):
-        hashing_splits.random_retrieval_split(100, 0, 10)
+        splits.random_retrieval_split(100, 0, 10)
 
 
 def test_contiguous_order_and_in_place_permutation():
-    split = hashing_splits.RetrievalSplit(query=np.array([1, 4]), database=np.array([0, 2, 5]),
+    split = splits.RetrievalSplit(query=np.array([1, 4]), database=np.array([0, 2, 5]),
                                           train=np.array([5]))
-    order = hashing_splits.contiguous_order(split, 7)
+    order = splits.contiguous_order(split, 7)
     np.testing.assert_array_equal(order, [1, 4, 5, 0, 2, 3, 6])  # query | train | db | unused
     with pytest.raises(ValueError, match="disjoint"):
-        hashing_splits.contiguous_order(split.__class__(np.array([0]), np.array([0, 1]),
+        splits.contiguous_order(split.__class__(np.array([0]), np.array([0, 1]),
                                                         np.array([1])), 2)
     rows = np.random.default_rng(0).integers(0, 256, (500, 3, 2), dtype=np.uint8)
     permutation = np.random.default_rng(1).permutation(500)
@@ -343,14 +343,14 @@ def test_load_source_dispatches_flickr25k(flickr_archive, monkeypatch):
     root, _ = flickr_archive
     small = functools.partial(flickr25k.load_flickr25k_source, num_queries=10, num_train=20)
     monkeypatch.setattr(flickr25k, "load_flickr25k_source", small)
-    source = sources.load_source("flickr25k", data_dir=root, seed=0)
+    source = catalog.load_source("flickr25k", data_dir=root, seed=0)
     assert source.image_shape == (224, 224, 3)  # DATASET_DEFAULTS
     assert source.retrieval.num_queries == 10 and source.multi_label
-    assert sources.load_source("flickr25k", data_dir=root, image_size=8).image_shape == (8, 8, 3)
-    with pytest.raises(ValueError, match="--data_dir.*--dataset=flickr25k"):
-        sources.load_source("flickr25k")
-    with pytest.raises(FileNotFoundError, match="--data_dir"):
-        sources.load_source("flickr25k", data_dir=root + "_missing")
+    assert catalog.load_source("flickr25k", data_dir=root, image_size=8).image_shape == (8, 8, 3)
+    with pytest.raises(ValueError, match="dataset='flickr25k' needs a data_dir"):
+        catalog.load_source("flickr25k")
+    with pytest.raises(FileNotFoundError, match="data_dir="):
+        catalog.load_source("flickr25k", data_dir=root + "_missing")
 
 
 def test_load_source_dispatches_cifar10_hashing(tmp_path, monkeypatch):
@@ -358,7 +358,7 @@ def test_load_source_dispatches_cifar10_hashing(tmp_path, monkeypatch):
                                                         per_class_test=200)
     path = str(tmp_path / "cifar.npz")
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    source = sources.load_source("cifar10_hashing", data_dir=path, seed=0)
+    source = catalog.load_source("cifar10_hashing", data_dir=path, seed=0)
     assert (source.num_train, source.num_test, source.retrieval.num_database) == (5000, 10000,
                                                                                  5000)
     # Without an .npz, CIFAR-10 comes from TFDS (data_dir: its data directory).
@@ -369,24 +369,24 @@ def test_load_source_dispatches_cifar10_hashing(tmp_path, monkeypatch):
         return sources.ArrayImageSource("cifar10", x_train, y_train, x_test, y_test)
 
     monkeypatch.setattr(sources, "load_tfds_source", fake_tfds)
-    assert sources.load_source("cifar10_hashing", data_dir=str(tmp_path)).num_test == 10000
-    assert sources.load_source("cifar10_hashing").num_train == 5000
+    assert catalog.load_source("cifar10_hashing", data_dir=str(tmp_path)).num_test == 10000
+    assert catalog.load_source("cifar10_hashing").num_train == 5000
     assert calls == [("cifar10", str(tmp_path)), ("cifar10", None)]
     text = tmp_path / "notes.txt"
     text.write_text("x")
     with pytest.raises(ValueError, match=r"\.npz"):
-        sources.load_source("cifar10_hashing", data_dir=str(text))
-    with pytest.raises(FileNotFoundError, match="--data_dir"):
-        sources.load_source("cifar10_hashing", data_dir=str(tmp_path / "absent.npz"))
+        catalog.load_source("cifar10_hashing", data_dir=str(text))
+    with pytest.raises(FileNotFoundError, match="data_dir="):
+        catalog.load_source("cifar10_hashing", data_dir=str(tmp_path / "absent.npz"))
 
 
 def test_registry_defaults_and_statistics():
-    assert {"cifar10_hashing", "flickr25k"} <= set(sources.DATASETS)
-    assert set(sources.DATASETS) == set(sources.DATASET_DEFAULTS)
-    assert sources.DATASET_DEFAULTS["cifar10_hashing"].image_size == 32
-    assert sources.dataset_statistics("cifar10_hashing") == sources.dataset_statistics("cifar10")
-    assert sources.DATASET_DEFAULTS["flickr25k"].image_size == 224
-    assert sources.dataset_statistics("flickr25k") == sources.dataset_statistics("imagenet2012")
+    assert {"cifar10_hashing", "flickr25k"} <= set(catalog.DATASETS)
+    assert set(catalog.DATASETS) == set(catalog.DATASET_DEFAULTS)
+    assert catalog.DATASET_DEFAULTS["cifar10_hashing"].image_size == 32
+    assert catalog.dataset_statistics("cifar10_hashing") == catalog.dataset_statistics("cifar10")
+    assert catalog.DATASET_DEFAULTS["flickr25k"].image_size == 224
+    assert catalog.dataset_statistics("flickr25k") == catalog.dataset_statistics("imagenet2012")
 
 
 # ============================================================================ flags
@@ -412,6 +412,6 @@ def test_flag_validation_of_the_hashing_datasets(tmp_path):
              "does not exist")):
         with pytest.raises(ConfigError, match=words) as error:
             validate_config(_config(tmp_path, **changes))
-        assert error.value.flag == "data_dir" and str(error.value).startswith("--data_dir:")
+        assert error.value.field == "data_dir" and str(error.value).startswith("data_dir: ")
     with pytest.raises(ConfigError, match="cifar10_hashing, flickr25k"):
         validate_config(_config(tmp_path, dataset="flickr"))

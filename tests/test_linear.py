@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from nac_tf.data.splits import stratified_split
 from nac_tf.evaluation.linear import (LinearEvalConfig, epoch_orders,
                                       linear_evaluation, linear_evaluation_from_images,
-                                      pad_crop_flip, stratified_split,
-                                      train_linear_classifier, _select_rate)
+                                      pad_crop_flip, train_linear_classifier, _select_rate)
 
 
 def _reference_sgd(x, y, num_classes, learning_rate, config):
@@ -204,7 +204,7 @@ def test_validation_split_is_stratified_seeded_and_disjoint():
     assert val.size == 7
     share = 7 * np.array([50, 30, 20]) / 100
     assert np.all(np.abs(np.bincount(labels[val], minlength=3) - share) < 1)
-    with pytest.raises(ValueError, match="validation_fraction"):
+    with pytest.raises(ValueError, match="held_out=100 holds out 100 of 100"):
         stratified_split(labels, 100, seed=0)
 
 

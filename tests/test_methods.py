@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nac_tf.methods import MethodConfig, build_method
+from nac_tf.methods import MethodConfig, build_method, hyperparameters_of
 from nac_tf.models import build_encoder
 from nac_tf.objectives import nac_loss
 from nac_tf.optim import LARS
@@ -15,12 +15,22 @@ IMAGE_SHAPE = (8, 8, 3)
 K = 8
 
 
+def build_test_method(name, encoder, **settings):
+    """build_method with `settings` split into the shared MethodConfig and the method's own
+    hyperparameters (those of other methods are left out), as the trainer splits a
+    PretrainConfig."""
+    shared = {key: settings.pop(key) for key in list(settings)
+              if key in MethodConfig.__dataclass_fields__}
+    return build_method(name, encoder, MethodConfig(**shared),
+                        **hyperparameters_of(name, settings))
+
+
 def _method(name, **changes):
     fields = dict(code_dim=16, head_hidden_dim=32, flip_prob=0.2, queue_size=4 * K,
                   momentum=0.9, temperature=0.5, seed=3)
     fields.update(changes)
     encoder = build_encoder("small_cnn", IMAGE_SHAPE)
-    method = build_method(name, encoder, MethodConfig(**fields))
+    method = build_test_method(name, encoder, **fields)
     method.build_networks(IMAGE_SHAPE)
     method.compile(optimizer=LARS(0.1))
     method.optimizer.build(method.optimized_variables)
@@ -65,7 +75,7 @@ def test_nac_step_loss_matches_objective_with_the_same_noise():
     h = method.encoder(tf.concat([view1, view2], 0), training=True)
     a = method.projection_head(h, training=True)
     r = method.inference_network(h, training=True)
-    signs = method.flip_signs(tf.shape(a))
+    signs = method.flip_signs(tf.shape(a), method.flip_prob)
     expected = float(nac_loss(tf.tanh(a), r, signs, 0.2))
     logs = method.train_step((view1, view2))
     np.testing.assert_allclose(float(logs["loss"]), expected, rtol=1e-5)
@@ -73,14 +83,14 @@ def test_nac_step_loss_matches_objective_with_the_same_noise():
 
 def test_flip_signs_are_fresh_each_step_and_have_probability_p():
     method = _method("nac", flip_prob=0.2)
-    first = method.flip_signs((2000, 16)).numpy()
+    first = method.flip_signs((2000, 16), method.flip_prob).numpy()
     assert set(np.unique(first)) == {-1.0, 1.0}
     # 32000 draws: the standard error of the flip rate is 0.0022; allow 5 of them.
     assert abs(np.mean(first == -1.0) - 0.2) < 0.011
-    again = method.flip_signs((2000, 16)).numpy()
+    again = method.flip_signs((2000, 16), method.flip_prob).numpy()
     np.testing.assert_array_equal(first, again)  # same step: same mask (reproducible)
     method.optimizer.iterations.assign(1)
-    assert np.mean(method.flip_signs((2000, 16)).numpy() != first) > 0.2
+    assert np.mean(method.flip_signs((2000, 16), method.flip_prob).numpy() != first) > 0.2
 
 
 def test_nac_mq_ema_and_queue_after_one_step():
@@ -135,7 +145,7 @@ def test_nac_mq_denominator_modes_match_float64_reference(mode):
     keys = np.tanh(method.momentum_projection_head(h_hat, training=True).numpy()
                    .astype(np.float64))
     momentum_logits = method.momentum_inference_network(h_hat, training=True).numpy()
-    signs = method.flip_signs(tf.shape(codes)).numpy().astype(np.float64)
+    signs = method.flip_signs(tf.shape(codes), method.flip_prob).numpy().astype(np.float64)
     queue = method.queue.numpy().astype(np.float64)
     n = 2 * K
     if mode == "batch_in_queue":

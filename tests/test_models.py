@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from nac_tf.config import ENCODERS
 from nac_tf.models import (
-    BATCH_NORM_PATH_PATTERN, ENCODERS, ProjectionHead, build_encoder, clone_encoder, clone_head,
+    BATCH_NORM_PATH_PATTERN, ProjectionHead, build_encoder, clone_encoder, clone_head,
     encoder_output_dim)
 from nac_tf.models.resnet import build_resnet
 from nac_tf.models.small_cnn import small_cnn

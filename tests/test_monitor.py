@@ -7,15 +7,17 @@ import pytest
 import tensorflow as tf
 
 from nac_tf.config import PretrainConfig
-from nac_tf.data.hashing_splits import class_balanced_retrieval_split
+from nac_tf.data.splits import class_balanced_retrieval_split
 from nac_tf.data.sources import load_digits_source, retrieval_source
 from nac_tf.evaluation import retrieval
 from nac_tf.evaluation.monitor import TrainingMonitor, query_subset
 from nac_tf.evaluation.report import EvaluationConfig, embed, evaluate_model
 from nac_tf.export import ExportedModel, build_export_module
 from nac_tf import training
-from nac_tf.training import (TRAJECTORY_FILE, TrainingInterrupted, pretrain, read_run_config,
-                             read_trajectory, restore_pretrained_method)
+from nac_tf.methods.from_config import method_from_config
+from nac_tf.run_directory import (TRAJECTORY_FILE, read_run_config, read_trajectory,
+                                  restore_pretrained_method)
+from nac_tf.training import TrainingInterrupted, pretrain
 
 
 def _tiny(tmp_path, **changes):
@@ -127,7 +129,7 @@ def test_monitor_computes_the_final_evaluation_features_and_codes(tmp_path):
     config = _tiny(tmp_path)
     source = _digits_retrieval_source()
     statistics = {"image_size": 8, "mean": [0.5] * 3, "std": [0.25] * 3}
-    method = training.build_pretraining_method(config, statistics)
+    method = method_from_config(config, statistics)
     model = ExportedModel.from_module(build_export_module(method, 8, statistics))
     monitor = TrainingMonitor(source, knn_k=10, num_queries=10 ** 6)
     assert monitor.metric_names == ("knn_top1", "map_all")

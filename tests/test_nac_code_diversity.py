@@ -35,9 +35,10 @@ def _capacity_bits(p, code_dim):
 
 
 def _trained_code_entropy(tmp_path, flip_prob):
-    from nac_tf.data.sources import load_source
+    from nac_tf.data.catalog import load_source
     from nac_tf.export import ExportedModel, build_export_module
-    from nac_tf.training import pretrain, read_run_config, restore_pretrained_method
+    from nac_tf.run_directory import read_run_config, restore_pretrained_method
+    from nac_tf.training import pretrain
 
     config = PretrainConfig(
         method="nac", dataset="digits", image_size=8, encoder="small_cnn", batch_size=128,

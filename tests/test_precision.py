@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from nac_tf import distribute
-from nac_tf.methods import MethodConfig, build_method
+from test_methods import build_test_method
 from nac_tf.models import build_encoder
 from nac_tf.optim import LARS
 
@@ -42,8 +42,7 @@ def _method(name, loss_scale=False, **changes):
     fields = dict(code_dim=16, head_hidden_dim=32, head_batch_norm=True, flip_prob=0.2,
                   queue_size=4 * K, momentum=0.9, temperature=0.5, seed=3)
     fields.update(changes)
-    method = build_method(name, build_encoder("small_cnn", IMAGE_SHAPE),
-                          MethodConfig(**fields))
+    method = build_test_method(name, build_encoder("small_cnn", IMAGE_SHAPE), **fields)
     method.build_networks(IMAGE_SHAPE)
     optimizer = LARS(0.5)
     if loss_scale:

@@ -9,7 +9,7 @@ import json
 import math
 import os
 
-from nac_tf.config import DATASETS, ConfigError, validate_data_flags
+from nac_tf.config import DATASETS, ConfigError, validate_data_settings
 
 # Multi-hot labels (no class ids: no top-1 accuracy).
 MULTI_LABEL_DATASETS = ("flickr25k",)
@@ -50,9 +50,9 @@ def check_saved_model(saved_model):
 
 
 def check_dataset(dataset, data_dir, refuse=None):
-    """ConfigError for an unknown --dataset or a --data_dir it cannot use.
+    """ConfigError for an unknown dataset or a data_dir it cannot use.
 
-    `nac_tf.config.validate_data_flags` plus what the commands cannot evaluate.
+    `nac_tf.config.validate_data_settings` plus what the commands cannot evaluate.
     `refuse`: {dataset: why this command cannot evaluate it} ("is multi-label ...").
     """
     accepted = ", ".join(DATASETS)
@@ -66,7 +66,7 @@ def check_dataset(dataset, data_dir, refuse=None):
                           "npz, image_folder, cifar10_hashing, flickr25k)")
     if refuse and dataset in refuse:
         raise ConfigError("dataset", f"{dataset} {refuse[dataset]}")
-    validate_data_flags(dataset, data_dir)
+    validate_data_settings(dataset, data_dir)
 
 
 def check_int(flag, value, minimum, meaning=""):
@@ -119,7 +119,7 @@ def output_path(flag, path, default):
 
 def load_arrays_source(dataset, data_dir, image_size, seed):
     """`load_source` for the commands: errors about the data become ConfigError("data_dir")."""
-    from nac_tf.data.sources import load_source
+    from nac_tf.data.catalog import load_source
 
     try:
         source = load_source(dataset, data_dir=data_dir or None, image_size=image_size or None,

@@ -132,9 +132,17 @@ def _absl_error_message(error):
     return message
 
 
+def flag_error_message(error):
+    """The command line's words for `error`: a ConfigError names a setting, which is the
+    flag of the same name (`--field: reason`); anything else is printed as it is."""
+    if isinstance(error, ConfigError):
+        return f"--{error.field}: {error.reason}"
+    return str(error)
+
+
 def exit_with_flag_error(error):
-    """Prints `error: <message>` on stderr and exits with code 2."""
-    print(f"error: {error}", file=sys.stderr)
+    """Prints `error: <message>` (`flag_error_message`) on stderr and exits with code 2."""
+    print(f"error: {flag_error_message(error)}", file=sys.stderr)
     sys.exit(FLAG_ERROR_EXIT_CODE)
 
 

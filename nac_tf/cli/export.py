@@ -12,6 +12,7 @@ import os
 
 from absl import flags
 
+from nac_tf import run_directory
 from nac_tf.cli import common
 from nac_tf.config import ConfigError
 
@@ -28,30 +29,13 @@ def define_flags(flag_values=flags.FLAGS):
                       flag_values=flag_values)
 
 
-_RUN_FILES = ("flags.json", "input_statistics.json")
-
-
-def _latest_checkpoint_prefix(checkpoint_dir):
-    """The latest prefix named by checkpoints/checkpoint, read without TensorFlow."""
-    state = os.path.join(checkpoint_dir, "checkpoint")
-    if not os.path.isfile(state):
-        return None
-    with open(state) as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() == "model_checkpoint_path":
-                path = value.strip().strip('"')
-                return path if os.path.isabs(path) else os.path.join(checkpoint_dir, path)
-    return None
-
-
 def validate_flags(model_dir, export_dir, checkpoint, overwrite):
     """(model_dir, export_dir, checkpoint or None), or ConfigError naming the bad flag."""
     if not model_dir:
         raise ConfigError("model_dir", "is required (the pretraining run directory)")
     if not os.path.isdir(model_dir):
         raise ConfigError("model_dir", f"{model_dir!r} is not a directory")
-    missing = [name for name in _RUN_FILES if not os.path.isfile(os.path.join(model_dir, name))]
+    missing = run_directory.missing_run_files(model_dir)
     if missing:
         raise ConfigError("model_dir", f"{model_dir!r} is not a pretraining run directory "
                           f"({', '.join(missing)} missing)")
@@ -59,22 +43,14 @@ def validate_flags(model_dir, export_dir, checkpoint, overwrite):
         if not os.path.isfile(checkpoint + ".index"):
             raise ConfigError("checkpoint", f"{checkpoint!r} is not a checkpoint prefix "
                               f"({checkpoint}.index does not exist)")
-    else:
-        latest = _latest_checkpoint_prefix(os.path.join(model_dir, "checkpoints"))
-        if latest is None or not os.path.isfile(latest + ".index"):
-            raise ConfigError("model_dir", f"{model_dir!r} has no checkpoint in checkpoints/; "
-                              "train first, or pass --checkpoint")
-    export_dir = export_dir or os.path.join(model_dir, "saved_model")
-    if os.path.exists(export_dir):
-        if not os.path.isdir(export_dir):
-            raise ConfigError("export_dir", f"{export_dir!r} exists and is not a directory")
-        if os.listdir(export_dir):
-            if not os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
-                raise ConfigError("export_dir", f"{export_dir!r} is not empty and holds no "
-                                  "SavedModel; choose another directory")
-            if not overwrite:
-                raise ConfigError("export_dir", f"{export_dir!r} already holds a SavedModel; "
-                                  "pass --overwrite to replace it")
+    elif run_directory.latest_checkpoint(model_dir) is None:
+        raise ConfigError("model_dir", f"{model_dir!r} has no checkpoint in "
+                          f"{run_directory.CHECKPOINT_DIR}/; train first, or pass --checkpoint")
+    export_dir = export_dir or run_directory.path_in(model_dir, run_directory.SAVED_MODEL_DIR)
+    try:
+        run_directory.check_export_dir(export_dir, overwrite)
+    except FileExistsError as error:
+        raise ConfigError("export_dir", str(error)) from None
     return model_dir, export_dir, checkpoint or None
 
 

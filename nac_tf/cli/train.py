@@ -102,7 +102,8 @@ _HELP = {
     "precision": "float32, mixed_bfloat16 or mixed_float16 (losses stay float32).",
     "jit_compile": "XLA-compile the per-replica step.",
     "deterministic": "Op determinism (tf.config.experimental.enable_op_determinism): reruns "
-                     "and resumed runs give bit-identical weights. Cost: none measurable on "
+                     "and resumed runs give bit-identical weights (nearly always on CPU: rare "
+                     "resumes end a rounding error away). Cost: none measurable on "
                      "CPU (quickstart, 300 steps on 2 cores: 28-39 s against 30-32 s without, "
                      "within run-to-run noise); on GPUs deterministic kernels (cuDNN "
                      "algorithms, scatter and segment sums without atomics) can be markedly "

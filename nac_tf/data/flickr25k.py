@@ -1,6 +1,6 @@
 """FLICKR-25K (MIRFLICKR-25000; Huiskes & Lew, 2008) for the hashing protocol of paper Table 4.
 
-Not in TFDS: `--data_dir` is a manual directory in the layout of the two official archives
+Not in TFDS: `data_dir` is a manual directory in the layout of the two official archives
 (mirflickr25k.zip and mirflickr25k_annotations_v080.zip from press.liacs.nl/mirflickr):
 
     <data_dir>/mirflickr/im1.jpg ... im25000.jpg       (other files there, e.g. doc/, meta/,
@@ -38,9 +38,9 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from nac_tf.data.hashing_splits import RetrievalSplit, random_retrieval_split
-from nac_tf.data.sources import (ON_CORRUPT, _check_positive_int, _resize_square,
-                                 retrieval_source)
+from nac_tf.config import ON_CORRUPT
+from nac_tf.data.splits import RetrievalSplit, random_retrieval_split
+from nac_tf.data.sources import _check_positive_int, _resize_square, retrieval_source
 
 FLICKR25K_LABELS = (
     "animals", "baby", "bird", "car", "clouds", "dog", "female", "flower", "food", "indoor",

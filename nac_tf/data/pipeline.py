@@ -54,7 +54,7 @@ def per_replica_batch_size(global_batch_size, input_context=None):
         return global_batch_size
     replicas = input_context.num_replicas_in_sync
     if global_batch_size % replicas:
-        raise ValueError(f"--batch_size={global_batch_size} must be divisible by the number "
+        raise ValueError(f"batch_size={global_batch_size} must be divisible by the number "
                          f"of replicas ({replicas})")
     return input_context.get_per_replica_batch_size(global_batch_size)
 
@@ -164,6 +164,27 @@ def _in_order(dataset):
     return dataset.with_options(options)
 
 
+def evaluation_images(images, image_size=None):
+    """uint8 [B, H, W, 3] -> float32 in [0, 1], resized (bilinear, anti-aliased, clipped to
+    [0, 1]) to `image_size`^2 when H x W differs: the one evaluation preprocessing, shared by
+    `make_eval_dataset`, the linear probe and the exported SavedModel, so that their features
+    agree. H and W may be unknown until run time (a SavedModel's signature)."""
+    images = tf.cast(images, tf.float32) / 255.0
+    if image_size is None:
+        return images
+
+    def resized():
+        return tf.clip_by_value(
+            tf.image.resize(images, (image_size, image_size), antialias=True), 0.0, 1.0)
+
+    height, width = images.shape[1], images.shape[2]
+    if height is not None and width is not None:
+        return images if (height, width) == (image_size, image_size) else resized()
+    shape = tf.shape(images)
+    same = tf.logical_and(tf.equal(shape[1], image_size), tf.equal(shape[2], image_size))
+    return tf.cond(same, lambda: images, resized)
+
+
 def make_eval_dataset(images, labels, batch_size, image_size=None):
     """(float32 images in [0, 1], labels) batches in order, without augmentation.
 
@@ -174,14 +195,9 @@ def make_eval_dataset(images, labels, batch_size, image_size=None):
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"`images` must have shape [N, H, W, C]; received {images.shape}")
-    resize = image_size is not None and tuple(images.shape[1:3]) != (image_size, image_size)
 
     def prepare(batch, batch_labels):
-        batch = tf.cast(batch, tf.float32) / 255.0
-        if resize:
-            batch = tf.clip_by_value(
-                tf.image.resize(batch, (image_size, image_size), antialias=True), 0.0, 1.0)
-        return batch, batch_labels
+        return evaluation_images(batch, image_size), batch_labels
 
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
     return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

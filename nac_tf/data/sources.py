@@ -5,8 +5,7 @@ Every loader returns an `ImageSource`: a train and a test split of (uint8 RGB im
 [H, W, 3], int64 label), the label being a class id, or a multi-hot vector [C] for
 multi-label data (`source.multi_label`). Data that fits in memory (everything but ImageNet)
 is held as NumPy arrays, which evaluation code reads directly; ImageNet is streamed from
-TFDS and decoded lazily. `load_source` dispatches on the `--dataset` flag's names
-(`DATASETS`).
+TFDS and decoded lazily. `nac_tf.data.catalog.load_source` picks a loader by dataset name.
 
 The hashing datasets also carry the retrieval protocol's query and database sets in
 `source.retrieval` (a `RetrievalArrays`; None for every other dataset). Their train split
@@ -20,51 +19,18 @@ not kept.
 import dataclasses
 import os
 import zipfile
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
-# The --dataset and --on_corrupt values, re-exported.
-from nac_tf.config import DATASETS, ON_CORRUPT  # noqa: F401
+from nac_tf.config import ON_CORRUPT
+from nac_tf.data.splits import (class_balanced_retrieval_split, contiguous_order,
+                                stratified_split)
 
 TFDS_DATASETS = ("cifar10", "imagenet2012")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetDefaults:
-    """What the trainer assumes for a dataset when a flag leaves it open.
-
-    image_size: the training resolution; None means the data's own size (npz archives).
-    mean, std: per-channel statistics of [0, 1] pixels for input normalisation; None
-      means "measure them on the training images" (see `dataset_statistics`).
-    """
-
-    image_size: Optional[int]
-    mean: Optional[Tuple[float, float, float]] = None
-    std: Optional[Tuple[float, float, float]] = None
-
-
-DATASET_DEFAULTS = {
-    "digits": DatasetDefaults(image_size=16),
-    # The values used by the SimCLR / NAC CIFAR code.
-    "cifar10": DatasetDefaults(32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    # torchvision's ImageNet statistics.
-    "imagenet2012": DatasetDefaults(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "npz": DatasetDefaults(image_size=None),
-    "image_folder": DatasetDefaults(image_size=224),
-    # Pixels of CIFAR-10, so CIFAR-10's statistics.
-    "cifar10_hashing": DatasetDefaults(32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    # Flickr photos at ImageNet resolution; the NAC authors normalise them with torchvision's
-    # ImageNet statistics (hash_utils.flickr_train_transform).
-    "flickr25k": DatasetDefaults(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
-# For sources without arrays and without known statistics: [0, 1] pixels mapped to
-# roughly [-2, 2], a neutral choice that keeps the first layer's inputs well scaled.
-FALLBACK_MEAN = (0.5, 0.5, 0.5)
-FALLBACK_STD = (0.25, 0.25, 0.25)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -295,18 +261,6 @@ def _resize_square(images, image_size):
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
-def stratified_split(labels, test_fraction, seed):
-    """Seeded per-class split: round(test_fraction · n_c) of each class's n_c items go to
-    the test set. Returns sorted (train, test) index arrays; the same seed, the same split."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    test = [rng.permutation(np.flatnonzero(labels == c))[:int(round(test_fraction * n))]
-            for c, n in zip(*np.unique(labels, return_counts=True))]
-    test = np.sort(np.concatenate(test)) if test else np.zeros(0, np.int64)
-    train = np.setdiff1d(np.arange(len(labels)), test)
-    return train, test
-
-
 def _check_test_fraction(test_fraction):
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"`test_fraction` must be in (0, 1); received {test_fraction}")
@@ -346,10 +300,8 @@ def retrieval_source(name, pool_images, pool_labels, split, *, pool_ids=None,
       (see RetrievalArrays for the memory this saves).
     pool_labels: class ids [N] or multi-hot [N, C]; pool_ids: each row's identity in the
       original dataset (default: the row index).
-    split: a hashing_splits.RetrievalSplit of row indices; rows in neither set are left out.
+    split: a splits.RetrievalSplit of row indices; rows in neither set are left out.
     """
-    from nac_tf.data.hashing_splits import contiguous_order
-
     pool_images = as_rgb(pool_images)
     pool_labels = _as_labels(pool_labels, len(pool_images), "pool_labels")
     pool_ids = (np.arange(len(pool_images), dtype=np.int64) if pool_ids is None
@@ -543,8 +495,6 @@ def cifar10_hashing_source(x_train, y_train, x_test, y_test, seed=0, queries_per
     database are the pretraining set. The source's train split holds those 5 000, its test
     split the 10 000 queries; `.retrieval` the queries and the 50 000-image database.
     """
-    from nac_tf.data.hashing_splits import class_balanced_retrieval_split
-
     pool_images = np.concatenate([as_rgb(x_train), as_rgb(x_test)])  # a fresh array: ours
     pool_labels = np.concatenate([_as_labels(y_train, len(x_train), "y_train"),
                                   _as_labels(y_test, len(x_test), "y_test")])
@@ -565,7 +515,7 @@ def load_cifar10_hashing_source(data_dir=None, seed=0, queries_per_class=1000,
     default; TFDS downloads CIFAR-10 if it is not there yet)."""
     if data_dir and os.path.isfile(data_dir):
         if not data_dir.endswith(".npz"):
-            raise ValueError(f"--data_dir={data_dir!r}: --dataset=cifar10_hashing takes an .npz "
+            raise ValueError(f"data_dir={data_dir!r}: dataset 'cifar10_hashing' takes an .npz "
                              f"archive with keys {', '.join(NPZ_KEYS)} or a TFDS data directory")
         cifar = load_npz_source(data_dir)
     else:
@@ -594,88 +544,3 @@ def _split_size(builder, split):
     if split in builder.info.splits:
         return builder.info.splits[split].num_examples
     return int(builder.as_dataset(split=split).cardinality())
-
-
-# ----------------------------------------------------------------------------- dispatch
-def load_source(dataset, data_dir=None, image_size=None, seed=0, on_corrupt="skip"):
-    """The ImageSource for `--dataset` (one of DATASETS).
-
-    data_dir: npz: the .npz file; image_folder: the root of class folders; imagenet2012:
-      the TFDS manual directory with the ImageNet tars (prepared files are written there
-      too); cifar10: an optional TFDS data directory; cifar10_hashing: an optional .npz
-      archive or TFDS data directory; flickr25k: the directory holding mirflickr/ and
-      mirflickr25k_annotations_v080/; digits: unused.
-    image_size: size to resize to for digits, image_folder, imagenet2012 and flickr25k
-      (defaults in DATASET_DEFAULTS); cifar10, cifar10_hashing and npz keep their native
-      size.
-    seed: the train/test split of digits and image_folder, and the retrieval split of
-      cifar10_hashing and flickr25k.
-    on_corrupt: image files that cannot be decoded (image_folder, flickr25k): "skip" leaves
-      them out and counts them in `source.num_skipped`, "raise" raises ValueError naming
-      the file.
-    """
-    if dataset not in DATASETS:
-        raise ValueError(f"--dataset={dataset!r} is not one of: {', '.join(DATASETS)}")
-    size = image_size or DATASET_DEFAULTS[dataset].image_size
-    if dataset == "digits":
-        return load_digits_source(image_size=size, seed=seed)
-    if dataset == "cifar10":
-        return load_tfds_source("cifar10", data_dir=data_dir or None)
-    if dataset == "cifar10_hashing":
-        if data_dir and not os.path.exists(data_dir):
-            raise FileNotFoundError(f"--data_dir={data_dir!r} does not exist; "
-                                    "--dataset=cifar10_hashing takes an optional .npz archive "
-                                    "or TFDS data directory")
-        return load_cifar10_hashing_source(data_dir or None, seed=seed)
-    needs = {"npz": "the path of the .npz archive",
-             "image_folder": "the root directory of class folders",
-             "imagenet2012": "the TFDS manual directory holding ILSVRC2012_img_train.tar and "
-                             "ILSVRC2012_img_val.tar",
-             "flickr25k": "the directory holding mirflickr/ (im1.jpg ... im25000.jpg) and "
-                          "mirflickr25k_annotations_v080/"}[dataset]
-    if not data_dir:
-        raise ValueError(f"--data_dir is required for --dataset={dataset}: {needs}")
-    if not os.path.exists(data_dir):
-        raise FileNotFoundError(f"--data_dir={data_dir!r} does not exist; --dataset={dataset} "
-                                f"needs {needs}")
-    if dataset == "npz":
-        return load_npz_source(data_dir)
-    if dataset == "image_folder":
-        return load_image_folder_source(data_dir, image_size=size, seed=seed,
-                                        on_corrupt=on_corrupt)
-    if dataset == "flickr25k":
-        from nac_tf.data import flickr25k  # it builds on this module
-
-        return flickr25k.load_flickr25k_source(data_dir, image_size=size, seed=seed,
-                                               on_corrupt=on_corrupt)
-    return load_tfds_source("imagenet2012", data_dir=data_dir, manual_dir=data_dir,
-                            image_size=size)
-
-
-def dataset_statistics(dataset, source: Optional[ImageSource] = None,
-                       chunk_size=4096) -> Tuple[Sequence[float], Sequence[float]]:
-    """Per-channel (mean, std) of [0, 1] pixels for the encoder's input normalisation.
-
-    CIFAR-10 and ImageNet use their published values (DATASET_DEFAULTS); other datasets
-    are measured on all training images of an array-backed `source`; otherwise
-    FALLBACK_MEAN / FALLBACK_STD.
-    """
-    if dataset not in DATASET_DEFAULTS:
-        raise ValueError(f"--dataset={dataset!r} is not one of: {', '.join(DATASETS)}")
-    defaults = DATASET_DEFAULTS[dataset]
-    if defaults.mean is not None:
-        return defaults.mean, defaults.std
-    if source is None or not source.has_arrays or source.num_train == 0:
-        return FALLBACK_MEAN, FALLBACK_STD
-    # Chunked sums: a float64 copy of a 60 000-image set would need gigabytes.
-    total = np.zeros(3)
-    total_sq = np.zeros(3)
-    for start in range(0, source.num_train, chunk_size):
-        chunk = source.train_images[start:start + chunk_size].astype(np.float64) / 255.0
-        total += chunk.sum(axis=(0, 1, 2))
-        total_sq += np.square(chunk).sum(axis=(0, 1, 2))
-    count = source.num_train * source.image_shape[0] * source.image_shape[1]
-    mean = total / count
-    # A constant channel would divide by zero in the encoder: floor the std.
-    std = np.maximum(np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0)), 1e-3)
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)

@@ -36,24 +36,6 @@ def embed_images(model, images, batch_size, output, label=None):
     return np.concatenate(parts)
 
 
-def float_image_encoder(model):
-    """encode_fn for `linear_evaluation_from_images` over an `ExportedModel`.
-
-    The linear evaluation hands the encoder float images in [0, 1]; the export takes uint8.
-    x = uint8 / 255 round-trips exactly through round(x * 255), so un-augmented features are
-    the SavedModel's own. The export's `features` function is a tf.function, so this traces.
-    """
-    import tensorflow as tf
-
-    features = model.module.features
-
-    def encode(images):
-        pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
-        return features(pixels)["features"]
-
-    return encode
-
-
 def retrieval_sets(source):
     """(query images, query labels, database images, database labels, description).
 

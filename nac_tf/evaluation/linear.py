@@ -31,6 +31,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nac_tf.data.pipeline import evaluation_images
+from nac_tf.data.splits import stratified_split
+
 SCHEDULES = ("cosine", "constant")
 # Pixels of zero padding of the CIFAR pad-and-crop augmentation (He et al., 2016).
 CROP_PADDING = 4
@@ -238,41 +241,6 @@ def _check_config(config):
 
 def _rng(seed, stream):
     return np.random.default_rng(np.random.SeedSequence([int(seed), stream]))
-
-
-def stratified_split(labels, validation_fraction, seed):
-    """(train_indices, validation_indices), seeded, disjoint, each sorted ascending.
-
-    Stratified: the validation size (fraction of N, rounded, or an explicit count) is shared
-    out over classes in proportion to their frequency by the largest-remainder method (ties
-    to the smaller class id), so every class keeps its share in both parts.
-    """
-    labels = np.asarray(labels, np.int64)
-    n = labels.shape[0]
-    if isinstance(validation_fraction, (int, np.integer)) \
-            and not isinstance(validation_fraction, bool):
-        num_validation = int(validation_fraction)
-    else:
-        num_validation = int(round(float(validation_fraction) * n))
-    if not 1 <= num_validation <= n - 1:
-        raise ValueError(f"validation_fraction={validation_fraction!r} holds out "
-                         f"{num_validation} of {n} training examples; the learning-rate "
-                         f"search needs at least one example on each side")
-    classes, counts = np.unique(labels, return_counts=True)
-    quotas = num_validation * counts / n
-    per_class = np.floor(quotas).astype(np.int64)
-    remainder = num_validation - int(per_class.sum())
-    # Largest fractional parts first; np.argsort is stable, so ties go to smaller class ids.
-    per_class[np.argsort(-(quotas - per_class), kind="stable")[:remainder]] += 1
-    rng = _rng(seed, _SPLIT_STREAM)
-    validation = []
-    for cls, take in zip(classes, per_class):
-        members = np.flatnonzero(labels == cls)
-        validation.append(rng.permutation(members)[:take])
-    validation = np.sort(np.concatenate(validation))
-    is_validation = np.zeros(n, bool)
-    is_validation[validation] = True
-    return np.flatnonzero(~is_validation), validation
 
 
 def epoch_orders(num_examples, epochs, seed):
@@ -483,7 +451,7 @@ def _protocol(train, train_inputs, train_labels, test_features, test_labels, num
         chosen = config.learning_rates[0]
     else:
         fit_idx, val_idx = stratified_split(train_labels, config.validation_fraction,
-                                            config.seed)
+                                            config.seed, _SPLIT_STREAM, "validation_fraction")
         num_validation = int(val_idx.size)
         val_features = (train_inputs[val_idx] if validation_features is None
                         else validation_features(val_idx))
@@ -520,16 +488,6 @@ def _check_images(name, images):
     return images
 
 
-def _to_float(images, image_size):
-    """uint8 [B, H, W, 3] -> float32 in [0, 1], resized as `make_eval_dataset` does."""
-    images = tf.cast(images, tf.float32) / 255.0
-    if image_size is not None and (images.shape[1] != image_size
-                                   or images.shape[2] != image_size):
-        images = tf.clip_by_value(
-            tf.image.resize(images, (image_size, image_size), antialias=True), 0.0, 1.0)
-    return images
-
-
 def pad_crop_flip(images, seed):
     """The CIFAR linear-evaluation augmentation on a float batch [B, H, W, C].
 
@@ -555,7 +513,7 @@ def pad_crop_flip(images, seed):
 def _encode_all(encode, images, batch_size, image_size):
     """Un-augmented features of uint8 images, in order (float32 NumPy [N, D])."""
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(
-        lambda batch: _to_float(batch, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+        lambda batch: evaluation_images(batch, image_size), num_parallel_calls=tf.data.AUTOTUNE)
     chunks = [np.asarray(encode(batch), np.float32)
               for batch in dataset.prefetch(tf.data.AUTOTUNE)]
     features = np.concatenate(chunks, axis=0)
@@ -580,7 +538,7 @@ def _train_augmented(encode, images, labels, num_classes, learning_rate, config,
 
     def load(step_index, batch_idx):
         seed = tf.stack([tf.constant(augment_seed, tf.int64), step_index])
-        batch = _to_float(tf.gather(images_t, batch_idx), image_size)
+        batch = evaluation_images(tf.gather(images_t, batch_idx), image_size)
         return pad_crop_flip(batch, seed), tf.gather(labels_t, batch_idx)
 
     # One pipeline over all epochs (batches never straddle two epochs), so prefetching

@@ -1,4 +1,4 @@
-"""Evaluation during training (`--eval_every_steps`): how the current networks are doing.
+"""Evaluation during training (`eval_every_steps`): how the current networks are doing.
 
 `TrainingMonitor` holds what stays fixed over a run (the data and a seeded subset of the
 retrieval queries) and `evaluate(model)` measures, on an `ExportedModel` over the current

@@ -23,7 +23,6 @@ from nac_tf.evaluation.knn import knn_accuracy
 from nac_tf.evaluation.linear import (LinearEvalConfig, linear_evaluation,
                                       linear_evaluation_from_images)
 from nac_tf.evaluation import retrieval
-from nac_tf.evaluation.exported_evaluation import float_image_encoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +48,24 @@ class EvaluationConfig:
             raise ValueError(f"knn_temperature must be > 0; got {self.knn_temperature}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
+
+
+def float_image_encoder(model):
+    """encode_fn for `linear_evaluation_from_images` over an `ExportedModel`.
+
+    The linear evaluation hands the encoder float images in [0, 1]; the export takes uint8.
+    x = uint8 / 255 round-trips exactly through round(x * 255), so un-augmented features are
+    the SavedModel's own. The export's `features` function is a tf.function, so this traces.
+    """
+    import tensorflow as tf
+
+    features = model.module.features
+
+    def encode(images):
+        pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
+        return features(pixels)["features"]
+
+    return encode
 
 
 def embed(model, images, batch_size=256, outputs=("features",)):

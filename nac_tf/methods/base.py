@@ -16,7 +16,7 @@ device computes on the same global batch of K images (tests/test_distribute.py):
 - negatives are the codes of the whole global batch, all-gathered with gradients to their
   owners; queues receive the whole global batch in the single-device row order;
 - the channel noise of a row is a function of its global row (`flip_signs`);
-- BatchNorm statistics are global with synchronized BatchNorm (`--batch_norm=sync`), local
+- BatchNorm statistics are global with synchronized BatchNorm (`batch_norm="sync"`), local
   otherwise; `per_view_batch_norm` runs every network once per view.
 """
 import dataclasses
@@ -37,7 +37,9 @@ _MASK_RESOLUTION = 2 ** 24
 
 @dataclasses.dataclass(frozen=True)
 class MethodConfig:
-    """The settings a method needs (a subset of PretrainConfig, kept free of run details)."""
+    """What every method shares: the heads' shape, the BatchNorm mode and the seed. A
+    method's own hyperparameters (NAC's flip probability, a queue's size, a temperature) are
+    arguments of its class, listed in its `HYPERPARAMETERS`."""
 
     code_dim: int = 128
     head_hidden_dim: int = 2048
@@ -45,23 +47,19 @@ class MethodConfig:
     head_scale_by_sqrt_dim: bool = True
     synchronized_batch_norm: bool = False
     per_view_batch_norm: bool = False
-    flip_prob: float = 0.1
-    queue_size: int = 50000
-    momentum: float = 0.99
-    l2_weight: float = 0.1
-    temperature: float = 0.5
     seed: int = 0
-    mq_negatives: str = "batch_in_queue"
-    queue_init_scale: float = 1e-3
     head_init: str = "keras"
 
 
-# What the NAC-MQ denominator holds besides the stored queue (see `nac_mq_loss`):
-# batch_in_queue: the current global batch's momentum codes written into the queue first
-#   (the authors' CIFAR code enqueues before computing the loss);
-# positive_key: each row's positive momentum key prepended (their ImageNet code, MoCo's way);
-# queue_only: the stored queue alone (Eq. 20 read literally).
-MQ_NEGATIVES = ("batch_in_queue", "positive_key", "queue_only")
+def check_in_range(name, value, low, high, low_open=False, high_open=False):
+    """`value` as a float, or ValueError naming `name` when it is outside the interval."""
+    value = float(value)
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if below or above:
+        raise ValueError(f"{name}={value} is outside the accepted range "
+                         f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+    return value
 
 
 def write_into_queue(queue, pointer, keys):
@@ -96,7 +94,13 @@ class PairLoss(NamedTuple):
 
 
 class TwoViewMethod(keras.Model):
-    """Base class: encoder + two-view train_step; subclasses add heads and a loss."""
+    """Base class: encoder + two-view train_step; subclasses add heads and a loss.
+
+    `HYPERPARAMETERS`: the names of a subclass's own constructor arguments, which are also
+    the PretrainConfig fields the trainer passes to it (`nac_tf.methods.hyperparameters_of`).
+    """
+
+    HYPERPARAMETERS = ()
 
     def __init__(self, encoder, config: MethodConfig, **kwargs):
         super().__init__(**kwargs)
@@ -160,8 +164,9 @@ class TwoViewMethod(keras.Model):
         return self.forward_views(lambda images: encoder(images, training=training),
                                   view1, view2)
 
-    def flip_signs(self, shape):
-        """Channel noise m in {-1, +1}, P(m = -1) = p, for this replica's rows at this step.
+    def flip_signs(self, shape, flip_prob):
+        """Channel noise m in {-1, +1}, P(m = -1) = `flip_prob`, for this replica's rows at
+        this step.
 
         `shape` is this replica's [2k, D]. The mask is a function of the GLOBAL row: the
         [2K, D] mask of the whole global batch, in the single-device layout, is drawn from
@@ -184,7 +189,7 @@ class TwoViewMethod(keras.Model):
         uniform = tf.random.stateless_uniform(
             global_shape, seed=seed, minval=0, maxval=_MASK_RESOLUTION, dtype=tf.int32,
             alg="philox")
-        flip = uniform < int(round(self.method_config.flip_prob * _MASK_RESOLUTION))
+        flip = uniform < int(round(flip_prob * _MASK_RESOLUTION))
         return distribute.replica_view_pair_rows(tf.where(flip, -1.0, 1.0))
 
     @property
@@ -289,12 +294,21 @@ class MomentumQueueMethod(TwoViewMethod):
     views) are written into the ring buffer, oldest first (MoCo convention).
     """
 
+    def __init__(self, encoder, config, *, queue_size, momentum, queue_init_scale, **kwargs):
+        super().__init__(encoder, config, **kwargs)
+        if isinstance(queue_size, bool) or int(queue_size) != queue_size or queue_size < 1:
+            raise ValueError(f"queue_size must be a positive integer; got {queue_size!r}")
+        self.queue_size = int(queue_size)
+        self.momentum = check_in_range("momentum", momentum, 0.0, 1.0, high_open=True)
+        self.queue_init_scale = check_in_range("queue_init_scale", queue_init_scale, 0.0,
+                                               float("inf"), low_open=True)
+
     def queue_initializer(self, seed):
         """Initial queue entries: small Gaussian noise N(0, queue_init_scale^2), as the
         authors' code initialises its queues (scale 1e-3), seeded from the run's seed so that
         two runs of one command (and a killed run and its resume) start from the same queue.
         NAC scores them as near-zero codes; MoCo normalises them (the scale cancels)."""
-        return keras.initializers.RandomNormal(stddev=self.method_config.queue_init_scale,
+        return keras.initializers.RandomNormal(stddev=self.queue_init_scale,
                                                seed=seed)
 
     def global_keys(self, keys):
@@ -305,9 +319,9 @@ class MomentumQueueMethod(TwoViewMethod):
         c = self.method_config
         copies = [self.momentum_copy(net, f"momentum_{net.name}") for net in online_networks]
         self.momentum_networks = copies
-        self._momentum = MomentumNetworks(online_networks, copies, c.momentum)
+        self._momentum = MomentumNetworks(online_networks, copies, self.momentum)
         self.queue = self.add_weight(
-            shape=(c.queue_size, c.code_dim), initializer=self.queue_initializer(c.seed),
+            shape=(self.queue_size, c.code_dim), initializer=self.queue_initializer(c.seed),
             trainable=False, name="queue")
         self.queue_pointer = self.add_weight(
             shape=(), dtype="int32", initializer="zeros", trainable=False, name="queue_pointer")
@@ -330,5 +344,5 @@ class MomentumQueueMethod(TwoViewMethod):
             keys = self.global_keys(state["keys"])
         pointer = tf.convert_to_tensor(self.queue_pointer)
         new_queue = write_into_queue(tf.convert_to_tensor(self.queue), pointer, keys)
-        new_pointer = (pointer + tf.shape(keys)[0]) % self.method_config.queue_size
+        new_pointer = (pointer + tf.shape(keys)[0]) % self.queue_size
         distribute.assign_variables([self.queue, self.queue_pointer], [new_queue, new_pointer])

@@ -2,7 +2,7 @@
 import keras
 import tensorflow as tf
 
-from nac_tf.methods.base import MomentumQueueMethod, PairLoss
+from nac_tf.methods.base import MomentumQueueMethod, PairLoss, check_in_range
 from nac_tf.objectives import info_nce_loss
 
 
@@ -10,11 +10,18 @@ class MoCoV2(MomentumQueueMethod):
     """Online encoder + MLP head (queries), momentum copies (keys), queue of keys.
 
     Symmetrised over the two views: each view's query is matched with the other view's
-    momentum key, and both views' keys are enqueued.
+    momentum key, and both views' keys are enqueued. `temperature`: tau of InfoNCE;
+    `queue_size`, `momentum`, `queue_init_scale`: the queue and EMA networks'.
     """
 
-    def __init__(self, encoder, config, **kwargs):
-        super().__init__(encoder, config, **kwargs)
+    HYPERPARAMETERS = ("temperature", "queue_size", "momentum", "queue_init_scale")
+
+    def __init__(self, encoder, config, *, temperature=0.5, queue_size=50000, momentum=0.99,
+                 queue_init_scale=1e-3, **kwargs):
+        super().__init__(encoder, config, queue_size=queue_size, momentum=momentum,
+                         queue_init_scale=queue_init_scale, **kwargs)
+        self.temperature = check_in_range("temperature", temperature, 0.0, float("inf"),
+                                          low_open=True)
         self.projection_head = self.make_head("projection_head")
         self.momentum_encoder, self.momentum_projection_head = self.init_momentum(
             [self.encoder, self.projection_head])
@@ -34,5 +41,5 @@ class MoCoV2(MomentumQueueMethod):
             keras.ops.cast(self.forward_views(momentum, view1, view2), "float32"),
             axis=-1, order=2))
         loss = info_nce_loss(queries, keys, tf.convert_to_tensor(self.queue),
-                             self.method_config.temperature)
+                             self.temperature)
         return PairLoss(loss, {}, queries[:tf.shape(view1)[0]], {"keys": keys})

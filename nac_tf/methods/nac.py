@@ -3,7 +3,7 @@ import keras
 import tensorflow as tf
 
 from nac_tf import distribute
-from nac_tf.methods.base import PairLoss, TwoViewMethod, binary_codes
+from nac_tf.methods.base import PairLoss, TwoViewMethod, binary_codes, check_in_range
 from nac_tf.objectives import nac_loss, nac_mutual_information_bound
 
 
@@ -13,10 +13,14 @@ class NAC(TwoViewMethod):
     phi reads the representation of one view and predicts the noisy code of the other view
     (the pairing happens inside `nac_loss`), so it cannot copy the code it is asked for.
     Negatives are the codes of the whole global batch, self included (as the authors do).
+    `flip_prob`: the channel's bit-flip probability p in (0, 0.5).
     """
 
-    def __init__(self, encoder, config, **kwargs):
+    HYPERPARAMETERS = ("flip_prob",)
+
+    def __init__(self, encoder, config, *, flip_prob=0.1, **kwargs):
         super().__init__(encoder, config, **kwargs)
+        self.flip_prob = check_in_range("flip_prob", flip_prob, 0.0, 0.5, True, True)
         self.projection_head = self.make_head("projection_head")
         self.inference_network = self.make_head("inference_network")
 
@@ -30,11 +34,11 @@ class NAC(TwoViewMethod):
         # Losses in float32 whatever the compute dtype (mixed precision).
         a, logits = keras.ops.cast(a, "float32"), keras.ops.cast(logits, "float32")
         codes = keras.ops.tanh(a)
-        signs = self.flip_signs(tf.shape(codes))
+        signs = self.flip_signs(tf.shape(codes), self.flip_prob)
         # The 2K codes of the global batch (the denominator of Eq. 19 is order-invariant;
         # the single-device order just makes the matrix literally the one-device one).
         negatives = distribute.gather_view_pairs(codes)
-        p = self.method_config.flip_prob
+        p = self.flip_prob
         loss = nac_loss(codes, logits, signs, p, negatives=negatives)
         # The bound of Eq. 18 holds for the binary code c = sgn(a), not for its relaxation.
         codes_sign, negatives_sign = binary_codes(a), binary_codes(negatives)

@@ -2,7 +2,8 @@
 import keras
 import tensorflow as tf
 
-from nac_tf.methods.base import (MQ_NEGATIVES, MomentumQueueMethod, PairLoss, binary_codes,
+from nac_tf.config import MQ_NEGATIVES
+from nac_tf.methods.base import (MomentumQueueMethod, PairLoss, binary_codes, check_in_range,
                                  write_into_queue)
 from nac_tf.objectives import (inference_likelihood_loss, nac_mq_loss,
                                nac_mq_mutual_information_bound)
@@ -22,13 +23,25 @@ class NACMQ(MomentumQueueMethod):
     `MQ_NEGATIVES`): by default they are written into the queue before the loss, as the
     authors' CIFAR code does, so a fresh queue of near-zero entries still gives every code
     real negatives; after the step the queue keeps them (the same write).
+
+    `flip_prob`: the channel's p; `queue_size` M; `momentum` m of the EMA networks;
+    `l2_weight` lambda; `queue_init_scale`: std of the initial queue entries.
     """
 
-    def __init__(self, encoder, config, **kwargs):
-        if config.mq_negatives not in MQ_NEGATIVES:
+    HYPERPARAMETERS = ("flip_prob", "queue_size", "momentum", "l2_weight", "mq_negatives",
+                       "queue_init_scale")
+
+    def __init__(self, encoder, config, *, flip_prob=0.1, queue_size=50000, momentum=0.99,
+                 l2_weight=0.1, mq_negatives="batch_in_queue", queue_init_scale=1e-3,
+                 **kwargs):
+        if mq_negatives not in MQ_NEGATIVES:
             raise ValueError(f"mq_negatives must be one of {', '.join(MQ_NEGATIVES)}; got "
-                             f"{config.mq_negatives!r}")
-        super().__init__(encoder, config, **kwargs)
+                             f"{mq_negatives!r}")
+        super().__init__(encoder, config, queue_size=queue_size, momentum=momentum,
+                         queue_init_scale=queue_init_scale, **kwargs)
+        self.flip_prob = check_in_range("flip_prob", flip_prob, 0.0, 0.5, True, True)
+        self.l2_weight = check_in_range("l2_weight", l2_weight, 0.0, float("inf"))
+        self.mq_negatives = mq_negatives
         self.projection_head = self.make_head("projection_head")
         self.inference_network = self.make_head("inference_network")
         (self.momentum_encoder, self.momentum_projection_head,
@@ -36,8 +49,6 @@ class NACMQ(MomentumQueueMethod):
             [self.encoder, self.projection_head, self.inference_network])
 
     def view_pair_loss(self, view1, view2, training):
-        c = self.method_config
-
         def online(images):
             h = self.encoder(images, training=training)
             # Online phi on a stop-gradient h: its likelihood term trains phi only.
@@ -58,23 +69,23 @@ class NACMQ(MomentumQueueMethod):
         momentum_codes = tf.stop_gradient(keras.ops.tanh(keras.ops.cast(momentum_a, "float32")))
         momentum_logits = tf.stop_gradient(keras.ops.cast(momentum_logits, "float32"))
 
-        signs = self.flip_signs(tf.shape(codes))
+        signs = self.flip_signs(tf.shape(codes), self.flip_prob)
         queue = tf.convert_to_tensor(self.queue)
         positive_keys = None
         state = {"keys": momentum_codes}
-        if c.mq_negatives == "batch_in_queue":
+        if self.mq_negatives == "batch_in_queue":
             # Gathered once: after the step the queue receives these same keys.
             state["global_keys"] = self.global_keys(momentum_codes)
             queue = write_into_queue(queue, tf.convert_to_tensor(self.queue_pointer),
                                      state["global_keys"])
-        elif c.mq_negatives == "positive_key":
+        elif self.mq_negatives == "positive_key":
             positive_keys = momentum_codes
-        code_loss = nac_mq_loss(codes, momentum_logits, signs, c.flip_prob, queue, c.l2_weight,
+        code_loss = nac_mq_loss(codes, momentum_logits, signs, self.flip_prob, queue, self.l2_weight,
                                 positive_keys=positive_keys)
         likelihood_loss = inference_likelihood_loss(logits, signs * codes)
         # The bound of Eq. 18 holds for binary codes c = sgn(a), not for their relaxation.
         mi_bound = nac_mq_mutual_information_bound(
-            binary_codes(a), momentum_logits, signs, c.flip_prob, binary_codes(queue),
+            binary_codes(a), momentum_logits, signs, self.flip_prob, binary_codes(queue),
             positive_keys=None if positive_keys is None else binary_codes(positive_keys))
         num_images = tf.shape(view1)[0]
         metrics = {"mi_bound": mi_bound, "code_loss": code_loss,

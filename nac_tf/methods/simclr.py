@@ -3,15 +3,20 @@ import keras
 import tensorflow as tf
 
 from nac_tf import distribute
-from nac_tf.methods.base import PairLoss, TwoViewMethod
+from nac_tf.methods.base import PairLoss, TwoViewMethod, check_in_range
 from nac_tf.objectives import nt_xent_loss
 
 
 class SimCLR(TwoViewMethod):
-    """Encoder + projection head; negatives are all other views of the global batch."""
+    """Encoder + projection head; negatives are all other views of the global batch.
+    `temperature`: tau of NT-Xent."""
 
-    def __init__(self, encoder, config, **kwargs):
+    HYPERPARAMETERS = ("temperature",)
+
+    def __init__(self, encoder, config, *, temperature=0.5, **kwargs):
         super().__init__(encoder, config, **kwargs)
+        self.temperature = check_in_range("temperature", temperature, 0.0, float("inf"),
+                                          low_open=True)
         self.projection_head = self.make_head("projection_head")
 
     def view_pair_loss(self, view1, view2, training):
@@ -27,6 +32,6 @@ class SimCLR(TwoViewMethod):
         # their order, so the loss is the single-device one.
         negatives = distribute.gather_across_replicas(unit)
         offset = distribute.replica_id() * tf.shape(a)[0]
-        loss = nt_xent_loss(a, self.method_config.temperature, negatives=negatives,
+        loss = nt_xent_loss(a, self.temperature, negatives=negatives,
                             negatives_offset=offset)
         return PairLoss(loss, {}, a[:tf.shape(view1)[0]])

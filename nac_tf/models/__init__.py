@@ -21,11 +21,11 @@ Variable path convention (LARS selects what to exclude from weight decay by path
 from nac_tf.models.cloning import clone_encoder, clone_head
 from nac_tf.models.heads import ProjectionHead
 from nac_tf.models.layers import (
-    BATCH_NORM_EPSILON, BATCH_NORM_PATH_PATTERN, DEFAULT_BATCH_NORM_MOMENTUM, STEMS)
-from nac_tf.models.registry import ENCODERS, build_encoder, encoder_output_dim
+    BATCH_NORM_EPSILON, BATCH_NORM_PATH_PATTERN, DEFAULT_BATCH_NORM_MOMENTUM)
+from nac_tf.models.registry import ENCODER_BUILDERS, build_encoder, encoder_output_dim
 
 __all__ = [
-    "BATCH_NORM_EPSILON", "BATCH_NORM_PATH_PATTERN", "DEFAULT_BATCH_NORM_MOMENTUM", "ENCODERS",
-    "STEMS", "ProjectionHead", "build_encoder", "clone_encoder", "clone_head",
+    "BATCH_NORM_EPSILON", "BATCH_NORM_PATH_PATTERN", "DEFAULT_BATCH_NORM_MOMENTUM",
+    "ENCODER_BUILDERS", "ProjectionHead", "build_encoder", "clone_encoder", "clone_head",
     "encoder_output_dim",
 ]

@@ -8,10 +8,10 @@ import math
 
 import keras
 
+from nac_tf.config import HEAD_INITIALIZERS
 from nac_tf.models.layers import BATCH_NORM_EPSILON, DEFAULT_BATCH_NORM_MOMENTUM
 
 
-HEAD_INITIALIZERS = ("keras", "pytorch")
 
 
 def _use_pytorch_linear_init(dense, fan_in):

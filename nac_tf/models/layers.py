@@ -10,7 +10,7 @@ import re
 
 import keras
 
-STEMS = ("cifar", "imagenet")
+from nac_tf.config import ENCODER_STEMS
 
 # PyTorch's BatchNorm defaults (momentum 0.1 there = 0.9 here, eps 1e-5), as in the authors'
 # code. Keras' own default momentum (0.99) averages over ~100 steps and lags behind on short
@@ -39,8 +39,9 @@ def check_model_name(name):
 def check_stem(stem, accept_none=False):
     if stem is None and accept_none:
         return
-    if stem not in STEMS:
-        raise ValueError(f"stem={stem!r} is not one of the accepted values: {', '.join(STEMS)}")
+    if stem not in ENCODER_STEMS:
+        raise ValueError(f"stem={stem!r} is not one of the accepted values: "
+                         f"{', '.join(ENCODER_STEMS)}")
 
 
 def check_input_shape(input_shape):

@@ -1,10 +1,10 @@
-"""Encoders by name: the values accepted by the `--encoder` flag."""
+"""Encoders by name (the names: `nac_tf.config.ENCODERS`)."""
 from nac_tf.models.layers import DEFAULT_BATCH_NORM_MOMENTUM
 from nac_tf.models.resnet import resnet18, resnet34, resnet50, resnet_tiny
 from nac_tf.models.small_cnn import small_cnn
 from nac_tf.models.vgg import vgg16_bn
 
-ENCODERS = {
+ENCODER_BUILDERS = {
     "resnet18": resnet18,
     "resnet34": resnet34,
     "resnet50": resnet50,
@@ -26,9 +26,9 @@ _RESNETS = ("resnet18", "resnet34", "resnet50", "resnet_tiny")
 
 
 def _check_encoder_name(name):
-    if name not in ENCODERS:
-        raise ValueError(f"encoder={name!r} (flag --encoder) is not a known encoder; accepted "
-                         f"values: {', '.join(ENCODERS)}")
+    if name not in ENCODER_BUILDERS:
+        raise ValueError(f"encoder={name!r} is not a known encoder; accepted "
+                         f"values: {', '.join(ENCODER_BUILDERS)}")
 
 
 def build_encoder(name, input_shape, *, stem="cifar", mean=None, std=None,
@@ -51,7 +51,7 @@ def build_encoder(name, input_shape, *, stem="cifar", mean=None, std=None,
     elif zero_init_residual:
         raise ValueError(f"zero_init_residual=True applies to ResNet encoders "
                          f"({', '.join(_RESNETS)}), not to encoder={name!r}")
-    return ENCODERS[name](tuple(input_shape), **kwargs)
+    return ENCODER_BUILDERS[name](tuple(input_shape), **kwargs)
 
 
 def encoder_output_dim(name):

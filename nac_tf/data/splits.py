@@ -1,5 +1,7 @@
-"""Seeded query / database / training splits of the hash-code retrieval protocol
-(docs/protocols.md section 2).
+"""Seeded splits of labelled data: a stratified held-out set (`stratified_split`: the test
+split of digits and image folders, the linear probe's validation split), and the query /
+database / training splits of the hash-code retrieval protocol (docs/protocols.md
+section 2).
 
 CIFAR-10 (Yang et al., 2019, used by the paper's Table 3): pool the 60 000 train and test
 images; draw 1 000 queries per class; the other 50 000 images are the database; pretraining
@@ -11,6 +13,39 @@ training images drawn from the database (`random_retrieval_split`).
 import dataclasses
 
 import numpy as np
+
+
+def stratified_split(labels, held_out, seed, stream=0, name="held_out"):
+    """(kept indices, held-out indices) of class-id `labels` [N], seeded, disjoint, each
+    sorted ascending.
+
+    `held_out`: a fraction of N (rounded) or an explicit count. Stratified: that number is
+    shared out over the classes in proportion to their frequency by the largest-remainder
+    method (ties to the smaller class id), so every class keeps its share on both sides;
+    within a class the held-out items are drawn from the random stream (seed, `stream`).
+    ValueError (naming the argument as `name`) unless both sides get at least one item.
+    """
+    labels = np.asarray(labels, np.int64)
+    n = labels.shape[0]
+    if isinstance(held_out, (int, np.integer)) and not isinstance(held_out, bool):
+        count = int(held_out)
+    else:
+        count = int(round(float(held_out) * n))
+    if not 1 <= count <= n - 1:
+        raise ValueError(f"{name}={held_out!r} holds out {count} of {n} examples; both sides "
+                         "need at least one")
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = count * counts / n
+    per_class = np.floor(quotas).astype(np.int64)
+    remainder = count - int(per_class.sum())
+    # Largest fractional parts first; np.argsort is stable, so ties go to smaller class ids.
+    per_class[np.argsort(-(quotas - per_class), kind="stable")[:remainder]] += 1
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(stream)]))
+    held = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:take]
+                                   for c, take in zip(classes, per_class)]))
+    is_held = np.zeros(n, bool)
+    is_held[held] = True
+    return np.flatnonzero(~is_held), held
 
 
 @dataclasses.dataclass(frozen=True)
