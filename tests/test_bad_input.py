@@ -45,7 +45,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert last_good < stopped and steps == list(range(1, last_good + 1))
     assert f"the last good checkpoint is {config.model_dir}/checkpoints/ckpt-{last_good}" \
         in message
-    assert "Lower --learning_rate" in message
+    assert "Lower learning_rate" in message
     reader = tf.train.load_checkpoint(os.path.join(config.model_dir, "checkpoints",
                                                    f"ckpt-{last_good}"))
     for name, _ in tf.train.list_variables(os.path.join(config.model_dir, "checkpoints",
@@ -83,7 +83,7 @@ def test_corrupt_image_folder_files_are_skipped_and_counted(tmp_path):
     assert results["num_skipped_images"] == 2
     with open(os.path.join(config.model_dir, "results.json")) as f:
         assert json.load(f)["num_skipped_images"] == 2
-    assert any(m.startswith("2 image file(s) in") and "--on_corrupt=skip" in m
+    assert any(m.startswith("2 image file(s) in") and "on_corrupt='skip'" in m
                for m in messages)
     with pytest.raises(ConfigError) as error:
         pretrain(config.replace(on_corrupt="raise", model_dir=str(tmp_path / "raise")),

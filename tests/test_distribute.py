@@ -400,7 +400,7 @@ def test_strategies_that_cannot_start_here_fail_naming_the_flag(monkeypatch):
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                             timeout=120, env=env,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert "CONFIG_ERROR --strategy: tpu: no TPU reachable" in result.stdout, result.stderr
+    assert "CONFIG_ERROR strategy: tpu: no TPU reachable" in result.stdout, result.stderr
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ConfigError, match=r"strategy: multi_worker needs the TF_CONFIG"):
         distribute.make_strategy("multi_worker")
