@@ -110,7 +110,8 @@ _HELP = {
     "steps_per_loop": "Optimizer steps per tf.function call (larger amortises host overhead).",
     "checkpoint_every_steps": "Checkpoint interval in steps.",
     "keep_checkpoints": "How many recent checkpoints to keep.",
-    "log_every_steps": "TensorBoard scalar interval in steps.",
+    "log_every_steps": "Interval in steps of the TensorBoard scalars and of the histogram of the "
+                       "code pre-activations.",
     "knn_k": "Neighbours of the kNN monitor.",
     "knn_temperature": "Vote temperature of the kNN monitor.",
     "linear_eval_epochs": "Epochs of each linear-probe fit in the final evaluation (learning rate "
