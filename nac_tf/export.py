@@ -126,7 +126,9 @@ class ExportModule(tf.Module):
         h = self.encoder(self._preprocess(images), training=False)
         return tf.cast(h, tf.float32)  # float32 even for a mixed-precision encoder
 
-    def _pre_activations(self, images):
+    def pre_activations(self, images):
+        """a float32 [N, D], the head's outputs whose signs are the hash codes. Not a
+        signature: the trainer traces it for its TensorBoard histogram."""
         a = self.projection_head(self.encoder(self._preprocess(images), training=False),
                                  training=False)
         return tf.cast(a, tf.float32)
@@ -139,12 +141,12 @@ class ExportModule(tf.Module):
     @tf.function(input_signature=[IMAGE_SPEC])
     def hash_codes(self, images):
         """{"hash_codes": uint8 [N, ceil(D/8)]}: np.packbits(a > 0, axis=1)."""
-        return {"hash_codes": pack_bits(self._pre_activations(images) > 0)}
+        return {"hash_codes": pack_bits(self.pre_activations(images) > 0)}
 
     @tf.function(input_signature=[IMAGE_SPEC])
     def codes(self, images):
         """{"codes": z = tanh(a) float32 [N, D]}."""
-        return {"codes": tf.tanh(self._pre_activations(images))}
+        return {"codes": tf.tanh(self.pre_activations(images))}
 
     def signature_map(self):
         """The signature map for tf.saved_model.save."""

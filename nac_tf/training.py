@@ -3,10 +3,12 @@
 `pretrain(config)` is everything `nac-train` does after parsing flags; `build_method` and
 `view_pair_dataset` give the same method, optimizer and input pipeline for `model.fit`. It
 writes the run directory (`nac_tf.run_directory`): flags.json, checkpoints/, tensorboard/
-(scalars every `log_every_steps`), and results.json at the end. With `eval_every_steps`,
-the chief also evaluates the current networks during training (`nac_tf.evaluation.monitor`:
-kNN top-1, subset Hamming mAP@all) into TensorBoard (eval/...) and `trajectory.json`, which
-`results.json` repeats as "trajectory".
+(scalars and a histogram of the code pre-activations every `log_every_steps`, augmented view
+pairs at the start, the final evaluation under final/...: `nac_tf.summaries`), and
+results.json at the end. With `eval_every_steps`, the chief also evaluates the current
+networks during training (`nac_tf.evaluation.monitor`: kNN top-1, subset Hamming mAP@all)
+into TensorBoard (eval/...) and `trajectory.json`, which `results.json` repeats as
+"trajectory".
 
 Checkpoints (every `checkpoint_every_steps`, at the end, and on a stop request such as
 SIGTERM) hold the model, the optimizer (slots, step, loss scale), the momentum networks and
@@ -51,6 +53,7 @@ from nac_tf.run_directory import (
     CHECKPOINT_DIR, INPUT_STATISTICS_FILE, RANDOM_INIT_EVAL_FILE, RESULTS_FILE, TENSORBOARD_DIR,
     TRAJECTORY_FILE, latest_checkpoint, path_in, prepare_run_directory, read_json,
     read_trajectory, write_json)
+from nac_tf.summaries import CodeHistogram, probe_images, write_final_metrics, write_view_pairs
 
 
 class NonFiniteLossError(RuntimeError):
@@ -382,6 +385,15 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
             lambda context: make_pretrain_dataset(source, augmenter, config.batch_size,
                                                   context, seed=config.seed,
                                                   start_batch=start_batch))
+        summaries = _summary_writer(config, role)
+        code_histogram = None
+        if role.is_chief:
+            code_histogram = CodeHistogram(method, image_size, probe_images(source))
+            if int(optimizer.iterations.numpy()) == 0:
+                # A new run: what it starts from (resumed runs wrote these already).
+                with summaries.as_default(step=0):
+                    write_view_pairs(source, augmenter, config.batch_size, config.seed)
+                    code_histogram.write()
 
         log(f"{config.method} on {config.dataset}: encoder {config.encoder}, {replicas} "
             f"replica(s), global batch {config.batch_size}, {total_steps} steps "
@@ -389,7 +401,7 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
 
         metrics, train_seconds = _train_loop(
             config, strategy, method, optimizer, dataset, writer, input_position,
-            total_steps, log, stop_requested or (lambda: False),
+            total_steps, log, stop_requested or (lambda: False), summaries, code_histogram,
             # Every worker stops at the evaluation steps; only the chief evaluates.
             eval_every_steps=config.eval_every_steps if source.has_arrays else 0,
             on_eval=evaluation if evaluation is not None and evaluation.monitor else None)
@@ -415,6 +427,9 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
         if os.path.exists(initial_eval_path):
             results.update(read_json(initial_eval_path))
         log(summary_table(results))
+        with summaries.as_default(step=results["steps"]):
+            write_final_metrics(results)
+        summaries.flush()
     write_json(path_in(config.model_dir, RESULTS_FILE), results)
     return results
 
@@ -442,10 +457,20 @@ def _stop_agreement(strategy, role):
     return lambda flag: float(votes(tf.constant(1.0 if flag else 0.0))) > 0
 
 
+def _summary_writer(config, role):
+    """The run's TensorBoard writer (tensorboard/) on the chief, a no-op one elsewhere."""
+    if role.is_chief:
+        return tf.summary.create_file_writer(path_in(config.model_dir, TENSORBOARD_DIR))
+    return tf.summary.create_noop_writer()
+
+
 def _train_loop(config, strategy, method, optimizer, dataset, writer, input_position,
-                total_steps, log, stop_requested, eval_every_steps=0, on_eval=None):
+                total_steps, log, stop_requested, summaries, code_histogram=None,
+                eval_every_steps=0, on_eval=None):
     """Runs the steps up to `total_steps`; (last metrics, seconds spent training).
 
+    Every `log_every_steps` the step's metrics and the learning rate go to `summaries`, and
+    `code_histogram` (a CodeHistogram, or None) writes its histogram.
     `on_eval(step, metrics, summaries)` runs every `eval_every_steps` steps (the loop stops
     there); its time is not counted as training time.
     """
@@ -465,8 +490,6 @@ def _train_loop(config, strategy, method, optimizer, dataset, writer, input_posi
             logs = strategy.run(replica_step, args=(next(iterator),))
         return reduce(logs)
 
-    summaries = (tf.summary.create_file_writer(path_in(config.model_dir, TENSORBOARD_DIR))
-                 if role.is_chief else tf.summary.create_noop_writer())
     step = int(optimizer.iterations.numpy())
     saved_step = step if writer.latest else None
     # A live bar on a terminal; in logs (CI, batch jobs) one line per checkpoint instead.
@@ -519,6 +542,8 @@ def _train_loop(config, strategy, method, optimizer, dataset, writer, input_posi
                 for name, value in metrics.items():
                     tf.summary.scalar(name, value)
                 tf.summary.scalar("learning_rate", _current_learning_rate(optimizer))
+                if code_histogram is not None:
+                    code_histogram.write()
         if on_eval is not None and step % eval_every_steps == 0:
             # Before the checkpoint: an evaluation after the last checkpoint of a session
             # that dies is dropped on resume (and redone).

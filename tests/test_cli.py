@@ -1,9 +1,13 @@
 """The shell every command shares (nac_tf.cli.common): --help, flag errors, exit codes."""
 import os
+import platform
+import re
 import subprocess
 import sys
 
 import pytest
+
+from nac_tf.cli import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBPROCESS_ENV = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
@@ -68,3 +72,54 @@ def test_importing_nac_tf_does_not_import_tensorflow():
     result = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=SUBPROCESS_ENV,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# A C++ INFO line of TensorFlow, in absl's format or TensorFlow's older own.
+_CPP_INFO_LINE = re.compile(r"^(I\d{4} \d\d:\d\d:|\d{4}-\d\d-\d\d [\d:.]+: I )", re.MULTILINE)
+_CPP_ERROR_LINE = re.compile(r"^(E\d{4} \d\d:\d\d:|\d{4}-\d\d-\d\d [\d:.]+: E )")
+
+
+@pytest.mark.parametrize("verbosity", [None, "0"])
+def test_tensorflow_start_up_info_lines_only_with_verbosity(tmp_path, verbosity):
+    """A command that imports TensorFlow (nac-train stops at --flip_prob, which is checked
+    after the import) prints its error and, by default, nothing from TensorFlow below
+    ERROR (on a machine without a CUDA driver TensorFlow 2.21 still logs "failed call to
+    cuInit" at ERROR); --verbosity=0 lets TensorFlow's INFO lines through."""
+    env = {k: v for k, v in SUBPROCESS_ENV.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    args = ["--config=quickstart", "--flip_prob=0.7", f"--model_dir={tmp_path / 'run'}"]
+    if verbosity is not None:
+        args.append(f"--verbosity={verbosity}")
+    result = subprocess.run([sys.executable, "-m", "nac_tf.cli.train", *args], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = "error: --flip_prob: 0.7 is outside the accepted range (0.0, 0.5)"
+    if verbosity is None:
+        *others, last = result.stderr.splitlines()
+        assert last == error
+        assert all(_CPP_ERROR_LINE.match(line) for line in others), others
+    else:
+        assert result.stderr.splitlines()[-1] == error
+        if platform.system() == "Linux" and platform.machine() == "x86_64":
+            # TensorFlow's x86 Linux builds announce oneDNN at INFO when they load.
+            assert _CPP_INFO_LINE.search(result.stderr), result.stderr[-2000:]
+
+
+def test_verbosity_maps_to_tensorflow_log_levels():
+    assert [common.tensorflow_log_level(v) for v in (2, 1, 0, -1, -2, -3, -4)] == \
+        [0, 0, 0, 1, 2, 3, 3]
+    lines = {
+        b"I0000 00:00:1796094096.399427   25167 port.cc:153] oneDNN custom operations": 0,
+        b"W0000 00:00:1796094096.399427   25167 x.cc:1] a warning": 1,
+        b"E0000 00:00:1796094097.803175   25167 cuda_platform.cc:52] failed call": 2,
+        b"2025-09-17 14:44:05.157831: I external/xla/tsl/cuda/cudart_stub.cc:32] Could": 0,
+        b"2025-09-17 14:44:05.157831: E external/xla/cuda_dnn.cc:8579] Unable": 2,
+        b"WARNING: All log messages before absl::InitializeLog() is called are written to "
+        b"STDERR\n": 0,
+        b"Traceback (most recent call last):\n": 3,
+        b"I0000 is not a log line\n": 3,
+    }
+    for line, highest_level_showing_it in lines.items():
+        for level in range(4):
+            assert common.keeps_log_line(line, level) == (level <= highest_level_showing_it), \
+                (line, level)

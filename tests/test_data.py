@@ -799,6 +799,19 @@ def test_pretrain_dataset_resumes_at_any_batch_with_the_same_views(digits):
         pipeline.make_pretrain_dataset(digits, augmenter, 16, start_batch=-1)
 
 
+def test_first_view_pairs_are_the_first_rows_of_the_pretraining_batch(digits):
+    augmenter = ViewPairAugmenter(views.cifar_recipe(image_size=8), seed=3)
+    batches = list(pipeline.make_pretrain_dataset(digits, augmenter, 16, seed=0).take(2))
+    view1, view2 = pipeline.first_view_pairs(digits, augmenter, 16, 4, seed=0)
+    assert view1.shape == (4, 8, 8, 3) and view1.dtype == tf.float32
+    np.testing.assert_allclose(view1, batches[0][0][:4], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(view2, batches[0][1][:4], rtol=0, atol=1e-6)
+    # Another batch; `count` is capped at the global batch.
+    view1, view2 = pipeline.first_view_pairs(digits, augmenter, 16, 50, seed=0, batch_index=1)
+    np.testing.assert_allclose(view1, batches[1][0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(view2, batches[1][1], rtol=0, atol=1e-6)
+
+
 def test_pretrain_dataset_with_augmenter_under_mirrored_strategy(digits, two_replica_strategy):
     strategy = two_replica_strategy
     augmenter = ViewPairAugmenter(views.cifar_recipe(image_size=8), seed=0)

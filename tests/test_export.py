@@ -262,3 +262,84 @@ def test_command_refuses_a_missing_model_dir(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "error: --model_dir: is required" in result.stderr
     assert not os.path.exists(missing)
+
+
+# ----------------------------------------------------------------------------- TF Serving
+def _readme_serving_section():
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    start = readme.index("## Serving with TensorFlow Serving")
+    end = readme.find("\n## ", start + 1)
+    return readme[start:end if end >= 0 else None]
+
+
+def _rest_predict(model, body):
+    """The answer of TensorFlow Serving's REST predict API to `body` (a parsed JSON request)
+    for the SavedModel `model` (tf.saved_model.load), by the rules of its documentation:
+    the signature `signature_name` (default serving_default); "instances" (row format, here
+    one input: the list of examples) or "inputs" (columnar: the whole tensor), converted
+    to the input's dtype; the answer {"predictions": ...} or {"outputs": ...}, without the
+    output's name when there is a single output."""
+    signature = model.signatures[body.get("signature_name", "serving_default")]
+    (name, spec), = signature.structured_input_signature[1].items()
+    assert ("instances" in body) != ("inputs" in body), "exactly one of instances, inputs"
+    values = np.asarray(body["instances"] if "instances" in body else body["inputs"])
+    # JSON numbers into a uint8 tensor: integers within 0..255.
+    assert values.dtype.kind == "i" and values.min() >= 0 and values.max() <= 255
+    outputs = signature(**{name: tf.constant(values.astype(spec.dtype.as_numpy_dtype))})
+    (output,) = outputs.values()  # a single named output: its name is left out
+    key = "predictions" if "instances" in body else "outputs"
+    return json.loads(json.dumps({key: output.numpy().tolist()}))
+
+
+def _quickstart_code_dim():
+    with open(os.path.join(REPO, "configs", "quickstart.flags")) as f:
+        return int(re.search(r"^--code_dim=(\d+)$", f.read(), re.MULTILINE).group(1))
+
+
+def test_readme_tf_serving_requests_get_the_documented_answers(nac_export):
+    _, export_dir = nac_export
+    section = _readme_serving_section()
+    # The model name and version directory of the docker command, and the export it mounts
+    # (nac-export puts saved_model.pb at the top of the export directory).
+    model_name = re.search(r"-e MODEL_NAME=(\w+)", section).group(1)
+    assert re.search(rf"--mount type=bind,source=\"\$\(pwd\)/runs/quickstart/saved_model\","
+                     rf"target=/models/{model_name}/\d+ ", section)
+    assert os.path.isfile(os.path.join(export_dir, "saved_model.pb"))
+    requests = {}
+    for name, body in re.findall(r"curl -X POST http://localhost:8501/v1/models/(\w+):predict "
+                                 r"-d '(.+?)'", section):
+        assert name == model_name
+        body = json.loads(body)
+        requests[body["signature_name"]] = body
+    assert sorted(requests) == ["features", "hash_codes"]
+    model = tf.saved_model.load(export_dir)
+    exported = load_exported_model(export_dir)
+
+    # Hash codes, row format: {"predictions": one list of D/8 ints per image}.
+    images = np.asarray(requests["hash_codes"]["instances"], np.uint8)
+    assert images.shape[0] == 2 and images.shape[-1] == 3
+    answer = _rest_predict(model, requests["hash_codes"])
+    assert list(answer) == ["predictions"]
+    assert answer["predictions"] == exported.hash_codes(images).tolist()
+    for row in answer["predictions"]:
+        assert len(row) == CODE_DIM // 8 and all(type(v) is int and 0 <= v <= 255 for v in row)
+    # ... and np.unpackbits gives the bits 1[a > 0] back (where a is clearly nonzero).
+    codes = exported.codes(images)
+    bits = np.unpackbits(np.array(answer["predictions"], np.uint8), axis=1)
+    clear = np.abs(codes) > SAFE_MARGIN
+    np.testing.assert_array_equal(bits[clear], (codes > 0)[clear])
+    # The answer shown in the README has that structure, for the quickstart's code size.
+    (documented,) = [json.loads(block) for block in
+                     re.findall(r"```json\n(.+?)\n```", section, re.DOTALL)]
+    assert list(documented) == ["predictions"] and len(documented["predictions"]) == 2
+    for row in documented["predictions"]:
+        assert len(row) == _quickstart_code_dim() // 8
+        assert all(type(v) is int and 0 <= v <= 255 for v in row)
+
+    # Features, columnar format: {"outputs": one list of F floats per image}.
+    images = np.asarray(requests["features"]["inputs"], np.uint8)
+    answer = _rest_predict(model, requests["features"])
+    assert list(answer) == ["outputs"] and np.shape(answer["outputs"]) == (1, 128)
+    np.testing.assert_allclose(answer["outputs"], exported.features(images), rtol=0,
+                               atol=1e-6)

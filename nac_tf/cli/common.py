@@ -6,11 +6,15 @@ trainer adds 1 (the loss became non-finite) and 143 (stopped by SIGTERM).
 
 absl itself answers a parse error with "FATAL Flags parsing error" and exit code 1, and
 `--help` with exit code 1; `parse_flags` makes both follow the rules above. Nothing here
-imports TensorFlow.
+imports TensorFlow until a command calls `import_tensorflow`, which sets TensorFlow's logging
+from absl's `--verbosity` first.
 """
+import contextlib
+import logging
 import os
 import re
 import sys
+import tempfile
 import time
 
 from nac_tf.cli.configs import expand_config_args
@@ -19,6 +23,112 @@ from nac_tf.config import ConfigError
 FLAG_ERROR_EXIT_CODE = 2
 _SHORT_HELP = frozenset({"-h", "-?", "--help", "-help", "--helpshort", "-helpshort"})
 _FULL_HELP = frozenset({"--helpfull", "-helpfull"})
+
+
+# A log line of TensorFlow's C++ libraries: absl's format ("I0000 00:00:1712345678.123456
+# 4242 port.cc:153] ...", the month and day 0000 before absl::InitializeLog, which
+# TensorFlow never calls; absl's Python logging writes the same format), or TensorFlow's
+# older own ("2025-01-31 12:00:00.123456: I path/file.cc:42] ...").
+_CPP_LOG_LINE = re.compile(
+    rb"(?:([IWEF])\d{4} \d\d:\d\d:[\d.]+ +\d+ |\d{4}-\d\d-\d\d [\d:.]+: ([IWEF]) )\S+:\d+\] ")
+_ABSL_NOTICE = b"WARNING: All log messages before absl::InitializeLog() is called are written"
+_SEVERITIES = b"IWEF"  # TF_CPP_MIN_LOG_LEVEL 0 .. 3
+DEFAULT_TENSORFLOW_LOG_LEVEL = 2  # errors only
+
+
+def tensorflow_log_level(verbosity):
+    """TF_CPP_MIN_LOG_LEVEL for absl's --verbosity: 0 (INFO) for 0 and above, 1 (WARNING)
+    for -1, 2 (ERROR) for -2, 3 (FATAL) for -3 and below."""
+    return min(3, max(0, -int(verbosity)))
+
+
+def keeps_log_line(line, min_level):
+    """Whether TF_CPP_MIN_LOG_LEVEL=`min_level` lets this stderr line (bytes) through: C++
+    log lines below the level and absl's notice about its own initialisation are dropped,
+    everything else is kept."""
+    if min_level <= 0:
+        return True
+    if line.startswith(_ABSL_NOTICE):
+        return False
+    match = _CPP_LOG_LINE.match(line)
+    if match is None:
+        return True
+    severity = (match.group(1) or match.group(2))[0]
+    return _SEVERITIES.index(severity) >= min_level
+
+
+@contextlib.contextmanager
+def _stderr_at_log_level(min_level):
+    """Drops what `keeps_log_line` drops from everything written to file descriptor 2 in
+    the block (C++ code writes there directly, not through sys.stderr), and writes the
+    rest on when the block ends.
+
+    The text is held in a temporary file rather than a pipe read by a thread: the C++ code
+    that loads with TensorFlow runs while holding Python's GIL, so a reader thread could
+    not drain a full pipe and the import would block. The cost: if the process is killed
+    inside the block (a C++ abort while TensorFlow loads), what it wrote there is lost;
+    --verbosity=0 imports without the filter.
+    """
+    sys.stderr.flush()
+    try:
+        original = os.dup(2)
+    except OSError:  # no usable stderr: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(original, 2)
+            os.close(original)
+            captured.seek(0)
+            kept = b"".join(line for line in captured.read().splitlines(keepends=True)
+                            if keeps_log_line(line, min_level))
+            if kept:
+                os.write(2, kept)
+
+
+def import_tensorflow():
+    """Imports TensorFlow for a command (after its flags are checked) and returns it, with
+    TensorFlow's C++ and Python logging set from absl's --verbosity.
+
+    Without --verbosity: TF_CPP_MIN_LOG_LEVEL from the environment, else 2 (errors only),
+    and absl's Python logging at WARNING (TensorFlow's checkpoint writer logs "Sharding
+    callback duration" at INFO on every save). --verbosity=N sets TF_CPP_MIN_LOG_LEVEL to
+    `tensorflow_log_level(N)`, so --verbosity=0 shows TensorFlow's INFO logs.
+
+    TensorFlow reads TF_CPP_MIN_LOG_LEVEL once it has loaded, but the libraries it loads
+    log a few INFO lines before that, whatever the variable says (TensorFlow 2.21: the
+    oneDNN notice of port.cc and cudart_stub.cc's "Could not find cuda drivers", twice,
+    each time after absl's "WARNING: All log messages before absl::InitializeLog() ...").
+    absl's C++ log level cannot be set from the environment, so the import runs with
+    stderr filtered to the chosen level (`keeps_log_line`).
+    """
+    from absl import flags
+    from absl import logging as absl_logging
+
+    verbosity = flags.FLAGS["verbosity"]
+    if verbosity.present:
+        level = tensorflow_log_level(verbosity.value)
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(level)
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", str(DEFAULT_TENSORFLOW_LOG_LEVEL))
+        try:
+            level = int(os.environ["TF_CPP_MIN_LOG_LEVEL"])
+        except ValueError:  # TensorFlow reads a non-number as 0
+            level = 0
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    if "tensorflow" in sys.modules or level <= 0:  # imported already, or nothing to drop
+        import tensorflow as tf
+    else:
+        with _stderr_at_log_level(level):
+            import tensorflow as tf
+    # TensorFlow's Python logger (retracing warnings of the linear probe's fits, ...)
+    # follows the same level: INFO, WARNING, ERROR, FATAL.
+    logging.getLogger("tensorflow").setLevel(logging.INFO + 10 * min(3, max(0, level)))
+    return tf
 
 
 def define_evaluation_data_flags(flag_values, dataset_help, image_size_help, seed_help):
@@ -162,6 +272,7 @@ def run_report_tool(argv, validate_flags, evaluate, print_summary, finish=None):
     reject_arguments(argv)
     try:
         settings = validate_flags()
+        import_tensorflow()
         started = time.time()
         report = evaluate(settings)
     except ConfigError as error:  # a flag, or what it names (e.g. a bad archive) once loaded

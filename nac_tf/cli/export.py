@@ -63,8 +63,7 @@ def main(argv):
     except ConfigError as error:
         common.exit_with_flag_error(error)
     # Heavy imports only once the flags are known to be usable.
-    import tensorflow as tf
-
+    tf = common.import_tensorflow()
     from nac_tf.export import SIGNATURES, export_saved_model, read_export_metadata
 
     path = export_saved_model(model_dir, export_dir, checkpoint=checkpoint,

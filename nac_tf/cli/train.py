@@ -18,22 +18,15 @@ to resume.
 """
 import dataclasses
 import json
-import logging
-import os
 import signal
 import sys
 import threading
 
-# Before TensorFlow is imported: its C++ runtime logs CUDA probing and CPU-feature notes on
-# every start; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import flags
 
-from absl import flags  # noqa: E402
-from absl import logging as absl_logging  # noqa: E402
-
-from nac_tf.cli import common  # noqa: E402
-from nac_tf.cli.configs import available_configs, expand_config_args  # noqa: E402
-from nac_tf.config import ConfigError, PretrainConfig, validate_config  # noqa: E402
+from nac_tf.cli import common
+from nac_tf.cli.configs import available_configs, expand_config_args
+from nac_tf.config import ConfigError, PretrainConfig, validate_config
 
 _HELP = {
     "method": "Pretraining method: nac, nac_mq, simclr or moco_v2.",
@@ -111,7 +104,8 @@ _HELP = {
     "steps_per_loop": "Optimizer steps per tf.function call (larger amortises host overhead).",
     "checkpoint_every_steps": "Checkpoint interval in steps.",
     "keep_checkpoints": "How many recent checkpoints to keep.",
-    "log_every_steps": "TensorBoard scalar interval in steps.",
+    "log_every_steps": "Interval in steps of the TensorBoard scalars and of the histogram of the "
+                       "code pre-activations.",
     "knn_k": "Neighbours of the kNN monitor.",
     "knn_temperature": "Vote temperature of the kNN monitor.",
     "linear_eval_epochs": "Epochs of each linear-probe fit in the final evaluation (learning rate "
@@ -176,23 +170,14 @@ def config_from_args(args):
 def main(argv):
     common.reject_arguments(argv)
     config = config_from_flags()
+    # Before validate_config: checking the encoder and strategy names imports Keras, and
+    # with it TensorFlow.
+    common.import_tensorflow()
     try:
         validate_config(config)
     except ConfigError as error:
         common.exit_with_flag_error(error)
-    from nac_tf.training import pretrain  # heavy imports only once flags are valid
-
-    # Every linear-probe fit of an evaluation traces its own small tf.function (a fresh
-    # classifier and optimizer per learning rate), which TensorFlow's Python logger reports
-    # as "retracing" warnings on every evaluation; they say nothing about the run, whose
-    # own progress goes to stdout. Errors still show.
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    # TensorFlow's checkpoint writer logs through absl at INFO ("Sharding callback
-    # duration") on every save, which absl's default verbosity shows; --verbosity=0 (given
-    # explicitly) keeps it.
-    if not flags.FLAGS["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.WARNING)
-    from nac_tf.training import NonFiniteLossError, TrainingInterrupted
+    from nac_tf.training import NonFiniteLossError, TrainingInterrupted, pretrain
 
     # SIGTERM (preemption, `kill`, a scheduler's time limit) only sets a flag: the training
     # loop checkpoints at the end of the current step and stops cleanly.

@@ -131,9 +131,8 @@ def make_pretrain_dataset(source, augmenter, global_batch_size, input_context=No
 
         def element(j):
             batch, offset = batch_layout(j)
-            positions = batch * global_batch_size + offset + tf.range(batch_size,
-                                                                      dtype=tf.int64)
-            indices = shuffled_positions(positions, num_images, seed)
+            indices = _batch_indices(global_batch_size, batch, offset, batch_size,
+                                     num_images, seed)
             return views(tf.gather(images, indices), batch, offset)
 
         dataset = tf.data.Dataset.counter(start=start, dtype=tf.int64)
@@ -153,6 +152,35 @@ def make_pretrain_dataset(source, augmenter, global_batch_size, input_context=No
     dataset = dataset.map(lambda j, batch_images: views(batch_images, *batch_layout(j)),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _in_order(dataset.prefetch(tf.data.AUTOTUNE))
+
+
+def _batch_indices(global_batch_size, batch, offset, count, num_images, seed):
+    """Image indices of rows offset .. offset + count - 1 of global batch `batch`."""
+    positions = batch * global_batch_size + offset + tf.range(count, dtype=tf.int64)
+    return shuffled_positions(positions, num_images, seed)
+
+
+def first_view_pairs(source, augmenter, global_batch_size, count, seed=0, batch_index=0):
+    """(view1, view2) of the first `count` images of global batch `batch_index`, float32
+    [count, S, S, 3] in [0, 1], as `make_pretrain_dataset` makes them (for TensorBoard).
+
+    In-memory sources: exactly rows 0 .. count - 1 of that batch. Streamed sources: the
+    first images of the unshuffled stream (the shuffle buffer's order cannot be indexed),
+    augmented with those rows' draws. `count` is capped at the batch and the training set.
+    """
+    _check_batch_size(global_batch_size)
+    count = min(int(count), global_batch_size, source.num_train)
+    if count < 1:
+        raise ValueError(f"`count` must be >= 1 and {source.name} must have training "
+                         f"images; received count={count}")
+    if source.has_arrays:
+        indices = _batch_indices(global_batch_size, tf.constant(batch_index, tf.int64), 0,
+                                 count, source.num_train, seed)
+        images = source.train_images[indices.numpy()]
+    else:
+        stream = source.train_dataset().map(lambda image, label: image).batch(count)
+        images = next(iter(stream.take(1)))
+    return augmenter(images, batch_index=batch_index, rows=(0, global_batch_size))
 
 
 def _in_order(dataset):
