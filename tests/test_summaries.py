@@ -14,7 +14,8 @@ from nac_tf.data.sources import load_digits_source
 from nac_tf.data.views import ViewPairAugmenter
 from nac_tf.export import build_export_module
 from nac_tf.summaries import FINAL_METRICS, NUM_VIEW_PAIRS, PROBE_SIZE, final_metrics
-from nac_tf.training import augmentation_config, pretrain, restore_pretrained_method
+from nac_tf.run_directory import restore_pretrained_method
+from nac_tf.training import augmentation_config, pretrain
 
 IMAGE_SIZE = 8
 CODE_DIM = 16
