@@ -41,10 +41,10 @@ STREAM_SHUFFLE_BUFFER = 10_000
 _ORDER_STREAM = 0x5EED0
 
 
-def _check_batch_size(batch_size, flag="batch_size"):
+def _check_batch_size(batch_size, name="batch_size"):
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
-        raise ValueError(f"--{flag} must be a positive integer; received {batch_size!r}")
+        raise ValueError(f"{name} must be a positive integer; received {batch_size!r}")
 
 
 def per_replica_batch_size(global_batch_size, input_context=None):
