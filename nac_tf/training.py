@@ -464,19 +464,14 @@ def _summary_writer(config, role):
     return tf.summary.create_noop_writer()
 
 
-def _train_loop(config, strategy, method, optimizer, dataset, writer, input_position,
-                total_steps, log, stop_requested, summaries, code_histogram=None,
-                eval_every_steps=0, on_eval=None):
-    """Runs the steps up to `total_steps`; (last metrics, seconds spent training).
-
-    Every `log_every_steps` the step's metrics and the learning rate go to `summaries`, and
-    `code_histogram` (a CodeHistogram, or None) writes its histogram.
-    `on_eval(step, metrics, summaries)` runs every `eval_every_steps` steps (the loop stops
-    there); its time is not counted as training time.
-    """
-    role = writer.role
+def step_loop(strategy, method, jit_compile=False):
+    """The trainer's step function: `run_steps(iterator, num_steps)` runs `num_steps`
+    optimizer steps of `method` on batches of the distributed `iterator` in one tf.function
+    (a graph loop, so the host's per-step overhead is paid once per call) and returns the
+    last step's logs averaged over replicas. `jit_compile` XLA-compiles the replica step.
+    benchmarks/step_throughput.py times exactly this function."""
     replica_step = method.train_step
-    if config.jit_compile:
+    if jit_compile:
         replica_step = tf.function(method.train_step, jit_compile=True)
 
     def reduce(logs):
@@ -489,6 +484,22 @@ def _train_loop(config, strategy, method, optimizer, dataset, writer, input_posi
         for _ in tf.range(num_steps - 1):
             logs = strategy.run(replica_step, args=(next(iterator),))
         return reduce(logs)
+
+    return run_steps
+
+
+def _train_loop(config, strategy, method, optimizer, dataset, writer, input_position,
+                total_steps, log, stop_requested, summaries, code_histogram=None,
+                eval_every_steps=0, on_eval=None):
+    """Runs the steps up to `total_steps`; (last metrics, seconds spent training).
+
+    Every `log_every_steps` the step's metrics and the learning rate go to `summaries`, and
+    `code_histogram` (a CodeHistogram, or None) writes its histogram.
+    `on_eval(step, metrics, summaries)` runs every `eval_every_steps` steps (the loop stops
+    there); its time is not counted as training time.
+    """
+    role = writer.role
+    run_steps = step_loop(strategy, method, config.jit_compile)
 
     step = int(optimizer.iterations.numpy())
     saved_step = step if writer.latest else None

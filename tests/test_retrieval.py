@@ -207,17 +207,18 @@ def test_all_queries_excluded_gives_nan():
 
 
 @pytest.mark.parametrize("top_k", [None, 5])
-def test_wide_codes_and_int64_ranking_keys_rank_the_same(monkeypatch, top_k):
-    """300-bit codes (uint16 distances), with ranking keys forced to the int64 path that
-    databases of millions of items take."""
+def test_wide_codes_rank_the_same_with_radix_and_comparison_sorts(monkeypatch, top_k):
+    """300-bit codes (uint16 distances: NumPy's radix sort), and the same distances held
+    as uint32 (its comparison-based stable sort, which codes over 65 535 bits take)."""
     query, database, query_labels, db_labels = random_problem(8, num_queries=9, num_items=70,
                                                               num_bits=300)
     aps = ref_stable_aps(ref_distances(query, database), ref_relevance(query_labels, db_labels),
                          top_k)
-    uint32_keys = mean_average_precision(query, database, query_labels, db_labels, top_k=top_k)
-    monkeypatch.setattr(retrieval, "_UINT32_KEY_BITS", 8)
-    int64_keys = mean_average_precision(query, database, query_labels, db_labels, top_k=top_k)
-    assert int64_keys == uint32_keys == pytest.approx(ref_mean(aps, "exclude"), abs=1e-12)
+    radix = mean_average_precision(query, database, query_labels, db_labels, top_k=top_k)
+    monkeypatch.setattr(retrieval, "_distance_dtype", lambda num_bits: np.uint32)
+    comparison = mean_average_precision(query, database, query_labels, db_labels, top_k=top_k)
+    assert comparison == pytest.approx(radix, abs=1e-12)
+    assert radix == pytest.approx(ref_mean(aps, "exclude"), abs=1e-12)
 
 
 # ------------------------------------------------------------------------- expected mAP

@@ -40,9 +40,6 @@ EMPTY_QUERIES = ("exclude", "zero")
 BACKENDS = ("numpy", "faiss")
 FAISS_INSTALL_HINT = 'pip install "nac_tf[faiss]"'
 
-# Ranking keys up to this many bits sort as uint32 (fast SIMD sort), wider ones as int64.
-_UINT32_KEY_BITS = 32
-
 # Popcount of every byte, for NumPy < 2.0 which has no np.bitwise_count.
 _BYTE_POPCOUNT = np.array([bin(value).count("1") for value in range(256)], np.uint8)
 _BYTE_POPCOUNT.setflags(write=False)
@@ -419,52 +416,34 @@ def _bucket_counts(dist, rel, num_buckets):
 class _StableRanking:
     """Sum of precision@rank over relevant ranks, with ties in database order.
 
-    Each item gets the key (distance, database index, relevance) packed in one integer:
-    keys are unique, so plain np.sort gives exactly the stable order (no argsort, no index
-    payload), and the relevance of the item at every rank is the key's lowest bit.
+    The order is NumPy's stable argsort of the distances, which keeps equal distances in
+    database order and is a radix sort (O(N)) for the 8- and 16-bit distances of codes up
+    to 65 535 bits; the relevance of the item at every rank is then one gather.
     """
 
-    def __init__(self, num_items, num_bits, top_k):
-        index_bits = max(1, (num_items - 1).bit_length())
-        self.shift = index_bits + 1
-        total_bits = self.shift + max(1, num_bits.bit_length())
-        if total_bits > 63:
-            raise ValueError(f"{num_items} items with {num_bits}-bit codes do not fit a 63-bit "
-                             "ranking key")
-        self.key_dtype = np.uint32 if total_bits <= _UINT32_KEY_BITS else np.int64
-        self.base = np.arange(num_items, dtype=self.key_dtype) << self.key_dtype(1)
+    def __init__(self, num_items, top_k):
         self.num_items = num_items
         self.top_k = num_items if top_k is None else min(top_k, num_items)
-        self.hit_counts = np.arange(1, self.top_k + 1, dtype=np.float64)
 
     def workspace(self, chunk_size):
-        return {"keys": np.empty((chunk_size, self.num_items), self.key_dtype),
-                "relevant_at_rank": np.empty((chunk_size, self.top_k), np.bool_)}
+        return {}
 
     def precision_sums(self, dist, rel, workspace):
         """(sum of precision@rank over relevant ranks <= k, relevant items in top k), per row."""
-        rows = dist.shape[0]
-        keys = workspace["keys"][:rows]
-        np.left_shift(dist, self.key_dtype(self.shift), out=keys, dtype=self.key_dtype)
-        np.bitwise_or(keys, self.base, out=keys)
-        np.bitwise_or(keys, rel, out=keys, dtype=self.key_dtype)
-        if self.top_k < self.num_items // 2:
-            # Only the k smallest keys matter: select them in O(N), then sort k of them.
-            keys = np.partition(keys, self.top_k - 1, axis=1)[:, :self.top_k]
-            keys.sort(axis=1)
-        else:
-            keys.sort(axis=1)
-            keys = keys[:, :self.top_k]
-        relevant_at_rank = workspace["relevant_at_rank"][:rows, :self.top_k]
-        np.bitwise_and(keys, self.key_dtype(1), out=keys)
-        np.not_equal(keys, 0, out=relevant_at_rank)
-        sums = np.zeros(rows)
-        hits = np.zeros(rows, np.int64)
-        for row in range(rows):
-            # The m-th relevant item at 0-based position p has precision m / (p + 1).
-            positions = np.flatnonzero(relevant_at_rank[row])
-            hits[row] = positions.size
-            sums[row] = np.sum(self.hit_counts[:positions.size] / (positions + 1.0))
+        del workspace  # the argsort allocates its own result
+        rows, num_items = dist.shape
+        order = np.argsort(dist, axis=1, kind="stable")[:, :self.top_k]
+        # Flat indices into rel: np.take on the flat array is several times faster than
+        # np.take_along_axis, and np.flatnonzero than a 2-D np.nonzero (NumPy 2.4).
+        order += np.arange(0, rows * num_items, num_items)[:, None]
+        relevant_at_rank = np.take(np.ascontiguousarray(rel).reshape(-1), order)
+        # All rows at once: the m-th relevant item of a row, at 0-based position p, has
+        # precision m / (p + 1); flatnonzero lists them row by row, positions ascending.
+        row, position = np.divmod(np.flatnonzero(relevant_at_rank), self.top_k)
+        hits = np.bincount(row, minlength=rows)
+        first = np.cumsum(hits) - hits
+        m = np.arange(1, row.size + 1) - first[row]
+        sums = np.bincount(row, weights=m / (position + 1.0), minlength=rows)
         return sums, hits
 
 
@@ -662,7 +641,7 @@ def _average_precisions(query_bits, db_bits, query_labels, db_labels, top_k, tie
     ap_or_zero = np.zeros(num_queries)
     inclusion = np.zeros(num_queries)
     if ties == "stable":
-        ranking = _StableRanking(num_items, num_bits, k)
+        ranking = _StableRanking(num_items, k)
 
         def process(start, stop, dist, rel, workspace):
             sums, hits = ranking.precision_sums(dist, rel, workspace)
