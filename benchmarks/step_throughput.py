@@ -2,7 +2,8 @@
 
     python benchmarks/step_throughput.py --method=nac --encoder=resnet50 --batch_size=32 \\
         --steps=10 [--image_size=32] [--precision=float32] [--jit_compile] \\
-        [--steps_per_loop=1] [--warmup_steps=2] [--threads=0] [--json]
+        [--steps_per_loop=1] [--warmup_steps=2] [--threads=0] [--baseline=bare --rounds=3]
+        [--json]
 
 Times the trainer's own step function (`nac_tf.training.step_loop`: the replica step under
 the run's strategy, `steps_per_loop` steps per tf.function call) on a method built and
@@ -11,7 +12,10 @@ precision policy), fed a constant pair of random views, so the input pipeline co
 nothing here (benchmarks/view_pair_throughput.py measures it). An image counts once, though
 the step runs the networks on both of its views. `--method=bare` is the encoder alone with
 a trivial loss (the mean square of h over both views) on the same base class: the floor a
-method's heads and objective add to.
+method's heads and objective add to. `--baseline=METHOD` builds that method too, in the
+same process, and alternates the two in `--rounds` rounds of `--steps` steps each, so that
+their ratio (`overhead_vs_baseline`, from the median round of each) is measured under the
+same conditions.
 
 It also prints the step's FLOPs per image, counted by TensorFlow's profiler on the graph of
 one step (convolutions, matrix products and their gradients, forward and backward, both
@@ -30,6 +34,8 @@ import os
 import re
 import sys
 import time
+
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
@@ -54,9 +60,13 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=0,
                         help="intra-op threads (0: TensorFlow's default, one per core)")
     parser.add_argument("--code_dim", type=int, default=128)
+    parser.add_argument("--baseline", default="", choices=("",) + METHODS + (BARE,),
+                        help="a second method timed in alternation with --method")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="timed rounds of --steps steps (alternating with --baseline)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
-    for name in ("batch_size", "image_size", "steps_per_loop", "steps", "code_dim"):
+    for name in ("batch_size", "image_size", "steps_per_loop", "steps", "code_dim", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer")
     if args.warmup_steps < 1:
@@ -118,8 +128,9 @@ def estimate_peak_flops(precision):
 
 # ------------------------------------------------------------------------ the step
 
-def build(args):
-    """(strategy, method, run_steps, views) as the trainer builds them."""
+def build(args, method_name):
+    """(strategy, method, run_steps, iterator, views) of `method_name` as the trainer builds
+    them."""
     import keras
     import tensorflow as tf
 
@@ -141,7 +152,7 @@ def build(args):
     if args.precision != "float32":
         keras.config.set_dtype_policy(args.precision)
     config = PretrainConfig(
-        method="nac" if args.method == BARE else args.method, encoder=args.encoder,
+        method="nac" if method_name == BARE else method_name, encoder=args.encoder,
         batch_size=args.batch_size, code_dim=args.code_dim, precision=args.precision,
         jit_compile=args.jit_compile, steps_per_loop=args.steps_per_loop,
         queue_size=max(2 * args.batch_size, (4096 // (2 * args.batch_size)) * 2 * args.batch_size),
@@ -151,7 +162,7 @@ def build(args):
     strategy = distribute.make_strategy("auto")
     total = args.warmup_steps + args.steps + args.steps_per_loop
     with strategy.scope():
-        if args.method == BARE:
+        if method_name == BARE:
             encoder = build_encoder(args.encoder, (size, size, 3), stem="cifar" if size <= 64
                                     else "imagenet", mean=statistics["mean"],
                                     std=statistics["std"])
@@ -199,19 +210,26 @@ def count_flops(strategy, method, views):
     return step, forward
 
 
-def time_steps(run_steps, iterator, args):
-    """Seconds of `args.steps` steps (rounded up to whole loops) after the warm-up."""
+def time_rounds(runners, args):
+    """Per runner ((run_steps, iterator) pairs), the seconds of each of `args.rounds` rounds
+    of `args.steps` steps (rounded up to whole loops), the runners alternating round by
+    round after their warm-up; and the steps of a round."""
     import tensorflow as tf
 
     loops = math.ceil(args.steps / args.steps_per_loop)
     per_loop = tf.constant(args.steps_per_loop)
-    for _ in range(math.ceil(args.warmup_steps / args.steps_per_loop)):
-        float(run_steps(iterator, per_loop)["loss"])
-    start = time.perf_counter()
-    for _ in range(loops):
-        logs = run_steps(iterator, per_loop)
-    float(logs["loss"])  # waits for the last step
-    return time.perf_counter() - start, loops * args.steps_per_loop
+    for run_steps, iterator in runners:
+        for _ in range(math.ceil(args.warmup_steps / args.steps_per_loop)):
+            float(run_steps(iterator, per_loop)["loss"])
+    seconds = [[] for _ in runners]
+    for _ in range(args.rounds):
+        for index, (run_steps, iterator) in enumerate(runners):
+            start = time.perf_counter()
+            for _ in range(loops):
+                logs = run_steps(iterator, per_loop)
+            float(logs["loss"])  # waits for the last step
+            seconds[index].append(time.perf_counter() - start)
+    return seconds, loops * args.steps_per_loop
 
 
 def main(argv=None):
@@ -221,10 +239,14 @@ def main(argv=None):
 
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    strategy, method, run_steps, iterator, views = build(args)
+    strategy, method, run_steps, iterator, views = build(args, args.method)
     step_flops, forward_flops = count_flops(strategy, method, views)
     flops = step_flops / args.batch_size
-    seconds, steps = time_steps(run_steps, iterator, args)
+    runners = [(run_steps, iterator)]
+    if args.baseline:
+        runners.append(build(args, args.baseline)[2:4])
+    rounds, steps = time_rounds(runners, args)
+    seconds = float(np.median(rounds[0]))
     images_per_second = steps * args.batch_size / seconds
     peak, how = estimate_peak_flops(args.precision)
     achieved = images_per_second * flops
@@ -234,18 +256,31 @@ def main(argv=None):
         "method": args.method, "encoder": args.encoder, "batch_size": args.batch_size,
         "image_size": args.image_size, "precision": args.precision,
         "jit_compile": args.jit_compile, "steps_per_loop": args.steps_per_loop,
-        "steps": steps, "threads": args.threads or None,
+        "steps": steps * args.rounds, "threads": args.threads or None,
         "flops_per_image": flops, "encoder_forward_flops_per_image":
             forward_flops / args.batch_size, "achieved_flops": round(achieved),
         "peak_flops": peak, "peak_fraction": round(achieved / peak, 4) if peak else None,
         "peak_estimate": how, "tensorflow": tf.__version__,
+        "round_seconds": [round(s, 4) for s in rounds[0]],
     }
+    if args.baseline:
+        baseline_seconds = float(np.median(rounds[1]))
+        result.update({
+            "baseline": args.baseline,
+            "baseline_images_per_second": round(steps * args.batch_size / baseline_seconds, 3),
+            "baseline_round_seconds": [round(s, 4) for s in rounds[1]],
+            "overhead_vs_baseline": round(seconds / baseline_seconds - 1.0, 4)})
     if not args.json:
         print(f"{args.method} / {args.encoder}, batch {args.batch_size} at {args.image_size} px, "
               f"{args.precision}{', XLA' if args.jit_compile else ''}, "
               f"{args.steps_per_loop} step(s) per call")
         print(f"  {images_per_second:.2f} images/s, {seconds / steps:.4f} s per step "
-              f"({steps} steps after {args.warmup_steps} warm-up)")
+              f"(median of {args.rounds} round(s) of {steps} steps, after "
+              f"{args.warmup_steps} warm-up)")
+        if args.baseline:
+            print(f"  {args.baseline}, alternating: {result['baseline_images_per_second']:.2f} "
+                  f"images/s; {args.method} takes {100 * result['overhead_vs_baseline']:+.1f} % "
+                  "time per step")
         print(f"  {flops / 1e9:.3f} GFLOP per image per step (counted: forward and backward, "
               f"both views; {step_flops / forward_flops:.2f} x the encoder's forward pass of "
               f"one view) -> {achieved / 1e9:.1f} GFLOP/s")

@@ -56,6 +56,14 @@ from nac_tf.run_directory import (
 from nac_tf.summaries import CodeHistogram, probe_images, write_final_metrics, write_view_pairs
 
 
+# XLA's CPU backend compiles convolutions to its own kernels, not to the oneDNN ones
+# TensorFlow's CPU kernels use (benchmarks/step_throughput.py, README "Speed").
+CPU_XLA_WARNING = (
+    "warning: jit_compile on a machine without GPU or TPU: XLA's CPU step is slower than "
+    "TensorFlow's own (ResNet-50, batch 32: 0.65x; measured with "
+    "benchmarks/step_throughput.py); XLA pays off on GPUs and TPUs")
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss or the weights became NaN or infinite; the last good checkpoint is kept and
     nothing after it is written."""
@@ -331,12 +339,15 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
         tf.config.experimental.enable_op_determinism()
     replicas = strategy.num_replicas_in_sync
     validate_config(config, num_replicas=replicas)
-    if config.jit_compile and replicas > 1 and not tf.config.list_logical_devices("GPU") \
-            and not tf.config.list_logical_devices("TPU"):
+    cpu_only = not tf.config.list_logical_devices("GPU") and \
+        not tf.config.list_logical_devices("TPU")
+    if config.jit_compile and replicas > 1 and cpu_only:
         # XLA-compiled replica steps over several CPU devices fail in TF 2.21 ("Trying to
         # access resource .../replica_1 located in device CPU:1 from device CPU:0").
         raise ConfigError("jit_compile", f"XLA cannot compile the step of {replicas} CPU "
                           "replicas; turn jit_compile off or use a single CPU device")
+    if config.jit_compile and cpu_only:
+        log(CPU_XLA_WARNING)
     role = worker_role(strategy)
     prepare_run_directory(config, write=role.is_chief)
     keras.utils.set_random_seed(config.seed)

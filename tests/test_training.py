@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from nac_tf.config import ConfigError, PretrainConfig
-from nac_tf.training import pretrain
+from nac_tf.training import CPU_XLA_WARNING, pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,3 +111,11 @@ def test_final_linear_probe_trains_on_augmented_images(tmp_path, monkeypatch):
     for prefix in ("", "random_init_"):
         assert results[prefix + "linear"]["config"]["augment"] is True
         assert 0.0 <= results[prefix + "linear_top1"] <= 1.0
+
+
+def test_xla_on_a_cpu_only_machine_trains_and_warns_that_it_is_slower(tmp_path):
+    lines = []
+    results = pretrain(_tiny(tmp_path, jit_compile=True, train_steps=2, evaluate=False),
+                       log=lines.append)
+    assert results["steps"] == 2
+    assert CPU_XLA_WARNING in lines
