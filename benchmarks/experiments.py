@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from nac_tf import run_directory
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "results")
 RUNS_DIR = os.path.join(REPO, "runs", "experiments")
@@ -33,12 +35,10 @@ def command_line():
 
 
 def write_json(path, payload):
-    """Write-then-rename, so an interrupted script never leaves a truncated file."""
+    """`nac_tf.run_directory.write_json` (write, then rename: an interrupted script never
+    leaves a truncated file), creating the folder first."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    run_directory.write_json(path, payload)
 
 
 def binary_entropy_bits(p):

@@ -44,6 +44,7 @@ def write_json(path, payload):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2, sort_keys=True)
+        f.write("\n")
     os.replace(tmp, path)
 
 

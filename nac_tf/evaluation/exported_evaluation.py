@@ -6,11 +6,11 @@ trainer's evaluation (`nac_tf.evaluation.report`) build on it. Importing this mo
 not import TensorFlow: functions that need TensorFlow, Keras or matplotlib import them when
 called.
 """
-import json
 import math
-import os
 
 import numpy as np
+
+from nac_tf import run_directory
 
 PLOT_INSTALL_HINT = 'pip install "nac_tf[plot]"'
 
@@ -140,12 +140,9 @@ def json_ready(value):
 
 
 def write_json(path, report):
-    """Writes `report` (made JSON-ready) to `path` atomically: write, then rename."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(json_ready(report), f, indent=2, sort_keys=True, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Writes `report`, made JSON-ready (`json_ready`), to `path` atomically
+    (`nac_tf.run_directory.write_json`)."""
+    run_directory.write_json(path, json_ready(report))
 
 
 def plot_precision_recall(curve, path, title):
