@@ -150,13 +150,16 @@ def _one_of(flag, value, accepted):
         raise ConfigError(flag, f"{value!r} is not one of: {', '.join(accepted)}")
 
 
-def _in_range(flag, value, low, high, low_open=False, high_open=False):
+def check_in_range(field, value, low, high, low_open=False, high_open=False):
+    """`value`, or ConfigError naming `field` when it is outside the interval (open or
+    closed at each end). Also the methods' check of their hyperparameters."""
     below = value <= low if low_open else value < low
     above = value >= high if high_open else value > high
     if below or above:
         lo = "(" if low_open else "["
         hi = ")" if high_open else "]"
-        raise ConfigError(flag, f"{value} is outside the accepted range {lo}{low}, {high}{hi}")
+        raise ConfigError(field, f"{value} is outside the accepted range {lo}{low}, {high}{hi}")
+    return value
 
 
 # What data_dir must hold, for the datasets that need one.
@@ -236,22 +239,22 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
             raise ConfigError(flag, f"{getattr(config, flag)} must be >= 0 ({zero_means})")
     if config.train_steps == 0 and config.epochs < 1:
         raise ConfigError("epochs", f"{config.epochs} must be >= 1 (or set train_steps)")
-    _in_range("learning_rate", config.learning_rate, 0.0, float("inf"), low_open=True)
-    _in_range("warmup_epochs", config.warmup_epochs, 0.0, float("inf"))
-    _in_range("weight_decay", config.weight_decay, 0.0, float("inf"))
-    _in_range("lars_momentum", config.lars_momentum, 0.0, 1.0, high_open=True)
-    _in_range("lars_trust_coefficient", config.lars_trust_coefficient, 0.0, float("inf"),
+    check_in_range("learning_rate", config.learning_rate, 0.0, float("inf"), low_open=True)
+    check_in_range("warmup_epochs", config.warmup_epochs, 0.0, float("inf"))
+    check_in_range("weight_decay", config.weight_decay, 0.0, float("inf"))
+    check_in_range("lars_momentum", config.lars_momentum, 0.0, 1.0, high_open=True)
+    check_in_range("lars_trust_coefficient", config.lars_trust_coefficient, 0.0, float("inf"),
               low_open=True)
-    _in_range("flip_prob", config.flip_prob, 0.0, 0.5, low_open=True, high_open=True)
-    _in_range("momentum", config.momentum, 0.0, 1.0, high_open=True)
-    _in_range("l2_weight", config.l2_weight, 0.0, float("inf"))
-    _in_range("queue_init_scale", config.queue_init_scale, 0.0, float("inf"), low_open=True)
-    _in_range("temperature", config.temperature, 0.0, float("inf"), low_open=True)
-    _in_range("crop_area_min", config.crop_area_min, 0.0, 1.0, low_open=True)
-    _in_range("jitter_strength", config.jitter_strength, 0.0, float("inf"))
+    check_in_range("flip_prob", config.flip_prob, 0.0, 0.5, low_open=True, high_open=True)
+    check_in_range("momentum", config.momentum, 0.0, 1.0, high_open=True)
+    check_in_range("l2_weight", config.l2_weight, 0.0, float("inf"))
+    check_in_range("queue_init_scale", config.queue_init_scale, 0.0, float("inf"), low_open=True)
+    check_in_range("temperature", config.temperature, 0.0, float("inf"), low_open=True)
+    check_in_range("crop_area_min", config.crop_area_min, 0.0, 1.0, low_open=True)
+    check_in_range("jitter_strength", config.jitter_strength, 0.0, float("inf"))
     for flag in ("jitter_prob", "grayscale_prob", "blur_prob"):
-        _in_range(flag, getattr(config, flag), 0.0, 1.0)
-    _in_range("knn_temperature", config.knn_temperature, 0.0, float("inf"), low_open=True)
+        check_in_range(flag, getattr(config, flag), 0.0, 1.0)
+    check_in_range("knn_temperature", config.knn_temperature, 0.0, float("inf"), low_open=True)
 
     if num_replicas is not None and config.batch_size % num_replicas:
         raise ConfigError("batch_size", f"the global batch {config.batch_size} must be "

@@ -198,3 +198,25 @@ def test_checkpoint_round_trip_restores_queue_momentum_and_optimizer(tmp_path):
     logs_a = method.train_step(_views(5))
     logs_b = restored.train_step(_views(5))
     np.testing.assert_allclose(float(logs_a["loss"]), float(logs_b["loss"]), rtol=1e-6)
+
+
+def test_methods_check_their_own_hyperparameters_naming_them():
+    def build(name, **hyperparameters):
+        return build_method(name, build_encoder("small_cnn", IMAGE_SHAPE),
+                            MethodConfig(code_dim=16, head_hidden_dim=32), **hyperparameters)
+
+    assert build("nac", flip_prob=0.3).flip_prob == 0.3
+    with pytest.raises(ValueError, match=r"flip_prob: 0.6 is outside the accepted range"):
+        build("nac", flip_prob=0.6)
+    with pytest.raises(ValueError, match=r"temperature: 0.0 is outside"):
+        build("simclr", temperature=0.0)
+    with pytest.raises(ValueError, match=r"momentum: 1.0 is outside"):
+        build("moco_v2", momentum=1.0, queue_size=4 * K)
+    with pytest.raises(ValueError, match="mq_negatives must be one of"):
+        build("nac_mq", mq_negatives="all", queue_size=4 * K)
+    # Another method's hyperparameter is refused, not ignored.
+    with pytest.raises(TypeError, match=r"'simclr' takes the hyperparameters temperature; "
+                                        r"not flip_prob"):
+        build("simclr", flip_prob=0.1)
+    assert hyperparameters_of("moco_v2", {"temperature": 0.2, "flip_prob": 0.1}) == \
+        {"temperature": 0.2}

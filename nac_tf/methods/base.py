@@ -27,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from nac_tf import distribute
+from nac_tf.config import check_in_range
 from nac_tf.code_statistics import activation_code_statistics
 from nac_tf.models import ProjectionHead, clone_encoder, clone_head
 
@@ -49,17 +50,6 @@ class MethodConfig:
     per_view_batch_norm: bool = False
     seed: int = 0
     head_init: str = "keras"
-
-
-def check_in_range(name, value, low, high, low_open=False, high_open=False):
-    """`value` as a float, or ValueError naming `name` when it is outside the interval."""
-    value = float(value)
-    below = value <= low if low_open else value < low
-    above = value >= high if high_open else value > high
-    if below or above:
-        raise ValueError(f"{name}={value} is outside the accepted range "
-                         f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
-    return value
 
 
 def write_into_queue(queue, pointer, keys):

@@ -2,7 +2,8 @@
 import keras
 import tensorflow as tf
 
-from nac_tf.methods.base import MomentumQueueMethod, PairLoss, check_in_range
+from nac_tf.config import check_in_range
+from nac_tf.methods.base import MomentumQueueMethod, PairLoss
 from nac_tf.objectives import info_nce_loss
 
 

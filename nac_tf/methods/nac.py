@@ -3,7 +3,8 @@ import keras
 import tensorflow as tf
 
 from nac_tf import distribute
-from nac_tf.methods.base import PairLoss, TwoViewMethod, binary_codes, check_in_range
+from nac_tf.config import check_in_range
+from nac_tf.methods.base import PairLoss, TwoViewMethod, binary_codes
 from nac_tf.objectives import nac_loss, nac_mutual_information_bound
 
 

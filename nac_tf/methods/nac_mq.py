@@ -2,8 +2,8 @@
 import keras
 import tensorflow as tf
 
-from nac_tf.config import MQ_NEGATIVES
-from nac_tf.methods.base import (MomentumQueueMethod, PairLoss, binary_codes, check_in_range,
+from nac_tf.config import MQ_NEGATIVES, check_in_range
+from nac_tf.methods.base import (MomentumQueueMethod, PairLoss, binary_codes,
                                  write_into_queue)
 from nac_tf.objectives import (inference_likelihood_loss, nac_mq_loss,
                                nac_mq_mutual_information_bound)

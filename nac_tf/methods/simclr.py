@@ -3,7 +3,8 @@ import keras
 import tensorflow as tf
 
 from nac_tf import distribute
-from nac_tf.methods.base import PairLoss, TwoViewMethod, check_in_range
+from nac_tf.config import check_in_range
+from nac_tf.methods.base import PairLoss, TwoViewMethod
 from nac_tf.objectives import nt_xent_loss
 
 
