@@ -3,7 +3,7 @@ again with the same command ends with the weights, optimizer state, momentum net
 queue of an uninterrupted run of the same command (NAC and NAC-MQ).
 
 Integer state (steps, input position, queue pointer) must be equal. Float state is almost
-always bit-identical too, but not always: in about one run in six on the 2-core CI machine
+always bit-identical too, but not always: in 2 of about 20 runs on the 2-core machines
 (two TensorFlow processes sharing the cores), the NAC-MQ chain ended 1e-7 away from the
 reference in BatchNorm statistics, grown to at most 1.3 % of a variable's scale in the
 optimizer's slots after the remaining steps (NAC-MQ's codes at this size are collapsed, so
