@@ -36,14 +36,6 @@ def write_view_pairs(source, augmenter, global_batch_size, seed, count=NUM_VIEW_
     tf.summary.image("views/pairs", pairs, max_outputs=int(pairs.shape[0]))
 
 
-def probe_images(source, count=PROBE_SIZE):
-    """The first `count` training images, uint8 [n, H, W, 3] (a fixed probe)."""
-    if source.has_arrays:
-        return source.train_images[:count]
-    stream = source.train_dataset().map(lambda image, label: image).batch(count)
-    return next(iter(stream.take(1))).numpy()
-
-
 class CodeHistogram:
     """`codes/pre_activations` of a method's online networks on fixed probe images."""
 

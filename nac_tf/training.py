@@ -41,7 +41,7 @@ import tensorflow as tf
 from nac_tf import distribute
 from nac_tf.config import DATASETS, ConfigError, PretrainConfig, validate_config
 from nac_tf.data.catalog import dataset_statistics, load_source
-from nac_tf.data.pipeline import make_pretrain_dataset
+from nac_tf.data.pipeline import first_training_images, make_pretrain_dataset
 from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter
 from nac_tf.evaluation.linear import LinearEvalConfig
 from nac_tf.evaluation.monitor import TrainingMonitor
@@ -53,7 +53,8 @@ from nac_tf.run_directory import (
     CHECKPOINT_DIR, INPUT_STATISTICS_FILE, RANDOM_INIT_EVAL_FILE, RESULTS_FILE, TENSORBOARD_DIR,
     TRAJECTORY_FILE, latest_checkpoint, path_in, prepare_run_directory, read_json,
     read_trajectory, write_json)
-from nac_tf.summaries import CodeHistogram, probe_images, write_final_metrics, write_view_pairs
+from nac_tf.summaries import (PROBE_SIZE, CodeHistogram, write_final_metrics,
+                              write_view_pairs)
 
 
 # XLA's CPU backend compiles convolutions to its own kernels, not to the oneDNN ones
@@ -399,7 +400,8 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
         summaries = _summary_writer(config, role)
         code_histogram = None
         if role.is_chief:
-            code_histogram = CodeHistogram(method, image_size, probe_images(source))
+            code_histogram = CodeHistogram(method, image_size,
+                                           first_training_images(source, PROBE_SIZE))
             if int(optimizer.iterations.numpy()) == 0:
                 # A new run: what it starts from (resumed runs wrote these already).
                 with summaries.as_default(step=0):

@@ -167,6 +167,15 @@ def evaluation_data_settings(refuse=None):
             "seed": checks.check_int("seed", values.seed, 0)}
 
 
+def evaluation_report_header(tool, settings, source):
+    """What every evaluation report starts with: the command, the SavedModel and the data it
+    was evaluated on (`evaluation_data_settings`, and the loaded `source`)."""
+    return {"tool": tool, "saved_model": settings["saved_model"],
+            "dataset": settings["dataset"], "data_dir": settings["data_dir"] or None,
+            "seed": settings["seed"], "image_size": int(source.image_shape[0]),
+            "num_train": source.num_train, "num_test": source.num_test}
+
+
 def run(main, define_flags, doc, argv=None, configs=False):
     """A command's entry point: defines its flags on absl's FLAGS, parses `argv` (default
     sys.argv) with `parse_flags` and runs `main(remaining argv)` under absl's `app.run`.

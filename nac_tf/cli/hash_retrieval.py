@@ -97,19 +97,9 @@ def evaluate(settings):
         query_codes, database_codes, query_labels, database_labels, top_k=settings["top_k"],
         ties=settings["ties"], empty_queries=settings["empty_queries"],
         authors_inner_product=settings["authors_inner_product"])
-    report = {
-        "tool": "hash_retrieval",
-        "saved_model": settings["saved_model"],
-        "dataset": settings["dataset"],
-        "data_dir": settings["data_dir"] or None,
-        "seed": settings["seed"],
-        "image_size": int(source.image_shape[0]),
-        "code_bits": int(metadata["code_dim"]),
-        "num_queries": int(len(query_codes)),
-        "num_database": int(len(database_codes)),
-        "num_train": source.num_train,
-        "num_test": source.num_test,
-    }
+    report = common.evaluation_report_header("hash_retrieval", settings, source)
+    report.update(code_bits=int(metadata["code_dim"]), num_queries=int(len(query_codes)),
+                  num_database=int(len(database_codes)))
     report.update(metrics)
     report["protocol"] = dict(
         sets,

@@ -122,14 +122,7 @@ def evaluate(settings):
                                      images=(model, source.train_images, source.test_images))
     linear = metrics["linear"]
     return {
-        "tool": "linear_eval",
-        "saved_model": settings["saved_model"],
-        "dataset": settings["dataset"],
-        "data_dir": settings["data_dir"] or None,
-        "seed": settings["seed"],
-        "image_size": int(source.image_shape[0]),
-        "num_train": source.num_train,
-        "num_test": source.num_test,
+        **common.evaluation_report_header("linear_eval", settings, source),
         "num_classes": source.num_classes,
         "feature_dim": int(train_features.shape[1]),
         "linear_top1": metrics["linear_top1"],

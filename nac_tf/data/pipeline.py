@@ -178,9 +178,17 @@ def first_view_pairs(source, augmenter, global_batch_size, count, seed=0, batch_
                                  count, source.num_train, seed)
         images = source.train_images[indices.numpy()]
     else:
-        stream = source.train_dataset().map(lambda image, label: image).batch(count)
-        images = next(iter(stream.take(1)))
+        images = first_training_images(source, count)
     return augmenter(images, batch_index=batch_index, rows=(0, global_batch_size))
+
+
+def first_training_images(source, count):
+    """The first `count` training images of `source` in its own order, uint8 [n, H, W, 3]
+    (arrays: a view of them; streamed sources: the first batch of the stream)."""
+    if source.has_arrays:
+        return source.train_images[:count]
+    stream = source.train_dataset().map(lambda image, label: image).batch(count)
+    return next(iter(stream.take(1))).numpy()
 
 
 def _in_order(dataset):
