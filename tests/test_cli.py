@@ -123,3 +123,32 @@ def test_verbosity_maps_to_tensorflow_log_levels():
         for level in range(4):
             assert common.keeps_log_line(line, level) == (level <= highest_level_showing_it), \
                 (line, level)
+
+
+# tools/<name>.py -> the command it runs
+TOOLS = {"export_savedmodel.py": "nac_tf.cli.export",
+         "linear_eval.py": "nac_tf.cli.linear_eval",
+         "hash_retrieval.py": "nac_tf.cli.hash_retrieval"}
+
+
+def test_every_tool_script_is_listed():
+    assert sorted(name for name in os.listdir(os.path.join(REPO, "tools"))
+                  if name.endswith(".py")) == sorted(TOOLS)
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_tool_scripts_run_the_installed_commands(tool):
+    """python tools/<name>.py is the console command: same help, same flag errors (the
+    script's own directory is on sys.path, not the repository: nac_tf comes from the
+    installed package)."""
+    script = os.path.join(REPO, "tools", tool)
+    result = subprocess.run([sys.executable, script, "--help"], cwd=REPO,
+                            env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120)
+    command = _run(TOOLS[tool], "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    # The same text and flags; absl heads the flag list with the defining module's path.
+    assert result.stdout.split("flags:")[0] == command.stdout.split("flags:")[0]
+    assert re.findall(r"--\w+:", result.stdout) == re.findall(r"--\w+:", command.stdout)
+    bad = subprocess.run([sys.executable, script, "--no_such_flag=1"], cwd=REPO,
+                         env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "error: --no_such_flag: unknown flag" in bad.stderr

@@ -1,10 +1,13 @@
 """Retrieval metrics against brute-force float64 references written from the definitions.
 
 Codes are short (8-16 bits) so that many database items share a distance: tie handling is
-what these tests are about.
+what these tests are about. The reference tests run on both computing backends: the NumPy
+path and the compiled Numba kernels (nac_tf.evaluation.hamming_kernels; numba is part of
+the test extra, so they run rather than skip).
 """
 import itertools
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -13,6 +16,9 @@ from nac_tf.evaluation import retrieval
 from nac_tf.evaluation.retrieval import (
     average_precisions, hamming_distances, inner_product_map, mean_average_precision,
     pack_bits, precision_recall_curve, precision_within_hamming_radius)
+
+# Both implementations of every metric; "auto" picks numba when it is installed.
+BACKENDS = pytest.mark.parametrize("backend", ["numpy", "numba"])
 
 # ------------------------------------------------------------------ brute-force references
 
@@ -120,16 +126,17 @@ def test_popcount_fallback_without_bitwise_count(monkeypatch):
 @pytest.mark.parametrize("num_bits", [8, 16])
 @pytest.mark.parametrize("top_k", [None, 1, 7, 100, 299, 300, 1000])
 @pytest.mark.parametrize("empty_queries", ["exclude", "zero"])
-def test_stable_map_matches_reference(multi_label, num_bits, top_k, empty_queries):
+@BACKENDS
+def test_stable_map_matches_reference(multi_label, num_bits, top_k, empty_queries, backend):
     query, database, query_labels, db_labels = random_problem(
         num_bits + 3 * (top_k or 0), num_bits=num_bits, multi_label=multi_label)
     aps = ref_stable_aps(ref_distances(query, database), ref_relevance(query_labels, db_labels),
                          top_k)
     result = average_precisions(query, database, query_labels, db_labels, top_k=top_k,
-                                empty_queries=empty_queries, chunk_size=7)
+                                empty_queries=empty_queries, chunk_size=7, backend=backend)
     assert result.mean == pytest.approx(ref_mean(aps, empty_queries), abs=1e-12)
     assert mean_average_precision(query, database, query_labels, db_labels, top_k=top_k,
-                                  empty_queries=empty_queries) == result.mean
+                                  empty_queries=empty_queries, backend=backend) == result.mean
     empty = np.array([ap is None for ap in aps])
     if empty_queries == "exclude":
         assert result.num_excluded == empty.sum() > 0
@@ -180,9 +187,11 @@ def test_packed_and_unpacked_inputs_agree():
             assert packed.num_empty == unpacked.num_empty
 
 
-def test_dtypes_threads_and_chunks_do_not_change_results():
+@BACKENDS
+def test_dtypes_threads_and_chunks_do_not_change_results(backend):
     query, database, query_labels, db_labels = random_problem(6, num_items=257)
-    reference = average_precisions(query, database, query_labels, db_labels, top_k=50)
+    reference = average_precisions(query, database, query_labels, db_labels, top_k=50,
+                                   backend="numpy")
     variants = [
         dict(query_bits=query.astype(bool), db_bits=database.astype(np.uint8)),
         dict(query_bits=query.astype(np.int8), db_bits=database, chunk_size=1, num_threads=1),
@@ -191,7 +200,7 @@ def test_dtypes_threads_and_chunks_do_not_change_results():
     for variant in variants:
         kwargs = dict(query_labels=query_labels.astype(np.int32), db_labels=db_labels, top_k=50)
         kwargs.update(variant)
-        result = average_precisions(**kwargs)
+        result = average_precisions(**kwargs, backend=backend)
         np.testing.assert_array_equal(result.values, reference.values)
         assert result.mean == reference.mean
 
@@ -214,11 +223,17 @@ def test_wide_codes_rank_the_same_with_radix_and_comparison_sorts(monkeypatch, t
                                                               num_bits=300)
     aps = ref_stable_aps(ref_distances(query, database), ref_relevance(query_labels, db_labels),
                          top_k)
-    radix = mean_average_precision(query, database, query_labels, db_labels, top_k=top_k)
+    radix = mean_average_precision(query, database, query_labels, db_labels, top_k=top_k,
+                                   backend="numpy")
+    # The compiled kernels hold these distances as uint16.
+    compiled = mean_average_precision(query, database, query_labels, db_labels, top_k=top_k,
+                                      backend="numba")
     monkeypatch.setattr(retrieval, "_distance_dtype", lambda num_bits: np.uint32)
-    comparison = mean_average_precision(query, database, query_labels, db_labels, top_k=top_k)
+    comparison = mean_average_precision(query, database, query_labels, db_labels, top_k=top_k,
+                                        backend="numpy")
     assert comparison == pytest.approx(radix, abs=1e-12)
     assert radix == pytest.approx(ref_mean(aps, "exclude"), abs=1e-12)
+    assert compiled == radix
 
 
 # ------------------------------------------------------------------------- expected mAP
@@ -235,7 +250,8 @@ def tiny_tie_problem():
 
 @pytest.mark.parametrize("top_k", [None, 1, 2, 3, 4, 5])
 @pytest.mark.parametrize("empty_queries", ["exclude", "zero"])
-def test_expected_map_equals_exact_enumeration(top_k, empty_queries):
+@BACKENDS
+def test_expected_map_equals_exact_enumeration(top_k, empty_queries, backend):
     query, database, query_labels, db_labels = tiny_tie_problem()
     distances = ref_distances(query, database)
     relevance = ref_relevance(query_labels, db_labels)
@@ -248,7 +264,7 @@ def test_expected_map_equals_exact_enumeration(top_k, empty_queries):
     defined = [m for m in means if not np.isnan(m)]
     expected = np.mean(defined) if defined else float("nan")
     result = average_precisions(query, database, query_labels, db_labels, top_k=top_k,
-                                ties="expected", empty_queries=empty_queries)
+                                ties="expected", empty_queries=empty_queries, backend=backend)
     if np.isnan(expected):
         assert np.isnan(result.mean)
     else:
@@ -278,7 +294,8 @@ def monte_carlo_map(distances, relevance, top_k, empty_queries, draws, rng):
 @pytest.mark.parametrize("multi_label", [False, True])
 @pytest.mark.parametrize("top_k,empty_queries", [(None, "exclude"), (None, "zero"),
                                                  (15, "exclude"), (15, "zero")])
-def test_expected_map_matches_monte_carlo(multi_label, top_k, empty_queries):
+@BACKENDS
+def test_expected_map_matches_monte_carlo(multi_label, top_k, empty_queries, backend):
     query, database, query_labels, db_labels = random_problem(
         11, num_queries=12, num_items=120, num_bits=8, multi_label=multi_label)
     distances = ref_distances(query, database)
@@ -286,11 +303,11 @@ def test_expected_map_matches_monte_carlo(multi_label, top_k, empty_queries):
     estimate, standard_error = monte_carlo_map(distances, relevance, top_k, empty_queries,
                                                draws=300, rng=np.random.default_rng(0))
     expected = mean_average_precision(query, database, query_labels, db_labels, top_k=top_k,
-                                      ties="expected", empty_queries=empty_queries)
+                                      ties="expected", empty_queries=empty_queries, backend=backend)
     assert standard_error > 0  # the ties do matter here
     assert abs(expected - estimate) < 4 * standard_error
     stable = mean_average_precision(query, database, query_labels, db_labels, top_k=top_k,
-                                    empty_queries=empty_queries)
+                                    empty_queries=empty_queries, backend=backend)
     assert expected != stable
 
 
@@ -339,7 +356,8 @@ def test_mean_weights_equal_enumeration_of_inclusion_patterns():
 
 @pytest.mark.parametrize("multi_label", [False, True])
 @pytest.mark.parametrize("radius", [0, 1, 2, 5, 16, 40])
-def test_precision_within_radius_matches_reference(multi_label, radius):
+@BACKENDS
+def test_precision_within_radius_matches_reference(multi_label, radius, backend):
     query, database, query_labels, db_labels = random_problem(
         20 + radius, num_bits=16, multi_label=multi_label)
     distances = ref_distances(query, database)
@@ -353,7 +371,7 @@ def test_precision_within_radius_matches_reference(multi_label, radius):
         else:
             precisions.append(relevance[q][ball].sum() / ball.sum())
     result = precision_within_hamming_radius(query, database, query_labels, db_labels,
-                                             radius=radius)
+                                             radius=radius, backend=backend)
     assert result.mean_precision == pytest.approx(np.mean(precisions), abs=1e-12)
     assert result.num_empty == empty
     if radius == 0:
@@ -362,7 +380,8 @@ def test_precision_within_radius_matches_reference(multi_label, radius):
 
 
 @pytest.mark.parametrize("empty_queries", ["exclude", "zero"])
-def test_precision_recall_curve_matches_reference(empty_queries):
+@BACKENDS
+def test_precision_recall_curve_matches_reference(empty_queries, backend):
     query, database, query_labels, db_labels = random_problem(30, num_bits=8)
     distances = ref_distances(query, database)
     relevance = ref_relevance(query_labels, db_labels)
@@ -377,7 +396,7 @@ def test_precision_recall_curve_matches_reference(empty_queries):
             precision[radius] += hits / ball.sum() if ball.any() else 0.0
             recall[radius] += hits / relevance[q].sum() if relevance[q].any() else 0.0
     curve = precision_recall_curve(query, database, query_labels, db_labels,
-                                   empty_queries=empty_queries)
+                                   empty_queries=empty_queries, backend=backend)
     np.testing.assert_array_equal(curve.radius, np.arange(9))
     np.testing.assert_allclose(curve.precision, precision / len(counted), rtol=0, atol=1e-12)
     np.testing.assert_allclose(curve.recall, recall / len(counted), rtol=0, atol=1e-12)
@@ -391,14 +410,16 @@ def test_precision_recall_curve_matches_reference(empty_queries):
 
 
 @pytest.mark.parametrize("top_k", [None, 10])
-def test_inner_product_map_matches_reference(top_k):
+@BACKENDS
+def test_inner_product_map_matches_reference(top_k, backend):
     query, database, query_labels, db_labels = random_problem(40, num_bits=8)
     inner_products = query @ database.T
     aps = ref_stable_aps(-inner_products, ref_relevance(query_labels, db_labels), top_k)
-    result = inner_product_map(query, database, query_labels, db_labels, top_k=top_k)
+    result = inner_product_map(query, database, query_labels, db_labels, top_k=top_k,
+                               backend=backend)
     assert result == pytest.approx(ref_mean(aps, "exclude"), abs=1e-12)
     assert result != mean_average_precision(query, database, query_labels, db_labels,
-                                            top_k=top_k)
+                                            top_k=top_k, backend=backend)
 
 
 # ------------------------------------------------------------------ multi-hot label dtypes
@@ -406,32 +427,36 @@ def test_inner_product_map_matches_reference(top_k):
 
 @pytest.mark.parametrize("num_classes", [4, 70])  # 70: label masks span two 64-bit words
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, bool, np.uint8, np.int32])
-def test_multi_hot_labels_of_any_dtype_give_the_integer_results(dtype, num_classes):
+@BACKENDS
+def test_multi_hot_labels_of_any_dtype_give_the_integer_results(dtype, num_classes, backend):
     """Float (or bool, or any integer) 0/1 matrices are the same labels as int64 ones."""
     query, database, query_labels, db_labels = random_problem(
         70 + num_classes, num_items=200, multi_label=True, num_classes=num_classes)
     labels = (query_labels.astype(dtype), db_labels.astype(dtype))
     for kwargs in ({}, {"top_k": 25}, {"ties": "expected"}, {"ties": "expected", "top_k": 25},
                    {"empty_queries": "zero"}):
-        reference = average_precisions(query, database, query_labels, db_labels, **kwargs)
-        result = average_precisions(query, database, *labels, **kwargs)
+        reference = average_precisions(query, database, query_labels, db_labels,
+                                       backend=backend, **kwargs)
+        result = average_precisions(query, database, *labels, backend=backend, **kwargs)
         np.testing.assert_array_equal(result.values, reference.values)
         assert result.mean == reference.mean or (np.isnan(result.mean)
                                                  and np.isnan(reference.mean))
-    assert mean_average_precision(query, database, *labels) == \
-        mean_average_precision(query, database, query_labels, db_labels)
-    assert inner_product_map(query, database, *labels) == \
-        inner_product_map(query, database, query_labels, db_labels)
+    assert mean_average_precision(query, database, *labels, backend=backend) == \
+        mean_average_precision(query, database, query_labels, db_labels, backend=backend)
+    assert inner_product_map(query, database, *labels, backend=backend) == \
+        inner_product_map(query, database, query_labels, db_labels, backend=backend)
     np.testing.assert_array_equal(
-        precision_within_hamming_radius(query, database, *labels).precisions,
-        precision_within_hamming_radius(query, database, query_labels, db_labels).precisions)
-    curve = precision_recall_curve(query, database, *labels)
-    reference_curve = precision_recall_curve(query, database, query_labels, db_labels)
+        precision_within_hamming_radius(query, database, *labels, backend=backend).precisions,
+        precision_within_hamming_radius(query, database, query_labels, db_labels,
+                                        backend=backend).precisions)
+    curve = precision_recall_curve(query, database, *labels, backend=backend)
+    reference_curve = precision_recall_curve(query, database, query_labels, db_labels,
+                                             backend=backend)
     np.testing.assert_array_equal(curve.precision, reference_curve.precision)
     np.testing.assert_array_equal(curve.recall, reference_curve.recall)
     # Mixed dtypes on the two sides are fine too.
-    assert mean_average_precision(query, database, labels[0], db_labels) == \
-        mean_average_precision(query, database, query_labels, db_labels)
+    assert mean_average_precision(query, database, labels[0], db_labels, backend=backend) == \
+        mean_average_precision(query, database, query_labels, db_labels, backend=backend)
 
 
 def test_float_multi_hot_labels_must_be_exactly_zero_or_one():
@@ -532,6 +557,73 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         call(query, database, query_labels, db_labels, num_threads=0)
     with pytest.raises(ValueError, match="query_packed has 1 bytes.*db_packed has 2"):
         hamming_distances(pack_bits(query), np.zeros((3, 2), np.uint8))
+
+
+# ------------------------------------------------------------- compiled kernels vs NumPy
+
+
+@pytest.mark.parametrize("num_bits", [8, 13, 64, 70, 128, 300])
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_compiled_kernels_equal_the_numpy_path_bit_for_bit(num_bits, multi_label):
+    """Several 64-bit words, padding bits, uint16 distances (300 bits), two label-mask words
+    (70 classes): every metric is identical, not just close (the kernels add the precisions
+    in rank order, as the NumPy path does)."""
+    query, database, query_labels, db_labels = random_problem(
+        80 + num_bits, num_queries=23, num_items=211, num_bits=num_bits,
+        multi_label=multi_label, num_classes=70 if multi_label else 4)
+    args = (query, database, query_labels, db_labels)
+    for top_k in (None, 1, 7, 1000):
+        for ties in ("stable", "expected"):
+            for empty_queries in ("exclude", "zero"):
+                results = [average_precisions(*args, top_k=top_k, ties=ties, backend=backend,
+                                              empty_queries=empty_queries)
+                           for backend in ("numpy", "numba")]
+                np.testing.assert_array_equal(results[1].values, results[0].values)
+                np.testing.assert_array_equal(results[1].inclusion_probability,
+                                              results[0].inclusion_probability)
+                assert results[1].mean == results[0].mean or np.isnan(results[0].mean)
+        assert inner_product_map(*args, top_k=top_k, backend="numba") == \
+            inner_product_map(*args, top_k=top_k, backend="numpy")
+    for radius in (0, 2, num_bits // 3):
+        np.testing.assert_array_equal(
+            precision_within_hamming_radius(*args, radius=radius, backend="numba").precisions,
+            precision_within_hamming_radius(*args, radius=radius, backend="numpy").precisions)
+    curves = [precision_recall_curve(*args, backend=backend) for backend in ("numpy", "numba")]
+    np.testing.assert_array_equal(curves[1].precision, curves[0].precision)
+    np.testing.assert_array_equal(curves[1].recall, curves[0].recall)
+
+
+def test_auto_backend_uses_numba_for_large_problems_when_installed(monkeypatch):
+    query, database, query_labels, db_labels = random_problem(62, num_items=50)
+    large = retrieval.AUTO_COMPILED_MIN_PAIRS
+    assert retrieval._resolve_backend("auto", large) == "numba"
+    assert retrieval._resolve_backend("auto", large - 1) == "numpy"  # compiling costs more
+    monkeypatch.setattr(retrieval, "AUTO_COMPILED_MIN_PAIRS", 1)
+    calls = []
+    original = retrieval._compiled_ranking
+    monkeypatch.setattr(retrieval, "_compiled_ranking",
+                        lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    compiled = mean_average_precision(query, database, query_labels, db_labels)
+    assert calls  # "auto" ran the kernels
+    monkeypatch.setitem(sys.modules, "numba", None)  # makes `import numba` fail
+    assert retrieval._resolve_backend("auto", large) == "numpy"
+    assert mean_average_precision(query, database, query_labels, db_labels) == compiled
+    with pytest.raises(ImportError, match=r'pip install "nac_tf\[fast\]"'):
+        mean_average_precision(query, database, query_labels, db_labels, backend="numba")
+
+
+def test_compiled_kernels_called_from_several_threads_at_once():
+    """Numba's workqueue threading layer aborts the process on concurrent parallel launches;
+    the kernels' launch lock makes concurrent callers wait instead."""
+    query, database, query_labels, db_labels = random_problem(63, num_items=2000,
+                                                              num_bits=16)
+    serial = average_precisions(query, database, query_labels, db_labels, backend="numba")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: average_precisions(
+            query, database, query_labels, db_labels, backend="numba", num_threads=2),
+            range(8)))
+    for result in results:
+        np.testing.assert_array_equal(result.values, serial.values)
 
 
 # --------------------------------------------------------------------------------- FAISS

@@ -24,10 +24,13 @@ Conventions (shared by all functions):
   the queries with no relevant item (for AP@k: none in the top k); ``"zero"`` counts them as
   AP 0. If every query is excluded the mean is NaN.
 
-Speed: distances are computed on 64-bit words (``np.bitwise_count``) for a few queries at a
-time, in worker threads (NumPy releases the GIL), and ranking never calls an argsort:
-stable AP sorts one unique 32-bit key per item, (distance, database index, relevance bit),
-and the expected mode, radius precision and PR curve only need per-distance counts.
+Speed: with Numba installed (the extra ``nac_tf[fast]``), ``backend="auto"`` (the default)
+runs, for problems of at least 2^24 query-item pairs, compiled kernels (`nac_tf.evaluation.hamming_kernels`): one pass over the database per
+query on all cores, no distance matrix and no sort. Without it, or with backend="numpy",
+distances are computed on 64-bit words (``np.bitwise_count``) for a few queries at a time,
+in worker threads (NumPy releases the GIL), stable AP uses NumPy's stable argsort of the
+small-integer distances (a radix sort), and the expected mode, radius precision and PR
+curve only need per-distance counts. Every backend gives the same results.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +40,10 @@ import numpy as np
 
 TIES = ("stable", "expected")
 EMPTY_QUERIES = ("exclude", "zero")
-BACKENDS = ("numpy", "faiss")
+BACKENDS = ("auto", "numba", "numpy", "faiss")
+DISTANCE_BACKENDS = ("numpy", "faiss")
 FAISS_INSTALL_HINT = 'pip install "nac_tf[faiss]"'
+NUMBA_INSTALL_HINT = 'pip install "nac_tf[fast]"'
 
 # Popcount of every byte, for NumPy < 2.0 which has no np.bitwise_count.
 _BYTE_POPCOUNT = np.array([bin(value).count("1") for value in range(256)], np.uint8)
@@ -257,6 +262,42 @@ def _distance_dtype(num_bits):
     return np.uint8 if num_bits <= 255 else np.uint16 if num_bits <= 65535 else np.uint32
 
 
+# "auto" leaves problems smaller than this (query-item pairs) to NumPy: they take it under
+# 0.2 s, less than compiling the kernels (several seconds, once per installation).
+AUTO_COMPILED_MIN_PAIRS = 1 << 24
+
+
+def _resolve_backend(backend, num_pairs):
+    """"auto" -> "numba" when Numba is installed and the problem is large, else "numpy";
+    other names as they are."""
+    _check_option("backend", backend, BACKENDS)
+    if backend == "auto" and num_pairs < AUTO_COMPILED_MIN_PAIRS:
+        return "numpy"
+    if backend in ("auto", "numba"):
+        try:
+            import numba  # noqa: F401, PLC0415 (optional dependency)
+        except ImportError as error:
+            if backend == "numba":
+                raise ImportError("backend='numba' needs the optional Numba package: "
+                                  f"{NUMBA_INSTALL_HINT}") from error
+            return "numpy"
+        return "numba"
+    return backend
+
+
+def _compiled_ranking(query, database, num_bits, relevance, inner_product=False):
+    """The compiled kernels' view of packed codes and relevance (see hamming_kernels)."""
+    from nac_tf.evaluation.hamming_kernels import CompiledRanking  # noqa: PLC0415 (optional)
+
+    labels = ({"query_masks": relevance.query, "db_masks": relevance.database}
+              if relevance.multi_hot else
+              # Any integer dtype -> int64: the cast is one-to-one, so equality is kept.
+              {"query_classes": relevance.query.astype(np.int64),
+               "db_classes": relevance.database.astype(np.int64)})
+    return CompiledRanking(_as_words(query), _as_words(database).T, num_bits, inner_product,
+                           **labels)
+
+
 def _import_faiss():
     try:
         import faiss  # noqa: PLC0415 (optional dependency, imported only when asked for)
@@ -270,7 +311,7 @@ class _Distances:
     """Per-chunk Hamming distances (or inner products) of queries against the whole database."""
 
     def __init__(self, query_packed, db_packed, num_bits, backend="numpy", inner_product=False):
-        _check_option("backend", backend, BACKENDS)
+        _check_option("backend", backend, DISTANCE_BACKENDS)
         if backend == "faiss" and inner_product:
             raise ValueError("backend='faiss' computes Hamming distances only")
         self.num_bits = num_bits
@@ -631,15 +672,36 @@ def _average_precisions(query_bits, db_bits, query_labels, db_labels, top_k, tie
     _check_option("ties", ties, TIES)
     _check_option("empty_queries", empty_queries, EMPTY_QUERIES)
     top_k = _check_top_k(top_k)
+    _check_option("backend", backend, BACKENDS)
+    if backend == "faiss" and inner_product:
+        raise ValueError("backend='faiss' computes Hamming distances only")
     query, database, num_bits = _codes(query_bits, db_bits, packed)
     num_queries, num_items = query.shape[0], database.shape[0]
+    backend = _resolve_backend(backend, num_queries * num_items)
     relevance = _Relevance(query_labels, db_labels, num_queries, num_items)
-    distances = _Distances(query, database, num_bits, backend, inner_product)
     k = num_items if top_k is None else min(top_k, num_items)
+    _chunk_rows(chunk_size, num_items)  # validated whichever backend runs
 
     # zero policy: E[AP] with AP = 0 for empty queries; exclude: E[AP | counted].
     ap_or_zero = np.zeros(num_queries)
     inclusion = np.zeros(num_queries)
+    if backend == "numba":
+        ranking = _compiled_ranking(query, database, num_bits, relevance, inner_product)
+        threads = _default_threads(num_threads)
+        if ties == "stable":
+            sums, hits = ranking.stable_precision_sums(k, threads)
+            np.divide(sums, hits, out=ap_or_zero, where=hits > 0)
+            inclusion[:] = hits > 0
+        else:
+            total, relevant = ranking.bucket_counts(threads)
+            harmonic = _harmonic_table(num_items)
+            for start in range(0, num_queries, 256):  # the closed forms, 256 rows at a time
+                stop = min(start + 256, num_queries)
+                ap_or_zero[start:stop], inclusion[start:stop] = _expected_ap_at_k(
+                    total[start:stop], relevant[start:stop], k, harmonic)
+        return _mean_of_queries(ap_or_zero, inclusion, empty_queries)
+
+    distances = _Distances(query, database, num_bits, backend, inner_product)
     if ties == "stable":
         ranking = _StableRanking(num_items, k)
 
@@ -675,7 +737,12 @@ def _average_precisions(query_bits, db_bits, query_labels, db_labels, top_k, tie
 
         _scan(distances, relevance, num_queries, chunk_size, num_threads, process,
               finish=flush)
+    return _mean_of_queries(ap_or_zero, inclusion, empty_queries)
 
+
+def _mean_of_queries(ap_or_zero, inclusion, empty_queries):
+    """AveragePrecisions from per-query E[AP] (0 when not counted) and P(counted)."""
+    num_queries = ap_or_zero.size
     if empty_queries == "zero":
         return _finish(ap_or_zero, np.ones(num_queries), np.full(num_queries, 1 / num_queries))
     conditional = np.divide(ap_or_zero, inclusion, out=np.zeros(num_queries),
@@ -684,7 +751,7 @@ def _average_precisions(query_bits, db_bits, query_labels, db_labels, top_k, tie
 
 
 def average_precisions(query_bits, db_bits, query_labels, db_labels, top_k=None,
-                       ties="stable", empty_queries="exclude", packed=False, backend="numpy",
+                       ties="stable", empty_queries="exclude", packed=False, backend="auto",
                        chunk_size=None, num_threads=None):
     """Per-query average precision of Hamming ranking, as :class:`AveragePrecisions`.
 
@@ -700,9 +767,12 @@ def average_precisions(query_bits, db_bits, query_labels, db_labels, top_k=None,
       empty_queries: "exclude" leaves the queries with no relevant item (in the top k) out of
         the mean; "zero" counts them as AP 0.
       packed: the codes are np.packbits output (an explicit switch: it cannot be detected).
-      backend: "numpy" or "faiss" (optional extra) for the distances; identical results.
-      chunk_size: queries per step (default: about 2^18 / N); memory O(chunk_size * N) per
-        thread.
+      backend: "auto" (default: "numba" if Numba is installed and Q * N >= 2^24, else
+        "numpy"), "numba"
+        (compiled kernels, extra nac_tf[fast]), "numpy", or "faiss" (faiss.hammings
+        distances, extra nac_tf[faiss]); identical results.
+      chunk_size: numpy/faiss backends: queries per step (default: about 2^18 / N); memory
+        O(chunk_size * N) per thread. The compiled kernels hold O(N) per thread.
       num_threads: worker threads (default: the CPUs this process may use).
 
     Expected ties, AP@all. Let a group of n items (r relevant) at one distance fill ranks
@@ -740,32 +810,41 @@ def average_precisions(query_bits, db_bits, query_labels, db_labels, top_k=None,
 
 def mean_average_precision(query_bits, db_bits, query_labels, db_labels, top_k=None,
                            ties="stable", empty_queries="exclude", packed=False,
-                           backend="numpy", chunk_size=None, num_threads=None):
+                           backend="auto", chunk_size=None, num_threads=None):
     """mAP@all (top_k=None) or mAP@k of Hamming ranking: `average_precisions(...).mean`."""
     return average_precisions(query_bits, db_bits, query_labels, db_labels, top_k, ties,
                               empty_queries, packed, backend, chunk_size, num_threads).mean
 
 
 def inner_product_map(query_bits, db_bits, query_labels, db_labels, top_k=None,
-                      empty_queries="exclude", packed=False, chunk_size=None, num_threads=None):
+                      empty_queries="exclude", packed=False, backend="auto", chunk_size=None,
+                      num_threads=None):
     """COMPATIBILITY mode: mAP of the NAC authors' evaluation, which is NOT Hamming ranking.
 
     Their code ranked {0,1} codes by inner product (number of shared 1-bits), descending,
     here with ties in database order. Two items at the same Hamming distance can have
     different inner products (bits that are 0 in both count for Hamming, not for the inner
     product), so the numbers differ from `mean_average_precision`; use them only to compare
-    with the paper's tables. Same AP / top_k / empty-query conventions.
+    with the paper's tables. Same AP / top_k / empty-query conventions; backend "auto",
+    "numba" or "numpy" (FAISS computes Hamming distances only).
     """
     return _average_precisions(query_bits, db_bits, query_labels, db_labels, top_k, "stable",
-                               empty_queries, packed, "numpy", chunk_size, num_threads,
+                               empty_queries, packed, backend, chunk_size, num_threads,
                                inner_product=True).mean
 
 
 def _ball_counts(query_bits, db_bits, query_labels, db_labels, packed, backend, chunk_size,
                  num_threads):
     """Items and relevant items within every radius 0..D: int64 [Q, D + 1] each."""
+    _check_option("backend", backend, BACKENDS)
     query, database, num_bits = _codes(query_bits, db_bits, packed)
+    backend = _resolve_backend(backend, query.shape[0] * database.shape[0])
     relevance = _Relevance(query_labels, db_labels, query.shape[0], database.shape[0])
+    _chunk_rows(chunk_size, database.shape[0])  # validated whichever backend runs
+    if backend == "numba":
+        total, relevant = _compiled_ranking(query, database, num_bits, relevance).bucket_counts(
+            _default_threads(num_threads))
+        return np.cumsum(total, axis=1), np.cumsum(relevant, axis=1)
     distances = _Distances(query, database, num_bits, backend)
     within = np.zeros((query.shape[0], num_bits + 1), np.int64)
     relevant_within = np.zeros_like(within)
@@ -780,7 +859,7 @@ def _ball_counts(query_bits, db_bits, query_labels, db_labels, packed, backend, 
 
 
 def precision_within_hamming_radius(query_bits, db_bits, query_labels, db_labels, radius=2,
-                                    packed=False, backend="numpy", chunk_size=None,
+                                    packed=False, backend="auto", chunk_size=None,
                                     num_threads=None):
     """Mean over all queries of the precision of the ball of `radius` (empty ball = 0)."""
     if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, (int, np.integer)) \
@@ -797,7 +876,7 @@ def precision_within_hamming_radius(query_bits, db_bits, query_labels, db_labels
 
 
 def precision_recall_curve(query_bits, db_bits, query_labels, db_labels,
-                           empty_queries="exclude", packed=False, backend="numpy",
+                           empty_queries="exclude", packed=False, backend="auto",
                            chunk_size=None, num_threads=None):
     """Hashing PR curve: per-query precision and recall of the ball of each radius 0..D,
     averaged over queries (precision 0 for an empty ball). Queries without any relevant
