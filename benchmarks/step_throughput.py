@@ -239,6 +239,11 @@ def main(argv=None):
 
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    from nac_tf.precision import resolve_precision
+
+    args.precision, reason = resolve_precision(args.precision)
+    if reason:
+        print(f"precision auto: {args.precision} ({reason})")
     strategy, method, run_steps, iterator, views = build(args, args.method)
     step_flops, forward_flops = count_flops(strategy, method, views)
     flops = step_flops / args.batch_size

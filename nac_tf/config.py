@@ -32,7 +32,7 @@ HEAD_INITIALIZERS = ("keras", "pytorch")  # nac_tf.models.heads.ProjectionHead
 MQ_NEGATIVES = ("batch_in_queue", "positive_key", "queue_only")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")  # nac_tf.distribute
 BATCH_NORM_MODES = ("sync", "per_replica", "per_view")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")  # nac_tf.precision
 # What loaders of image files do with a file they cannot decode.
 ON_CORRUPT = ("skip", "raise")
 

@@ -49,6 +49,7 @@ from nac_tf.evaluation.report import EvaluationConfig, evaluate_model
 from nac_tf.export import ExportedModel, build_export_module
 from nac_tf.methods.from_config import method_from_config
 from nac_tf.optim import LARS, WarmupCosineSchedule, lars_rule_arguments, scaled_learning_rate
+from nac_tf.precision import resolve_precision
 from nac_tf.run_directory import (
     CHECKPOINT_DIR, INPUT_STATISTICS_FILE, RANDOM_INIT_EVAL_FILE, RESULTS_FILE, TENSORBOARD_DIR,
     TRAJECTORY_FILE, latest_checkpoint, path_in, prepare_run_directory, read_json,
@@ -111,6 +112,17 @@ def compile_method(method, config: PretrainConfig, total_steps, warmup_steps,
     return optimizer, peak_lr
 
 
+def _with_resolved_precision(config: PretrainConfig, log):
+    """`config` with precision="auto" replaced by the precision it picks here; sets Keras'
+    global dtype policy for a mixed precision."""
+    precision, reason = resolve_precision(config.precision)
+    if reason is not None and log is not None:
+        log(f"precision auto: {precision} ({reason})")
+    if precision != "float32":
+        keras.config.set_dtype_policy(precision)
+    return dataclasses.replace(config, precision=precision)
+
+
 def _check_source(config: PretrainConfig, source):
     if source.name in DATASETS and source.name != config.dataset:
         # The dataset picks the input normalisation (published statistics for CIFAR-10 and
@@ -135,8 +147,7 @@ def build_method(config: PretrainConfig, source):
     validate_config(config, require_model_dir=False)
     _check_source(config, source)
     keras.utils.set_random_seed(config.seed)
-    if config.precision != "float32":
-        keras.config.set_dtype_policy(config.precision)
+    config = _with_resolved_precision(config, log=None)
     image_size = config.image_size or source.image_shape[0]
     mean, std = dataset_statistics(config.dataset, source)
     statistics = {"image_size": image_size, "mean": list(mean), "std": list(std)}
@@ -350,10 +361,9 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
     if config.jit_compile and cpu_only:
         log(CPU_XLA_WARNING)
     role = worker_role(strategy)
-    prepare_run_directory(config, write=role.is_chief)
+    prepare_run_directory(config, write=role.is_chief)  # flags.json keeps precision="auto"
     keras.utils.set_random_seed(config.seed)
-    if config.precision != "float32":
-        keras.config.set_dtype_policy(config.precision)
+    config = _with_resolved_precision(config, log)
 
     source = _load_source(config, log)
     image_size = config.image_size or source.image_shape[0]

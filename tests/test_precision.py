@@ -22,6 +22,7 @@ from nac_tf import distribute
 from test_methods import build_test_method
 from nac_tf.models import build_encoder
 from nac_tf.optim import LARS
+from nac_tf.precision import cpu_flags, fastest_safe_precision, resolve_precision
 
 IMAGE_SHAPE = (8, 8, 3)
 K = 8
@@ -226,3 +227,50 @@ def test_xla_train_step_matches_the_graph_step(dtype_policy):
         scale = max(np.abs(expected.numpy()).max(), 1e-30)
         assert np.abs(actual.numpy() - expected.numpy()).max() <= 1e-5 * scale, actual.path
     assert int(compiled.queue_pointer.numpy()) == 0  # 2 steps x 2K keys = the whole queue
+
+
+# ----------------------------------------------------------------------- precision="auto"
+
+
+@pytest.mark.parametrize("tpus, gpus, flags, expected", [
+    (1, [], set(), "mixed_bfloat16"),
+    (0, [(8, 0)], set(), "mixed_bfloat16"),
+    (0, [(9, 0), (8, 6)], {"avx512_bf16"}, "mixed_bfloat16"),
+    (0, [(7, 0)], set(), "mixed_float16"),
+    (0, [(8, 6), (7, 5)], set(), "mixed_float16"),  # the oldest GPU decides
+    (0, [(6, 1)], {"avx512_bf16"}, "float32"),  # the GPUs compute, not the CPU
+    (0, [None], set(), "float32"),
+    (0, [], {"avx512f", "avx512_bf16"}, "mixed_bfloat16"),
+    (0, [], {"amx_bf16"}, "mixed_bfloat16"),
+    (0, [], {"avx512f", "avx2", "fma"}, "float32"),
+])
+def test_auto_precision_picks_a_16_bit_policy_only_with_native_hardware(tpus, gpus, flags,
+                                                                         expected):
+    precision, reason = fastest_safe_precision(tpus, gpus, frozenset(flags))
+    assert precision == expected and reason
+
+
+def test_cpu_flags_come_from_proc_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx512f avx512_bf16\n"
+                       "processor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(str(cpuinfo)) == {"fpu", "avx512f", "avx512_bf16"}
+    assert cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def test_auto_precision_sets_the_policy_it_logs(dtype_policy):
+    """build_method with precision="auto" computes in what auto picks on this machine."""
+    from nac_tf.config import PretrainConfig
+    from nac_tf.data.catalog import load_source
+    from nac_tf.training import build_method as build_pretraining_method
+
+    assert resolve_precision("mixed_float16") == ("mixed_float16", None)
+    expected, reason = resolve_precision("auto")
+    assert (expected, reason) == fastest_safe_precision(0, [], cpu_flags())  # CPU only here
+    config = PretrainConfig(method="nac", dataset="digits", image_size=8, encoder="small_cnn",
+                            code_dim=16, batch_size=8, train_steps=2, precision="auto")
+    method = build_pretraining_method(config, load_source("digits", image_size=8))
+    assert keras.config.dtype_policy().name == expected
+    assert method.encoder.compute_dtype == COMPUTE_DTYPE.get(expected, "float32")
+    assert isinstance(method.optimizer, keras.optimizers.LossScaleOptimizer) == \
+        (expected == "mixed_float16")

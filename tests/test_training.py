@@ -4,11 +4,13 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from nac_tf.config import ConfigError, PretrainConfig
+from nac_tf.precision import resolve_precision
 from nac_tf.training import CPU_XLA_WARNING, pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,3 +121,20 @@ def test_xla_on_a_cpu_only_machine_trains_and_warns_that_it_is_slower(tmp_path):
                        log=lines.append)
     assert results["steps"] == 2
     assert CPU_XLA_WARNING in lines
+
+
+def test_precision_auto_trains_in_what_it_picks_and_keeps_auto_in_the_run(tmp_path):
+    previous = keras.config.dtype_policy()
+    lines = []
+    try:
+        config = _tiny(tmp_path, precision="auto", train_steps=2, evaluate=False)
+        results = pretrain(config, log=lines.append)
+        picked = keras.config.dtype_policy().name
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert results["steps"] == 2
+    expected, reason = resolve_precision("auto")
+    assert picked == expected
+    assert f"precision auto: {expected} ({reason})" in lines
+    with open(os.path.join(config.model_dir, "flags.json")) as f:
+        assert json.load(f)["precision"] == "auto"  # the same command resumes the run

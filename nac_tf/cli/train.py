@@ -92,9 +92,11 @@ _HELP = {
     "seed": "Random seed (initialisation, data order, augmentation, channel noise).",
     "strategy": "auto, one_device, mirrored, multi_worker or tpu.",
     "tpu": "TPU name or address for --strategy=tpu (empty: the local TPU VM).",
-    "precision": "float32, mixed_bfloat16 or mixed_float16 (losses stay float32). On CPUs "
-                 "with avx512_bf16 (Zen 4, Sapphire Rapids) mixed_bfloat16 is the fastest: "
-                 "1.35x (ResNet-50) and 1.66x (VGG16-BN) float32's step (README Speed).",
+    "precision": "float32, mixed_bfloat16, mixed_float16 (losses stay float32) or auto: the "
+                 "fastest one with native hardware support here (TPU and GPUs of compute "
+                 "capability >= 8.0: mixed_bfloat16; 7.x: mixed_float16; CPUs with avx512_bf16 "
+                 "or amx_bf16: mixed_bfloat16, 1.35-1.66x float32's step on a Zen 4, README "
+                 "Speed; otherwise float32). The run logs what auto picked.",
     "jit_compile": "XLA-compile the per-replica step: for GPUs and TPUs; on CPUs XLA's step "
                    "is slower than TensorFlow's oneDNN one (0.65x, ResNet-50; README Speed) "
                    "and the trainer says so.",
