@@ -35,6 +35,9 @@ BATCH_NORM_MODES = ("sync", "per_replica", "per_view")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")  # nac_tf.precision
 # What loaders of image files do with a file they cannot decode.
 ON_CORRUPT = ("skip", "raise")
+# Where the views are augmented (nac_tf.training.input_augmentation): host, all of it in the
+# input pipeline; device, the crop there and the colour stages in the train step.
+AUGMENT_ON = ("host", "device")
 
 
 class ConfigError(ValueError):
@@ -94,6 +97,7 @@ class PretrainConfig:
     jitter_prob: float = 0.8
     grayscale_prob: float = 0.2
     blur_prob: float = 0.0
+    augment_on: str = "host"  # AUGMENT_ON; the same views either way
     # Run.
     model_dir: str = ""
     seed: int = 0
@@ -216,6 +220,7 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
     _one_of("lars_rule", config.lars_rule, LARS_RULES)
     _one_of("head_init", config.head_init, HEAD_INITIALIZERS)
     _one_of("mq_negatives", config.mq_negatives, MQ_NEGATIVES)
+    _one_of("augment_on", config.augment_on, AUGMENT_ON)
 
     validate_data_settings(config.dataset, config.data_dir)
     if require_model_dir and not config.model_dir:

@@ -89,6 +89,24 @@ def augmentation_config(config: PretrainConfig, image_size):
         grayscale_prob=config.grayscale_prob, blur_prob=config.blur_prob)
 
 
+def view_augmenter(config: PretrainConfig, image_size):
+    """The run's ViewPairAugmenter: `config`'s recipe at `image_size`, seeded by the run."""
+    return ViewPairAugmenter(augmentation_config(config, image_size), seed=config.seed)
+
+
+def input_augmentation(config: PretrainConfig, augmenter):
+    """What the input pipeline makes of a batch (`make_pretrain_dataset`'s augmenter): the
+    view pairs (augment_on="host"), or the crops with the random parameters of the later
+    stages (device: `crop_pair`; `use_view_stage` gives the method the rest)."""
+    return augmenter if config.augment_on == "host" else augmenter.crop_pair
+
+
+def use_view_stage(config: PretrainConfig, method, augmenter):
+    """augment_on="device": `method` finishes the views in its train step
+    (`TwoViewMethod.input_views`); host: its input elements are the views."""
+    method.view_stage = augmenter.colour_pair if config.augment_on == "device" else None
+
+
 def compile_method(method, config: PretrainConfig, total_steps, warmup_steps,
                    jit_compile="auto"):
     """Compiles `method` with the run's optimizer; returns (optimizer, peak learning rate).
@@ -153,6 +171,7 @@ def build_method(config: PretrainConfig, source):
     statistics = {"image_size": image_size, "mean": list(mean), "std": list(std)}
     _, total_steps, warmup_steps = schedule_lengths(config, source.num_train)
     method = method_from_config(config, statistics)
+    use_view_stage(config, method, view_augmenter(config, image_size))
     compile_method(method, config, total_steps, warmup_steps,
                    jit_compile=config.jit_compile)
     return method
@@ -161,12 +180,14 @@ def build_method(config: PretrainConfig, source):
 def view_pair_dataset(config: PretrainConfig, source, start_batch=0):
     """Endless batches (view1, view2) of `config.batch_size` images of `source`, augmented
     by `config`'s recipe: `pretrain`'s input pipeline on one device (every batch a function
-    of `config.seed` and its index), for `model.fit(..., steps_per_epoch=N)`."""
+    of `config.seed` and its index), for `model.fit(..., steps_per_epoch=N)`. With
+    augment_on="device" the batches are CropPairs, which `build_method(config, ...)`'s
+    method turns into the same views in its step."""
     _check_source(config, source)
     image_size = config.image_size or source.image_shape[0]
-    augmenter = ViewPairAugmenter(augmentation_config(config, image_size), seed=config.seed)
-    return make_pretrain_dataset(source, augmenter, config.batch_size, seed=config.seed,
-                                 start_batch=start_batch)
+    augmenter = view_augmenter(config, image_size)
+    return make_pretrain_dataset(source, input_augmentation(config, augmenter),
+                                 config.batch_size, seed=config.seed, start_batch=start_batch)
 
 
 def schedule_lengths(config, num_train):
@@ -401,12 +422,13 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
         if role.is_chief:
             evaluation = _training_evaluation(config, method, source, input_statistics,
                                               int(optimizer.iterations.numpy()), log)
-        augmenter = ViewPairAugmenter(augmentation_config(config, image_size), seed=config.seed)
+        augmenter = view_augmenter(config, image_size)
+        use_view_stage(config, method, augmenter)
         start_batch = int(input_position.numpy())
         dataset = strategy.distribute_datasets_from_function(
-            lambda context: make_pretrain_dataset(source, augmenter, config.batch_size,
-                                                  context, seed=config.seed,
-                                                  start_batch=start_batch))
+            lambda context: make_pretrain_dataset(
+                source, input_augmentation(config, augmenter), config.batch_size, context,
+                seed=config.seed, start_batch=start_batch))
         summaries = _summary_writer(config, role)
         code_histogram = None
         if role.is_chief:
@@ -415,6 +437,8 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
             if int(optimizer.iterations.numpy()) == 0:
                 # A new run: what it starts from (resumed runs wrote these already).
                 with summaries.as_default(step=0):
+                    # The whole augmenter: with augment_on="device" too, these are the views
+                    # the step makes (the same numbers, tests/test_data.py).
                     write_view_pairs(source, augmenter, config.batch_size, config.seed)
                     code_histogram.write()
 

@@ -48,6 +48,7 @@ def test_train_help_names_the_configs():
     text = " ".join(result.stdout.split())
     for name in ("quickstart", "cifar10_nac_mq", "imagenet_nac_mq"):
         assert name in text
+    assert "--augment_on: Where the views are augmented: host" in text
     full = _run("nac_tf.cli.train", "--helpfull")
     assert full.returncode == 0 and "--verbosity" in full.stdout  # absl's own flags too
 

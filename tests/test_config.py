@@ -51,6 +51,7 @@ def test_defaults_with_model_dir_are_valid(tmp_path):
     ({"lars_rule": "lamb"}, "lars_rule", "simclr, all, authors"),
     ({"head_init": "xavier"}, "head_init", "keras, pytorch"),
     ({"mq_negatives": "batch"}, "mq_negatives", "batch_in_queue, positive_key, queue_only"),
+    ({"augment_on": "gpu"}, "augment_on", "host, device"),
     ({"queue_init_scale": 0.0}, "queue_init_scale", "range"),
     ({"eval_every_steps": -1}, "eval_every_steps", ">= 0"),
     ({"eval_num_queries": 0}, "eval_num_queries", "positive"),
@@ -101,6 +102,13 @@ def test_choice_lists_agree_with_what_implements_them(tmp_path):
         models.ProjectionHead(hidden_dim=4, output_dim=8, initializer=initializer)
     for stem in config.ENCODER_STEMS:
         models.build_encoder("resnet_tiny", (8, 8, 3), stem=stem)
+    from nac_tf import training
+    from nac_tf.data import views
+
+    augmenter = views.ViewPairAugmenter(views.cifar_recipe(8), seed=0)
+    stages = {mode: training.input_augmentation(_valid(tmp_path, augment_on=mode), augmenter)
+              for mode in config.AUGMENT_ON}
+    assert stages == {"host": augmenter, "device": augmenter.crop_pair}
     assert distribute.make_strategy("one_device") is not None
     with pytest.raises(ValueError, match="not one of"):
         distribute.make_strategy("gpu_cluster")

@@ -722,6 +722,82 @@ def test_views_inside_tf_data_map_equal_eager_views():
         np.testing.assert_allclose(view2, eager2, atol=1e-6)
 
 
+# augment_on="device": the crop (and every draw) in the input pipeline, the colour stages in
+# the train step; the same views as `augment`, bit for bit on CPU.
+SPLIT_RECIPES = [views.cifar_recipe(8), views.imagenet_recipe(13), views.imagenet_recipe(50),
+                 # Every stage applied to every image (no jitter coin).
+                 AugmentationConfig(image_size=9, jitter_prob=1.0, grayscale_prob=1.0,
+                                    blur_prob=1.0)]
+
+
+def _assert_same_views(actual, expected):
+    for view, reference in zip(actual, expected):
+        np.testing.assert_array_equal(np.asarray(view), np.asarray(reference))
+
+
+@pytest.mark.parametrize("recipe", SPLIT_RECIPES)
+def test_crop_and_colour_stages_make_the_views_of_augment(recipe):
+    augmenter = ViewPairAugmenter(recipe, seed=4)
+    images = _random_images(16, 15)
+    whole = [v.numpy() for v in augmenter(images, batch_index=9)]
+    # One view: colour_stage(*crop_stage(...)) is augment(...).
+    key = augmenter.view_keys(9)[0]
+    crops, parameters = augmenter.crop_stage(images, key)
+    assert crops.shape == (16, recipe.image_size, recipe.image_size, 3)
+    assert crops.dtype == tf.float32
+    np.testing.assert_array_equal(augmenter.colour_stage(crops, parameters), whole[0])
+    # Both views, for shares of the global batch (rows=(offset, total)) too.
+    for offset, count in ((0, 16), (1, 5), (13, 3), (15, 1)):
+        pair = augmenter.crop_pair(images[offset:offset + count], 9, rows=(offset, 16))
+        assert isinstance(pair, views.CropPair)
+        _assert_same_views(augmenter.colour_pair(pair),
+                           [v[offset:offset + count] for v in whole])
+    # Cut in a tf.data map and finished in a tf.function (the train step's graph, which
+    # Grappler rewrites; see _Planes.gray): still the same numbers.
+    dataset = tf.data.Dataset.from_tensors(images[4:12]).map(
+        lambda batch: augmenter.crop_pair(batch, tf.constant(9, tf.int64),
+                                          rows=(tf.constant(4, tf.int64), 16)))
+    element = next(iter(dataset))
+    assert isinstance(element, views.CropPair)
+    _assert_same_views(tf.function(augmenter.colour_pair)(element),
+                       [v[4:12] for v in whole])
+
+
+@pytest.mark.parametrize("recipe", SPLIT_RECIPES[:2])
+def test_colour_stage_compiles_with_xla_to_the_same_views_within_rounding(recipe):
+    """XLA (jit_compile steps, TPUs) fuses and reorders float arithmetic, so its views differ
+    from the pipeline's in the last bits (observed <= 5e-7); the random parameters are the
+    same because they are drawn on the host, not in the compiled program (XLA's float
+    uniforms differ from TensorFlow's kernels')."""
+    augmenter = ViewPairAugmenter(recipe, seed=4)
+    images = _random_images(16, 15)
+    whole = augmenter(images, batch_index=3)
+    compiled = tf.function(augmenter.colour_pair, jit_compile=True)
+    for view, expected in zip(compiled(augmenter.crop_pair(images, 3)), whole):
+        np.testing.assert_allclose(view, expected, rtol=0, atol=2e-6)
+
+
+def test_colour_stage_stays_float32_under_mixed_precision_and_checks_its_input():
+    augmenter = ViewPairAugmenter(views.cifar_recipe(image_size=8), seed=0)
+    images = _random_images(8, 10)
+    expected = augmenter(images, batch_index=2)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        pair = augmenter.crop_pair(images, 2)
+        result = tf.function(augmenter.colour_pair)(pair)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert all(view.dtype == tf.float32 for view in result)
+    _assert_same_views(result, expected)
+    with pytest.raises(ValueError, match="`crops` must be float32"):
+        augmenter.colour_stage(tf.cast(pair.crop1, tf.bfloat16), pair.parameters1)
+    with pytest.raises(ValueError, match="`crops` must be a batch"):
+        augmenter.colour_stage(pair.crop1[0], pair.parameters1)
+    with pytest.raises(ValueError, match="`pair` must be a CropPair"):
+        augmenter.colour_pair((pair.crop1, pair.crop2))
+
+
 # ============================================================================ pipeline
 def _indexed_source(n):
     """Images whose pixels all equal their index, so batches reveal which images they hold."""
@@ -827,6 +903,27 @@ def test_pretrain_dataset_with_augmenter_under_mirrored_strategy(digits, two_rep
     elements = list(pipeline.make_pretrain_dataset(digits, augmenter, 8, context).take(2))
     for replica, view in enumerate(strategy.experimental_local_results(view1)):
         np.testing.assert_array_equal(view.numpy(), elements[replica][0].numpy())
+
+
+def test_device_mode_elements_finish_as_the_host_mode_views(digits):
+    """augment_on="device": the pipeline's CropPairs, finished by colour_pair, are the
+    host-mode pipeline's view pairs, for every replica's share and after a resume."""
+    augmenter = ViewPairAugmenter(views.imagenet_recipe(image_size=8), seed=3)
+    host = [tuple(v.numpy() for v in pair) for pair in
+            pipeline.make_pretrain_dataset(digits, augmenter, 16, seed=0).take(3)]
+    device = pipeline.make_pretrain_dataset(digits, augmenter.crop_pair, 16, seed=0)
+    finish = tf.function(augmenter.colour_pair)
+    for element, expected in zip(device.take(3), host):
+        assert isinstance(element, views.CropPair) and element.crop1.dtype == tf.float32
+        _assert_same_views(finish(element), expected)
+    # One pipeline feeding two replicas, resumed at batch 2: replica r's element holds rows
+    # 8r..8r+7 of global batch 2, with their own draws.
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                         num_replicas_in_sync=2)
+    resumed = pipeline.make_pretrain_dataset(digits, augmenter.crop_pair, 16, context, seed=0,
+                                             start_batch=2)
+    for replica, element in enumerate(resumed.take(2)):
+        _assert_same_views(finish(element), [v[8 * replica:8 * replica + 8] for v in host[2]])
 
 
 def test_batch_size_must_divide_over_replicas():

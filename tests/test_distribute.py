@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from nac_tf import distribute
 from nac_tf.config import ConfigError
+from nac_tf.data import pipeline, sources, views
 from test_methods import build_test_method
 from nac_tf.models import ProjectionHead, build_encoder, clone_encoder, clone_head
 from nac_tf.optim import LARS
@@ -340,6 +341,44 @@ def test_per_replica_batch_norm_uses_local_statistics(two_replica_strategy):
     # differ, see _views); with equal halves the two local means average to the global one.
     assert np.abs(components[0] - components[1]).max() > 1e-2
     np.testing.assert_allclose((components[0] + components[1]) / 2, expected, atol=1e-6)
+
+
+def test_two_replicas_finish_their_own_views_on_device(two_replica_strategy):
+    """augment_on="device" over two replicas: each replica finishes the views of its own
+    rows from its CropPair (its share of the global batch, its own draws), so two steps
+    give what the two-replica run on host-made views gives: logs and every weight bit for
+    bit (float32)."""
+    strategy = two_replica_strategy
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4 * K, 11, 11, 3), dtype=np.uint8)
+    labels = np.zeros(4 * K, np.int64)
+    source = sources.ArrayImageSource("random", images, labels, images[:2], labels[:2])
+    augmenter = views.ViewPairAugmenter(views.imagenet_recipe(IMAGE_SHAPE[0]), seed=1)
+    with strategy.scope():
+        methods = [_method("nac_mq", synchronized=True) for _ in range(2)]
+    methods[1].set_weights(methods[0].get_weights())
+    methods[1].view_stage = augmenter.colour_pair
+    results = []
+    for method, augmentation in zip(methods, (augmenter, augmenter.crop_pair)):
+        dataset = strategy.distribute_datasets_from_function(
+            lambda context: pipeline.make_pretrain_dataset(source, augmentation, K, context,
+                                                           seed=0))
+        iterator = iter(dataset)
+
+        @tf.function
+        def step():
+            logs = strategy.run(method.train_step, args=(next(iterator),))
+            return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                    for k, v in logs.items()}
+
+        results.append((method, [{k: float(v) for k, v in step().items()} for _ in range(2)]))
+    (host, host_logs), (device, device_logs) = results
+    assert device_logs == host_logs
+    for expected, variable in zip(host.weights + host.optimizer.variables,
+                                  device.weights + device.optimizer.variables):
+        for expected_component, component in zip(_variable_components(strategy, expected),
+                                                 _variable_components(strategy, variable)):
+            np.testing.assert_array_equal(component, expected_component, err_msg=variable.path)
 
 
 def _batch_norm_statistics(*networks):

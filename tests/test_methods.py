@@ -2,10 +2,12 @@
 
 Tiny networks (small CNN on 8x8 images) keep every test to a few seconds.
 """
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from nac_tf.data import views
 from nac_tf.methods import MethodConfig, build_method, hyperparameters_of
 from nac_tf.models import build_encoder
 from nac_tf.objectives import nac_loss
@@ -198,6 +200,67 @@ def test_checkpoint_round_trip_restores_queue_momentum_and_optimizer(tmp_path):
     logs_a = method.train_step(_views(5))
     logs_b = restored.train_step(_views(5))
     np.testing.assert_allclose(float(logs_a["loss"]), float(logs_b["loss"]), rtol=1e-6)
+
+
+def _host_and_device_methods(name):
+    """(method fed views, method finishing them from CropPairs), identical weights, and the
+    augmenter (the ImageNet recipe: jitter, grayscale and blur all run)."""
+    host, device = _method(name), _method(name)
+    device.set_weights(host.get_weights())
+    augmenter = views.ViewPairAugmenter(views.imagenet_recipe(IMAGE_SHAPE[0]), seed=5)
+    device.view_stage = augmenter.colour_pair
+    return host, device, augmenter
+
+
+def _images(seed):
+    return np.random.default_rng(seed).integers(0, 256, (K, 11, 11, 3), dtype=np.uint8)
+
+
+def test_device_augmentation_step_equals_the_host_step():
+    """augment_on="device": the step finishes the views from the input's crops and draws
+    (TwoViewMethod.input_views) and then trains exactly as on the host's views: same logs,
+    weights, queue and optimizer state, bit for bit (float32, CPU)."""
+    host, device, augmenter = _host_and_device_methods("nac_mq")
+    host_step, device_step = tf.function(host.train_step), tf.function(device.train_step)
+    for batch in range(2):
+        images = _images(batch)
+        host_logs = host_step(augmenter(images, batch_index=batch))
+        device_logs = device_step(augmenter.crop_pair(images, batch))
+        assert host_logs.keys() == device_logs.keys()
+        for key, value in host_logs.items():
+            assert float(device_logs[key]) == float(value), key
+    for expected, actual in zip(host.weights + host.optimizer.variables,
+                                device.weights + device.optimizer.variables):
+        np.testing.assert_array_equal(actual.numpy(), expected.numpy(), err_msg=actual.path)
+
+
+def test_device_augmentation_under_xla_and_mixed_precision():
+    """The view stage inside an XLA-compiled step (jit_compile, TPUs) compiles, and under
+    mixed_bfloat16 the step still receives float32 views. XLA rounds the colour stages
+    differently in the last bits (tests/test_data.py), so the loss agrees to rounding
+    (observed: equal)."""
+    host, device, augmenter = _host_and_device_methods("nac")
+    images = _images(0)
+    expected = float(tf.function(host.train_step)(augmenter(images, batch_index=0))["loss"])
+    logs = tf.function(device.train_step, jit_compile=True)(augmenter.crop_pair(images, 0))
+    assert abs(float(logs["loss"]) - expected) <= 1e-4 * max(abs(expected), 1.0)
+    seen = []
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = _method("nac")
+        mixed.view_stage = augmenter.colour_pair
+        view_pair_loss = mixed.view_pair_loss
+
+        def spy(view1, view2, training):
+            seen.append((view1.dtype, view2.dtype))
+            return view_pair_loss(view1, view2, training)
+
+        mixed.view_pair_loss = spy
+        assert np.isfinite(float(mixed.train_step(augmenter.crop_pair(images, 0))["loss"]))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert seen == [(tf.float32, tf.float32)]
 
 
 def test_methods_check_their_own_hyperparameters_naming_them():

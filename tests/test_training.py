@@ -66,6 +66,32 @@ def test_same_command_resumes_from_the_latest_checkpoint(tmp_path):
     assert again["steps"] == 9 and again["train_seconds_this_session"] < 5
 
 
+def test_augmenting_on_device_trains_the_host_run(tmp_path):
+    """augment_on="device" (colour stages in the step, every stage of the ImageNet recipe
+    on) ends with the host run's metrics and checkpointed weights, bit for bit on CPU; the
+    same run directory resumes with either setting, which is not run-defining."""
+    recipe = dict(flip=True, jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5,
+                  crop_area_min=0.2, train_steps=3, evaluate=False)
+    runs = {}
+    for mode in ("host", "device"):
+        config = _tiny(tmp_path, augment_on=mode, model_dir=str(tmp_path / mode), **recipe)
+        results = pretrain(config, log=lambda *_: None)
+        checkpoint = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+        runs[mode] = (results["final_metrics"], {
+            name: tf.train.load_variable(checkpoint, name)
+            for name, _ in tf.train.list_variables(checkpoint)})
+    (host_metrics, host_weights), (device_metrics, device_weights) = runs["host"], runs["device"]
+    assert device_metrics == host_metrics
+    assert device_weights.keys() == host_weights.keys()
+    for name, value in host_weights.items():
+        np.testing.assert_array_equal(device_weights[name], value, err_msg=name)
+    # The host run's directory accepts augment_on="device" (no allow_flag_changes needed).
+    messages = []
+    results = pretrain(_tiny(tmp_path, augment_on="device", model_dir=str(tmp_path / "host"),
+                             **recipe), log=messages.append)
+    assert results["steps"] == 3 and any("Resumed from" in m for m in messages)
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "nac_tf.train", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
@@ -80,6 +106,11 @@ def test_cli_rejects_bad_flags_before_building_anything(tmp_path):
     result = _cli("--flagfile=configs/quickstart.flags", "--encoder=resnet9",
                   f"--model_dir={tmp_path}")
     assert result.returncode == 2 and "--encoder: 'resnet9' is not one of" in result.stderr
+    result = _cli("--flagfile=configs/quickstart.flags", "--augment_on=gpu",
+                  f"--model_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "error: --augment_on: 'gpu' is not one of: host, device" in result.stderr
+    assert not os.listdir(tmp_path)
 
 
 def test_final_linear_probe_trains_on_augmented_images(tmp_path, monkeypatch):

@@ -88,6 +88,13 @@ _HELP = {
     "jitter_prob": "Probability of colour jitter.",
     "grayscale_prob": "Probability of grayscale.",
     "blur_prob": "Probability of Gaussian blur (0 on CIFAR, 0.5 in the MoCo-v2 recipe).",
+    "augment_on": "Where the views are augmented: host (all of it in the tf.data input "
+                  "pipeline on the CPUs) or device (the crop and every random draw on the "
+                  "host, colour jitter, grayscale and blur inside the train step on the "
+                  "accelerator, for hosts whose CPUs cannot keep up). The same views either "
+                  "way (bit for bit on CPU; within float rounding under XLA). Device sends "
+                  "float32 crops, as many bytes as the host's views. Its speed on GPUs and "
+                  "TPUs is unmeasured.",
     "model_dir": "Run directory: flags.json, checkpoints/, tensorboard/, results.json.",
     "seed": "Random seed (initialisation, data order, augmentation, channel noise).",
     "strategy": "auto, one_device, mirrored, multi_worker or tpu.",

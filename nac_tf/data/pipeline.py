@@ -12,7 +12,9 @@ counter at t; no batch before it is read, decoded or augmented).
   [t·B, (t + 1)·B) (B the global batch), so batches run across epoch boundaries like
   shuffle → repeat → batch did, and no image is dropped.
 - Views: `augmenter(images, batch_index=t, rows=...)` draws every random parameter
-  statelessly from (seed, t, row) (`nac_tf.data.views`).
+  statelessly from (seed, t, row) (`nac_tf.data.views`). With augment_on="device" the
+  element carries the crops and those parameters instead of finished views, so a resumed
+  run's step finishes the same views too.
 - Sharding: input pipeline p of P (one per worker) makes the rows of global replicas
   p·R .. p·R + R - 1 (R = replicas per pipeline), each a contiguous slice of the global
   batch; `distribute_datasets_from_function` hands a pipeline's consecutive per-replica
@@ -104,7 +106,9 @@ def make_pretrain_dataset(source, augmenter, global_batch_size, input_context=No
     `global_batch_size / num_replicas_in_sync` images, R consecutive elements per global
     batch (R = replicas fed by this pipeline). `augmenter(images, batch_index=t,
     rows=(offset, global_batch_size))` maps a uint8 batch [b, H, W, 3] to two views
-    (e.g. ViewPairAugmenter); it runs in a parallel, order-preserving map.
+    (e.g. ViewPairAugmenter); it runs in a parallel, order-preserving map. Whatever it
+    returns is the element: `ViewPairAugmenter.crop_pair` makes CropPairs, the crops and
+    the random draws of the colour stages the train step finishes (augment_on="device").
     """
     batch_size, pipelines, pipeline_id, local_replicas = _layout(global_batch_size,
                                                                  input_context)

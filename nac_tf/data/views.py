@@ -57,6 +57,13 @@ Views are float32 in [0, 1] (torchvision's ToTensor scale), [B, S, S, 3]. The co
 stages work on three colour planes (`_Planes`); the crop leaves them transposed and the
 transpose back is folded into re-interleaving the channels.
 
+Split in two (augment_on="device", `crop_stage` / `colour_stage`, `crop_pair` /
+`colour_pair`): the input pipeline does stages 1-2 and draws every random parameter of
+stages 3-5; the train step applies stages 3-5 with those parameters. The parameters travel
+rather than being drawn in the step because stateless float uniforms differ under XLA; the
+step's stages have static shapes (every image computed, the selected ones kept) so that XLA
+can compile them. Both halves together make `augment`'s views, bit for bit on CPU.
+
 Remaining deviations from the authors' pipelines:
 
 - The authors augmented PIL images, so every PIL stage rounded to uint8 (and PIL's
@@ -81,7 +88,7 @@ Remaining deviations from the authors' pipelines:
 """
 import dataclasses
 import math
-from typing import Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -350,8 +357,14 @@ class _Planes(tuple):
 
     def gray(self):
         """torchvision's rgb_to_grayscale, [n, S, S]."""
-        red, green, blue = self
-        return red * GRAY_WEIGHTS[0] + green * GRAY_WEIGHTS[1] + blue * GRAY_WEIGHTS[2]
+        # One AddN, which sums left to right as `r + g + b` does, over terms named in that
+        # order. Grappler (in a tf.function such as the train step of augment_on="device")
+        # rewrites a chain of adds into an AddN and sorts the inputs of commutative ops by
+        # name: with names like mul_8, mul_9, mul_10 the sum would round differently from
+        # the input pipeline's.
+        with tf.name_scope("gray"):
+            return tf.add_n([tf.multiply(plane, weight, name=f"term{i}")
+                             for i, (plane, weight) in enumerate(zip(self, GRAY_WEIGHTS))])
 
     def images(self):
         """[n, S, S, 3], rows first."""
@@ -412,6 +425,36 @@ def _if_any(rows, changed, unchanged):
     return _Planes(result) if isinstance(unchanged, _Planes) else result
 
 
+def _update_rows(mask, values, change, dense):
+    """`values` (planes, or views [n, S, S, 3]) with the images where `mask` [n] holds
+    replaced by `change(their values, pick)`; `pick(x)` takes the same images from a
+    per-image tensor [n, ...].
+
+    Sparse (the input pipeline): `change` runs on the selected images only, gathered and
+    scattered back, so shapes depend on the draws. Dense (`colour_stage`, in the train
+    step): `change` runs on every image and a select keeps the selected ones; static shapes,
+    which XLA needs and accelerators prefer, for computing images that are then dropped.
+    The numbers are the same: no image's arithmetic depends on the others.
+    """
+    is_planes = isinstance(values, _Planes)
+    if dense:
+        changed = change(values, lambda x: x)
+        if is_planes:
+            keep = mask[:, None, None]
+            return _Planes(tf.where(keep, new, old) for new, old in zip(changed, values))
+        return tf.where(mask[:, None, None, None], changed, values)
+    rows = _selected_rows(mask)
+
+    def pick(x):
+        return tf.gather(x, rows)
+
+    if is_planes:
+        return _if_any(rows, lambda: values.with_rows(rows, change(values.take(rows), pick)),
+                       values)
+    return _if_any(rows, lambda: tf.tensor_scatter_nd_update(
+        values, rows[:, None], change(pick(values), pick)), values)
+
+
 def _gaussian_kernels(sigmas, kernel_size):
     """Normalised Gaussian taps [n, kernel_size] for standard deviations [n] (pixels)."""
     pad = kernel_size // 2
@@ -441,6 +484,18 @@ def _gaussian_blur(images, kernels):
 
 
 # ----------------------------------------------------------------------------- augmenter
+class CropPair(NamedTuple):
+    """Both views of a batch cut after the crop (`ViewPairAugmenter.crop_pair`): the crops,
+    float32 [B, S, S, 3], and the random parameters of the later stages of each view
+    ({name: [B, ...]}). An input-pipeline element with augment_on="device"; like a view pair,
+    its first two entries are the images."""
+
+    crop1: Any
+    crop2: Any
+    parameters1: Dict[str, Any]
+    parameters2: Dict[str, Any]
+
+
 class ViewPairAugmenter:
     """Maps a batch of images [B, H, W, 3] (uint8, or float in [0, 255]) to two views.
 
@@ -457,6 +512,8 @@ class ViewPairAugmenter:
       they would get in the whole batch.
     Without `batch_index`, every call draws a fresh index from a generator seeded by
       `seed` (reproducible for the same sequence of calls).
+    `crop_pair(images, batch_index, rows)` and `colour_pair(pair)` are `__call__` cut after
+      the crop, for augment_on="device" (see the module docstring).
     """
 
     def __init__(self, config: AugmentationConfig, seed: Optional[int] = None):
@@ -481,24 +538,49 @@ class ViewPairAugmenter:
         flip = draws.coin("flip", 0.5) if c.flip else None
         return _resized_crop(images, windows, c.image_size, flip)
 
-    def _color_jitter(self, planes, draws):
-        """RandomApply([ColorJitter]): four rounds, each image in its own order."""
+    @property
+    def _jitters(self):
         c = self.config
-        brightness, contrast, saturation, hue = c.jitter_strength
-        applied = draws.coin("apply_jitter", c.jitter_prob) if c.jitter_prob < 1 else None
-        ones = tf.ones([draws.size])
+        return c.jitter_prob > 0 and any(c.jitter_strength)
 
-        def factor(stream, strength):
-            if not strength:
-                return ones
-            value = draws.uniform(stream, 1.0 - strength, 1.0 + strength)
-            return value if applied is None else tf.where(applied, value, 1.0)
+    def _colour_parameters(self, draws):
+        """Every random parameter of the stages after the crop, for this share's rows:
+        {name: [size, ...]} (float32, int32 or bool), the draws `_colour` consumes."""
+        c = self.config
+        parameters = {}
+        if self._jitters:
+            brightness, contrast, saturation, hue = c.jitter_strength
+            applied = draws.coin("apply_jitter", c.jitter_prob) if c.jitter_prob < 1 else None
+            ones = tf.ones([draws.size])
 
-        # Blend factor of each operation per image, [n, 4]; 1 (no blend) for the hue.
-        factors = tf.stack([factor("brightness", brightness), factor("contrast", contrast),
-                            factor("saturation", saturation), ones], axis=1)
-        orders = tf.argsort(draws.uniform("jitter_order", shape=[4]), axis=1, stable=True)
-        shifts = draws.uniform("hue", -hue, hue) if hue else None
+            def factor(stream, strength):
+                if not strength:
+                    return ones
+                value = draws.uniform(stream, 1.0 - strength, 1.0 + strength)
+                return value if applied is None else tf.where(applied, value, 1.0)
+
+            # Blend factor of each operation per image, [n, 4]; 1 (no blend) for the hue.
+            parameters["jitter_factors"] = tf.stack(
+                [factor("brightness", brightness), factor("contrast", contrast),
+                 factor("saturation", saturation), ones], axis=1)
+            parameters["jitter_order"] = tf.argsort(draws.uniform("jitter_order", shape=[4]),
+                                                    axis=1, stable=True)
+            if hue:
+                parameters["hue_shift"] = draws.uniform("hue", -hue, hue)
+                parameters["jittered"] = tf.ones([draws.size], tf.bool) if applied is None \
+                    else applied
+        if c.grayscale_prob > 0:
+            parameters["grayscale"] = draws.coin("apply_grayscale", c.grayscale_prob)
+        if c.blur_prob > 0:
+            parameters["blur"] = draws.coin("apply_blur", c.blur_prob)
+            parameters["blur_kernels"] = draws.rows(_gaussian_kernels(
+                draws.full_uniform("blur_sigma", *c.blur_sigma), c.blur_kernel_size))
+        return parameters
+
+    def _color_jitter(self, planes, parameters, dense):
+        """RandomApply([ColorJitter]): four rounds, each image in its own order."""
+        brightness, contrast, saturation, hue = self.config.jitter_strength
+        factors, orders = parameters["jitter_factors"], parameters["jitter_order"]
         for position in range(4):
             operation = orders[:, position]  # [n]
             if brightness or contrast or saturation:
@@ -517,34 +599,37 @@ class ViewPairAugmenter:
                 planes = _Planes(_clamp(plane * f if target is None else plane * f + target)
                                  for plane in planes)
             if hue:
-                selected = operation == _HUE
-                if applied is not None:
-                    selected &= applied
-                rows = _selected_rows(selected)
-                planes = _if_any(rows, lambda: planes.with_rows(rows, _shift_hue(
-                    planes.take(rows), tf.gather(shifts, rows))), planes)
+                selected = (operation == _HUE) & parameters["jittered"]
+                planes = _update_rows(selected, planes, lambda chosen, pick: _shift_hue(
+                    chosen, pick(parameters["hue_shift"])), dense)
         return planes
 
-    def _grayscale(self, planes, draws):
-        """RandomGrayscale: gray(x) in the three channels, with probability grayscale_prob."""
-        rows = _selected_rows(draws.coin("apply_grayscale", self.config.grayscale_prob))
-
-        def gray():
-            gray = planes.take(rows).gray()
-            return planes.with_rows(rows, (gray, gray, gray))
-
-        return _if_any(rows, gray, planes)
-
-    def _blur(self, views, draws):
-        """RandomApply([GaussianBlur]): σ ~ U[blur_sigma] per image, reflect padding;
-        computed for the blurred images only."""
+    def _colour(self, planes, parameters, dense=False):
+        """The stages after the crop (colour jitter, RandomGrayscale: gray(x) in the three
+        channels, RandomApply([GaussianBlur]): σ ~ U[blur_sigma] per image, reflect padding)
+        with `parameters` from `_colour_parameters`; the final views. `dense`: see
+        `_update_rows`."""
         c = self.config
-        kernels = draws.rows(_gaussian_kernels(draws.full_uniform("blur_sigma", *c.blur_sigma),
-                                               c.blur_kernel_size))
-        rows = _selected_rows(draws.coin("apply_blur", c.blur_prob))
-        return _if_any(rows, lambda: tf.tensor_scatter_nd_update(
-            views, rows[:, None], _gaussian_blur(tf.gather(views, rows),
-                                                 tf.gather(kernels, rows))), views)
+        if self._jitters:
+            planes = self._color_jitter(planes, parameters, dense)
+        if c.grayscale_prob > 0:
+            def gray(chosen, pick):
+                gray = chosen.gray()
+                return _Planes((gray, gray, gray))
+
+            planes = _update_rows(parameters["grayscale"], planes, gray, dense)
+        views = planes.images()
+        if c.blur_prob > 0:
+            views = _update_rows(parameters["blur"], views, lambda chosen, pick: _gaussian_blur(
+                chosen, pick(parameters["blur_kernels"])), dense)
+        # Float input a little outside [0, 255], and the blur's rounding, stay in range.
+        return _clamp(views)
+
+    @staticmethod
+    def _draws(images, seed, rows):
+        size = tf.shape(images)[0]
+        offset, total = (0, size) if rows is None else rows
+        return _Draws(seed, offset, size, total)
 
     # ------------------------------------------------------------------ views
     def augment(self, images, seed=None, rows=None):
@@ -556,34 +641,75 @@ class ViewPairAugmenter:
         images = self._check(images)
         if seed is None:
             seed = fold_in(self._key, self._next_index())
-        size = tf.shape(images)[0]
-        offset, total = (0, size) if rows is None else rows
-        draws = _Draws(seed, offset, size, total)
-        c = self.config
+        draws = self._draws(images, seed, rows)
+        return self._colour(self._crop(images, draws), self._colour_parameters(draws))
 
-        planes = self._crop(images, draws)
-        if c.jitter_prob > 0 and any(c.jitter_strength):
-            planes = self._color_jitter(planes, draws)
-        if c.grayscale_prob > 0:
-            planes = self._grayscale(planes, draws)
-        views = planes.images()
-        if c.blur_prob > 0:
-            views = self._blur(views, draws)
-        # Float input a little outside [0, 255], and the blur's rounding, stay in range.
-        return _clamp(views)
+    def crop_stage(self, images, seed, rows=None):
+        """`augment` up to the crop: (crops, parameters). `seed` and `rows` as for `augment`.
+
+        crops: the resized crops (flip included), float32 [B, S, S, 3] in [0, 1], not yet
+          clamped. float32, not uint8: a bilinear crop is not a whole number of levels.
+        parameters: every random draw of the later stages, {name: [B, ...]}.
+        `colour_stage(*crop_stage(images, seed, rows))` is `augment(images, seed, rows)`,
+        bit for bit on CPU (tests/test_data.py).
+        """
+        images = self._check(images)
+        draws = self._draws(images, seed, rows)
+        return self._crop(images, draws).images(), self._colour_parameters(draws)
+
+    def colour_stage(self, crops, parameters):
+        """The stages after the crop (colour jitter, grayscale, blur) on `crops` with their
+        `parameters`, both from `crop_stage`: the views `augment` makes.
+
+        Random draws are not made here but travel with the crops: stateless uniforms differ
+        under XLA (its float conversion is not TensorFlow's kernels'), the parameters do not.
+        Shapes are static (every stage computes every image and keeps the selected ones), so
+        XLA can compile it, in a jit_compile step or on a TPU.
+        """
+        crops = self._check(crops, name="crops")
+        if crops.dtype != tf.float32:
+            raise ValueError(f"`crops` must be float32, as crop_stage makes them; received "
+                             f"{crops.dtype.name}")
+        # Back to the planes in the crop's own transposed layout, so that per-image means sum
+        # in the same order as in `augment`.
+        planes = _Planes(tf.unstack(tf.transpose(crops, [0, 2, 1, 3]), axis=-1))
+        return self._colour(planes, parameters, dense=True)
+
+    def view_keys(self, batch_index):
+        """The draw keys [2] of the two views of global batch `batch_index`."""
+        key = fold_in(self._key, batch_index)
+        return fold_in(key, 1), fold_in(key, 2)
 
     def __call__(self, images, batch_index=None, rows=None):
         """(view1, view2) of `images`; see the class docstring for `batch_index` and `rows`."""
         index = self._next_index() if batch_index is None else batch_index
-        key = fold_in(self._key, index)
-        return (self.augment(images, fold_in(key, 1), rows),
-                self.augment(images, fold_in(key, 2), rows))
+        key1, key2 = self.view_keys(index)
+        return self.augment(images, key1, rows), self.augment(images, key2, rows)
+
+    def crop_pair(self, images, batch_index, rows=None):
+        """The CropPair of `images`: `__call__` cut after the crop (augment_on="device": the
+        input pipeline's part). Arguments as for `__call__`, `batch_index` required."""
+        key1, key2 = self.view_keys(batch_index)
+        (crop1, parameters1), (crop2, parameters2) = (self.crop_stage(images, key1, rows),
+                                                      self.crop_stage(images, key2, rows))
+        return CropPair(crop1, crop2, parameters1, parameters2)
+
+    def colour_pair(self, pair):
+        """(view1, view2) of a CropPair: `__call__`'s views (the train step's part)."""
+        if not isinstance(pair, CropPair):
+            if not isinstance(pair, (tuple, list)) or len(pair) != len(CropPair._fields):
+                raise ValueError(f"`pair` must be a CropPair (crop1, crop2, parameters1, "
+                                 f"parameters2), as crop_pair makes it; received "
+                                 f"{type(pair).__name__}")
+            pair = CropPair(*pair)
+        return (self.colour_stage(pair.crop1, pair.parameters1),
+                self.colour_stage(pair.crop2, pair.parameters2))
 
     @staticmethod
-    def _check(images):
+    def _check(images, name="images"):
         images = tf.convert_to_tensor(images)
         if images.shape.rank != 4 or (images.shape[-1] is not None and images.shape[-1] != 3):
-            raise ValueError(f"`images` must be a batch [B, H, W, 3]; received shape "
+            raise ValueError(f"`{name}` must be a batch [B, H, W, 3]; received shape "
                              f"{images.shape}")
         return images
 

@@ -5,7 +5,8 @@ encoder on both views, asks the subclass for its loss (`view_pair_loss`), takes 
 step and lets the subclass update its own state afterwards (`after_optimizer_step`: EMA
 networks, queues). Row layout everywhere: rows 0..K-1 are the first views, rows K..2K-1 the
 second views, so row i's partner is row (i + K) mod 2K (the convention of
-`nac_tf.objectives`).
+`nac_tf.objectives`). With augment_on="device" the input element is not yet the views:
+`input_views` finishes them inside the step (`view_stage`).
 
 Distribution: the step runs inside `strategy.run`, and R replicas compute exactly what one
 device computes on the same global batch of K images (tests/test_distribute.py):
@@ -96,6 +97,9 @@ class TwoViewMethod(keras.Model):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.method_config = config
+        # augment_on="device": the function that makes a step's (view1, view2) from its input
+        # element (see `input_views`); None: the elements are the views.
+        self.view_stage = None
 
     # ----------------------------------------------------------------- subclass hooks
     def view_pair_loss(self, view1, view2, training) -> PairLoss:
@@ -196,6 +200,23 @@ class TwoViewMethod(keras.Model):
         """The representation h used downstream (linear evaluation, retrieval)."""
         return self.encoder(images, training=training)
 
+    def input_views(self, data):
+        """(view1, view2) of one step's input element `data`.
+
+        By default the element holds the views: (view1, view2, ...). With a `view_stage`
+        (augment_on="device": `ViewPairAugmenter.colour_pair`), the element is what the input
+        pipeline left undone, e.g. a CropPair, and the stage finishes the views here, inside
+        the replica's step and so on its device. Each replica finishes its own rows: their
+        random parameters travel with them. The stage computes in float32 whatever the
+        dtype policy (plain TensorFlow ops; the encoder casts its input), before the
+        gradient tape starts.
+        """
+        if self.view_stage is None:
+            return data[0], data[1]
+        with tf.name_scope("view_stage"):
+            view1, view2 = self.view_stage(data)
+        return view1, view2
+
     def compute_gradients(self, data):
         """(PairLoss, gradients, variables) of this replica's share of one step.
 
@@ -206,7 +227,7 @@ class TwoViewMethod(keras.Model):
         LossScaleOptimizer (float16) the loss is also multiplied by the loss scale, which
         `apply_gradients` divides out again.
         """
-        view1, view2 = data[0], data[1]
+        view1, view2 = self.input_views(data)
         with tf.GradientTape() as tape:
             out = self.view_pair_loss(view1, view2, training=True)
             scaled_loss = out.loss / tf.cast(distribute.num_replicas_in_context(),
