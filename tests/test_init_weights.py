@@ -103,6 +103,27 @@ def test_init_weights_loads_every_layer_bit_for_bit(keras_vgg16, weights_files, 
             np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), layer.name)
 
 
+def test_legacy_variants_nested_weight_names_and_whole_model_files(keras_vgg16, tmp_path):
+    # Later Keras 2 files name weights by path ("block1_conv1/kernel:0", nested HDF5
+    # groups), and model.save() keeps the weights under the group model_weights.
+    path = str(tmp_path / "model.h5")
+    with h5py.File(path, "w") as f:
+        root = f.create_group("model_weights")
+        root.attrs["layer_names"] = [l.name.encode("utf8") for l in keras_vgg16.layers]
+        for layer in keras_vgg16.layers:
+            group = root.create_group(layer.name)
+            names = [f"{layer.name}/{leaf}:0" for leaf in ("kernel", "bias")][
+                :len(layer.weights)]
+            group.attrs["weight_names"] = [n.encode("utf8") for n in names]
+            for name, weight in zip(names, layer.weights):
+                group.create_dataset(name, data=weight.numpy())
+    encoder = build_encoder("vgg16", SHAPE)
+    assert load_encoder_weights(encoder, path).file_format == "legacy_h5"
+    for layer in weight_layers(keras_vgg16):
+        for theirs, ours in zip(layer.weights, encoder.get_layer(layer.name).weights):
+            np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), layer.name)
+
+
 def test_the_legacy_writer_is_the_layout_keras_reads(keras_vgg16, weights_files):
     # Keras' own legacy loader (order-based) reads the test's legacy file.
     copy = keras.applications.VGG16(include_top=False, weights=None, input_shape=SHAPE)
