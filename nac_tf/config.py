@@ -18,7 +18,8 @@ METHODS = ("nac", "nac_mq", "simclr", "moco_v2")  # nac_tf.methods.METHOD_CLASSE
 DATASETS = ("digits", "cifar10", "imagenet2012", "npz", "image_folder", "cifar10_hashing",
             "flickr25k")  # loaders: nac_tf.data.catalog.load_source
 # Builders: nac_tf.models.registry.
-ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet_tiny", "vgg16_bn", "small_cnn")
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet_tiny", "vgg16_bn", "vgg16",
+            "small_cnn")
 ENCODER_STEMS = ("cifar", "imagenet")  # the ResNet stems (nac_tf.models.layers)
 STEMS = ("auto",) + ENCODER_STEMS  # auto: cifar up to 64 px, imagenet above
 LR_SCALINGS = ("none", "linear", "sqrt")  # nac_tf.optim.scaled_learning_rate
@@ -64,6 +65,9 @@ class PretrainConfig:
     # Encoder and heads.
     encoder: str = "resnet50"
     stem: str = "auto"
+    # A Keras weights file loaded into the encoder of a new run (not on resume):
+    # nac_tf.models.weights_file. "": the random initialisation.
+    init_weights: str = ""
     code_dim: int = 128
     head_hidden_dim: int = 0  # 0: the encoder's output width
     head_batch_norm: bool = False
@@ -139,8 +143,8 @@ class PretrainConfig:
 # Fields whose change makes an existing run directory a different experiment; the rest
 # (logging cadence, evaluation, strategy, ...) can differ between a run and its resume.
 RUN_DEFINING_FIELDS = (
-    "method", "dataset", "data_dir", "image_size", "encoder", "stem", "code_dim",
-    "head_hidden_dim", "head_batch_norm", "head_scale_by_sqrt_dim", "batch_size", "epochs",
+    "method", "dataset", "data_dir", "image_size", "encoder", "stem", "init_weights",
+    "code_dim", "head_hidden_dim", "head_batch_norm", "head_scale_by_sqrt_dim", "batch_size", "epochs",
     "train_steps", "learning_rate", "learning_rate_scaling", "warmup_epochs", "weight_decay",
     "lars_momentum", "lars_trust_coefficient", "lars_rule", "head_init", "queue_init_scale",
     "mq_negatives", "flip_prob", "queue_size", "momentum",
@@ -199,6 +203,20 @@ def validate_data_settings(dataset, data_dir):
                           f"nothing; {data_dir!r} is a file that is not .npz")
 
 
+# The suffixes of the Keras weights files init_weights reads (nac_tf.models.weights_file).
+WEIGHTS_FILE_SUFFIXES = (".h5", ".hdf5")
+
+
+def validate_init_weights(init_weights):
+    """ConfigError for an init_weights that cannot be a Keras HDF5 weights file. Whether it
+    exists is checked when a new run loads it, so that a resumed run (which restores its
+    checkpoint instead) does not need the file any more."""
+    if init_weights and not init_weights.lower().endswith(WEIGHTS_FILE_SUFFIXES):
+        raise ConfigError("init_weights", f"{init_weights!r} is not a Keras HDF5 weights file "
+                          "(.weights.h5 written by save_weights, or a Keras 2 .h5 such as "
+                          "keras.applications' downloads)")
+
+
 def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
                     require_model_dir: bool = True):
     """Raises ConfigError for the first unusable flag value; returns None when all is well.
@@ -223,6 +241,7 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
     _one_of("augment_on", config.augment_on, AUGMENT_ON)
 
     validate_data_settings(config.dataset, config.data_dir)
+    validate_init_weights(config.init_weights)
     if require_model_dir and not config.model_dir:
         raise ConfigError("model_dir", "is required (the run directory for checkpoints, "
                           "TensorBoard logs, flags.json and results.json)")

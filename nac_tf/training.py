@@ -48,6 +48,7 @@ from nac_tf.evaluation.monitor import TrainingMonitor
 from nac_tf.evaluation.report import EvaluationConfig, evaluate_model
 from nac_tf.export import ExportedModel, build_export_module
 from nac_tf.methods.from_config import method_from_config
+from nac_tf.models import encoder_input_statistics
 from nac_tf.optim import LARS, WarmupCosineSchedule, lars_rule_arguments, scaled_learning_rate
 from nac_tf.precision import resolve_precision
 from nac_tf.run_directory import (
@@ -149,6 +150,25 @@ def _check_source(config: PretrainConfig, source):
                          f"{config.dataset!r}; set dataset={source.name!r} in the config")
 
 
+def input_statistics_of(config: PretrainConfig, source, image_size):
+    """The run's input statistics {"image_size", "mean", "std"} (input_statistics.json, the
+    encoder's input normalisation, the export's metadata): the encoder's own when the
+    weights it is made for fix them (vgg16: keras' VGG16 preprocessing), otherwise the
+    dataset's (`dataset_statistics`)."""
+    mean, std = (encoder_input_statistics(config.encoder)
+                 or dataset_statistics(config.dataset, source))
+    return {"image_size": image_size, "mean": list(mean), "std": list(std)}
+
+
+def _check_init_weights_file(config: PretrainConfig):
+    """A new run with init_weights needs the file (a resumed one restores its checkpoint):
+    checked before anything is built or written."""
+    if config.init_weights and latest_checkpoint(config.model_dir) is None and \
+            not os.path.isfile(os.path.expanduser(config.init_weights)):
+        raise ConfigError("init_weights", f"{config.init_weights!r} does not exist or is not "
+                          "a file (a new run loads the encoder's weights from it)")
+
+
 def build_method(config: PretrainConfig, source):
     """The method of `config` as a compiled keras.Model, for `model.fit` on
     `view_pair_dataset(config, source)`: what `pretrain` trains, without its run directory,
@@ -156,7 +176,8 @@ def build_method(config: PretrainConfig, source):
 
     `source`: the training data (an ImageSource, e.g. `load_source("digits", image_size=8)`),
     which fixes the image size (`config.image_size`, 0: the source's), the input
-    normalisation (`dataset_statistics` of `config.dataset`) and, with `config.train_steps`
+    normalisation (`input_statistics_of`), the encoder's initial weights
+    (`config.init_weights`, when set) and, with `config.train_steps`
     or `config.epochs`, the learning-rate schedule of the optimizer (`compile_method`).
     As `pretrain`, it seeds Keras' global random state with `config.seed` and sets the
     global dtype policy for a mixed `config.precision`. The bare method around an encoder of
@@ -167,10 +188,9 @@ def build_method(config: PretrainConfig, source):
     keras.utils.set_random_seed(config.seed)
     config = _with_resolved_precision(config, log=None)
     image_size = config.image_size or source.image_shape[0]
-    mean, std = dataset_statistics(config.dataset, source)
-    statistics = {"image_size": image_size, "mean": list(mean), "std": list(std)}
+    statistics = input_statistics_of(config, source, image_size)
     _, total_steps, warmup_steps = schedule_lengths(config, source.num_train)
-    method = method_from_config(config, statistics)
+    method = method_from_config(config, statistics, load_init_weights=True)
     use_view_stage(config, method, view_augmenter(config, image_size))
     compile_method(method, config, total_steps, warmup_steps,
                    jit_compile=config.jit_compile)
@@ -362,6 +382,7 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
     Raises NonFiniteLossError when the loss or the weights stop being finite.
     """
     validate_config(config)
+    _check_init_weights_file(config)
     if strategy is None:
         # First: MultiWorkerMirroredStrategy configures the runtime's collective ops, which
         # must happen before anything else touches it.
@@ -389,12 +410,14 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
     source = _load_source(config, log)
     image_size = config.image_size or source.image_shape[0]
     steps_per_epoch, total_steps, warmup_steps = schedule_lengths(config, source.num_train)
-    mean, std = dataset_statistics(config.dataset, source)
-    input_statistics = {"image_size": image_size, "mean": list(mean), "std": list(std)}
+    input_statistics = input_statistics_of(config, source, image_size)
     if role.is_chief:
         write_json(path_in(config.model_dir, INPUT_STATISTICS_FILE), input_statistics)
+    # A new run starts from init_weights (when set); a resumed one from its checkpoint.
+    new_run = latest_checkpoint(config.model_dir) is None
     with strategy.scope():
-        method = method_from_config(config, input_statistics, replicas)
+        method = method_from_config(config, input_statistics, replicas,
+                                    load_init_weights=new_run, log=log)
         optimizer, peak_lr = compile_method(method, config, total_steps, warmup_steps)
     # Global batches consumed. Not optimizer.iterations: a LossScaleOptimizer does not count
     # the steps it skips for non-finite gradients, which still consume a batch.
@@ -414,8 +437,10 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
                 input_position.assign(tf.cast(optimizer.iterations, tf.int64))
             log(f"Resumed from {latest} at step {int(optimizer.iterations.numpy())}")
         elif config.evaluate and source.has_arrays and role.is_chief:
-            # The same networks at their random initialisation: the baseline to beat.
-            log("Evaluating the networks at their random initialisation")
+            # The same networks at their initialisation: the baseline to beat (with
+            # init_weights, the file's encoder under random heads; keys stay random_init_).
+            log("Evaluating the networks at their initialisation" +
+                (" (encoder from init_weights)" if config.init_weights else " (random)"))
             write_json(initial_eval_path, evaluate_method(
                 method, source, input_statistics, config, prefix="random_init_"))
 
@@ -460,6 +485,8 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
                "train_seconds_this_session": round(train_seconds, 2),
                "num_skipped_images": source.num_skipped,
                "final_metrics": metrics}
+    if config.init_weights:
+        results["init_weights"] = config.init_weights
     if not role.is_chief:
         return results
     if evaluation.monitor is not None or evaluation.entries:

@@ -149,8 +149,8 @@ def test_output_width_matches_registry(name):
 
 def test_known_output_widths():
     assert [encoder_output_dim(n) for n in ("resnet18", "resnet34", "resnet50", "vgg16_bn",
-                                            "small_cnn", "resnet_tiny")] == [
-        512, 512, 2048, 512, 128, 128]
+                                            "vgg16", "small_cnn", "resnet_tiny")] == [
+        512, 512, 2048, 512, 512, 128, 128]
 
 
 def trainable_count(model):
@@ -321,6 +321,20 @@ def test_variable_paths_are_unique_prefixed_and_mark_batch_norm(name):
     for path in bn_paths:
         layer_segment = path.split("/")[-2]
         assert re.fullmatch(r"(.*_)?bn\d*", layer_segment), path
+
+
+def test_vgg16_paths_and_clone_have_no_batch_norm_and_keep_the_channel_reversal():
+    model = build_encoder("vgg16", (32, 32, 3))
+    paths = [v.path for v in model.weights]
+    assert len(set(paths)) == len(paths) == 26
+    assert all(p.startswith("encoder/block") for p in paths)
+    assert not [p for p in paths if re.search(BATCH_NORM_PATH_PATTERN, p)]
+    copy = clone_encoder(model, name="momentum_encoder")
+    assert [(type(l), l.name) for l in copy.layers] == [(type(l), l.name) for l in model.layers]
+    for target, source in zip(copy.weights, model.weights):
+        target.assign(source)
+    x = images((1, 32, 32, 3))
+    np.testing.assert_array_equal(copy(x, training=False), model(x, training=False))
 
 
 def test_resnet_paths_follow_the_documented_layout():
@@ -497,8 +511,9 @@ def test_bad_arguments_raise_value_errors_naming_them():
         build_encoder("resnet18", (32, 32, 3), stem="tiny")
     with pytest.raises(ValueError, match="stem"):
         build_encoder("small_cnn", (8, 8, 3), stem="imagnet")
-    with pytest.raises(ValueError, match="zero_init_residual"):
-        build_encoder("vgg16_bn", (32, 32, 3), zero_init_residual=True)
+    for name in ("vgg16_bn", "vgg16"):
+        with pytest.raises(ValueError, match="zero_init_residual"):
+            build_encoder(name, (32, 32, 3), zero_init_residual=True)
     with pytest.raises(ValueError, match="batch_norm_momentum"):
         build_encoder("small_cnn", (8, 8, 3), batch_norm_momentum=1.0)
     with pytest.raises(ValueError, match="input_shape"):

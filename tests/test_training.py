@@ -169,3 +169,83 @@ def test_precision_auto_trains_in_what_it_picks_and_keeps_auto_in_the_run(tmp_pa
     assert f"precision auto: {expected} ({reason})" in lines
     with open(os.path.join(config.model_dir, "flags.json")) as f:
         assert json.load(f)["precision"] == "auto"  # the same command resumes the run
+
+
+def test_init_weights_starts_a_new_run_from_the_file_and_a_resume_from_its_checkpoint(
+        tmp_path):
+    from nac_tf.run_directory import read_json, restore_pretrained_method
+    from nac_tf.models.vgg import VGG16_MEAN, VGG16_STD
+
+    keras.utils.set_random_seed(5)
+    pretrained = keras.applications.VGG16(include_top=False, weights=None,
+                                          input_shape=(32, 32, 3))
+    path = str(tmp_path / "vgg16_notop.weights.h5")
+    pretrained.save_weights(path)
+    # NAC-MQ: the momentum encoder must start from the file's weights too. A tiny learning
+    # rate keeps the 2 steps' updates far below the distance to any random initialisation.
+    config = _tiny(tmp_path, method="nac_mq", encoder="vgg16", image_size=32, batch_size=8,
+                   queue_size=32, train_steps=2, learning_rate=1e-6, evaluate=False,
+                   init_weights=path)
+    lines = []
+    results = pretrain(config, log=lines.append)
+    assert any(line.startswith(f"initialised the encoder from init_weights={path!r}")
+               for line in lines)
+    assert results["init_weights"] == path
+    with open(os.path.join(config.model_dir, "flags.json")) as f:
+        assert json.load(f)["init_weights"] == path
+    # The vgg16 encoder's inputs are keras' VGG16 preprocessing, whatever the dataset.
+    statistics = read_json(os.path.join(config.model_dir, "input_statistics.json"))
+    assert (statistics["mean"], statistics["std"]) == (list(VGG16_MEAN), list(VGG16_STD))
+    _, method = restore_pretrained_method(config.model_dir)
+    for encoder in (method.encoder, method.momentum_encoder):
+        for layer in pretrained.layers[1:]:
+            for theirs, ours in zip(layer.weights, encoder.get_layer(layer.name).weights):
+                np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=0, atol=1e-4)
+    # The exported SavedModel on uint8 images computes keras' VGG16 (with the run's weights)
+    # on preprocess_input of the same images, then the average pool.
+    from nac_tf.export import export_saved_model, load_exported_model
+
+    export_dir = export_saved_model(config.model_dir, str(tmp_path / "export"))
+    for layer in pretrained.layers[1:]:
+        layer.set_weights([w.numpy() for w in method.encoder.get_layer(layer.name).weights])
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    expected = keras.ops.mean(pretrained(keras.applications.vgg16.preprocess_input(
+        pixels.astype(np.float32))), axis=(1, 2))
+    np.testing.assert_allclose(load_exported_model(export_dir).features(pixels),
+                               np.asarray(expected), rtol=1e-4, atol=1e-5)
+    # A resume restores its checkpoint and does not read the file (gone by now).
+    os.remove(path)
+    lines = []
+    resumed = pretrain(config.replace(train_steps=3, allow_flag_changes=True),
+                       log=lines.append)
+    assert resumed["steps"] == 3
+    assert any(line.startswith("Resumed from") for line in lines)
+    assert not any(line.startswith("initialised the encoder") for line in lines)
+    # A new run needs the file: refused before anything is written.
+    fresh = config.replace(model_dir=str(tmp_path / "fresh"))
+    with pytest.raises(ConfigError, match="init_weights: .* does not exist"):
+        pretrain(fresh, log=lambda *_: None)
+    assert not os.path.exists(fresh.model_dir)
+
+
+def test_init_weights_flag_and_the_flickr25k_config(tmp_path):
+    from nac_tf.cli.train import config_from_args
+    from nac_tf.config import validate_config
+
+    path = str(tmp_path / "vgg16_notop.h5")
+    config = config_from_args(["--config=quickstart", f"--init_weights={path}"])
+    assert config.init_weights == path
+    # The paper's FLICKR-25K setting: keras.applications' VGG16 with its ImageNet weights.
+    flickr = config_from_args(["--config=flickr25k_hashing_vgg16", f"--data_dir={tmp_path}",
+                               f"--model_dir={tmp_path / 'run'}"])
+    assert flickr.encoder == "vgg16" and flickr.image_size == 224
+    assert flickr.init_weights == \
+        "~/.keras/models/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    validate_config(flickr)
+    # A new run whose file is missing: the flag error, exit code 2, nothing written.
+    run = tmp_path / "cli_run"
+    result = _cli("--config=quickstart", "--encoder=vgg16", f"--init_weights={path}",
+                  f"--model_dir={run}")
+    assert result.returncode == 2, result.stderr
+    assert f"error: --init_weights: {path!r} does not exist" in result.stderr
+    assert not run.exists()

@@ -43,7 +43,17 @@ _HELP = {
     "on_corrupt": "Image files that cannot be decoded (image_folder, flickr25k): skip (left "
                   "out, counted in the log and in results.json as num_skipped_images) or "
                   "raise (stop with the file's name).",
-    "encoder": "resnet18, resnet34, resnet50, resnet_tiny, vgg16_bn or small_cnn.",
+    "encoder": "resnet18, resnet34, resnet50, resnet_tiny, vgg16_bn, vgg16 or small_cnn. "
+               "vgg16 is keras.applications' VGG16 without BatchNorm (its layer names and "
+               "weight shapes, its preprocessing: RGB -> BGR and ImageNet mean subtraction "
+               "whatever the dataset), for --init_weights with its ImageNet weights.",
+    "init_weights": "A Keras weights file to initialise the encoder of a new run from "
+                    "(ignored on resume: the checkpoint has the weights): .weights.h5 written "
+                    "by save_weights, or a Keras 2 .h5 such as keras.applications' "
+                    "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 for --encoder=vgg16. "
+                    "Layers are matched by name; every encoder layer with weights must be in "
+                    "the file with the same shapes (layers of the file the encoder lacks are "
+                    "reported, not an error). ~ is expanded. Empty: random initialisation.",
     "stem": "ResNet stem: cifar (3x3, no max-pool), imagenet (7x7 + max-pool), or auto (cifar "
             "up to 64 px).",
     "code_dim": "Code dimension D (bits of the activation code).",

@@ -2,7 +2,7 @@
 statistics: what a run directory alone rebuilds (training, export, evaluation)."""
 from nac_tf.config import PretrainConfig
 from nac_tf.methods import MethodConfig, build_method, hyperparameters_of
-from nac_tf.models import build_encoder, encoder_output_dim
+from nac_tf.models import build_encoder, encoder_output_dim, load_encoder_weights
 
 
 def resolve_stem(config: PretrainConfig, image_size):
@@ -24,18 +24,28 @@ def method_config(config: PretrainConfig, representation_dim, num_replicas):
         seed=config.seed, head_init=config.head_init)
 
 
-def method_from_config(config: PretrainConfig, input_statistics, num_replicas=1):
+def method_from_config(config: PretrainConfig, input_statistics, num_replicas=1,
+                       load_init_weights=False, log=None):
     """The method of `config` (encoder, heads, momentum copies) with every variable created.
 
     `input_statistics` is the run's {"image_size", "mean", "std"} (`input_statistics.json`
     of the run directory): everything besides the configuration that fixes the
     architecture. Call inside the strategy's scope when training distributed.
+    `load_init_weights`: a new run; the encoder's weights come from `config.init_weights`
+    when it names a file (`nac_tf.models.weights_file`), before the momentum copies are
+    made from the encoder, so they start from the same weights. `log` gets one line about
+    it. Without it (a resumed run, a run directory rebuilt for export or evaluation) the
+    weights come from a checkpoint restored afterwards, and the file is not read.
     """
     image_size = int(input_statistics["image_size"])
     encoder = build_encoder(
         config.encoder, (image_size, image_size, 3), stem=resolve_stem(config, image_size),
         mean=input_statistics["mean"], std=input_statistics["std"],
         synchronized_batch_norm=config.batch_norm == "sync" and num_replicas > 1)
+    if load_init_weights and config.init_weights:
+        loaded = load_encoder_weights(encoder, config.init_weights)
+        if log is not None:
+            log(loaded.describe())
     method = build_method(
         config.method, encoder,
         method_config(config, encoder_output_dim(config.encoder), num_replicas),

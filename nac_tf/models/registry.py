@@ -2,7 +2,7 @@
 from nac_tf.models.layers import DEFAULT_BATCH_NORM_MOMENTUM
 from nac_tf.models.resnet import resnet18, resnet34, resnet50, resnet_tiny
 from nac_tf.models.small_cnn import small_cnn
-from nac_tf.models.vgg import vgg16_bn
+from nac_tf.models.vgg import VGG16_MEAN, VGG16_STD, vgg16, vgg16_bn
 
 ENCODER_BUILDERS = {
     "resnet18": resnet18,
@@ -10,6 +10,7 @@ ENCODER_BUILDERS = {
     "resnet50": resnet50,
     "resnet_tiny": resnet_tiny,
     "vgg16_bn": vgg16_bn,
+    "vgg16": vgg16,
     "small_cnn": small_cnn,
 }
 
@@ -20,7 +21,13 @@ _OUTPUT_DIMS = {
     "resnet50": 2048,
     "resnet_tiny": 128,
     "vgg16_bn": 512,
+    "vgg16": 512,
     "small_cnn": 128,
+}
+# Encoders whose inputs are fixed by the weights they are meant to load, not by the dataset:
+# (mean, std) of [0, 1] pixels. The others normalise with the dataset's statistics.
+_INPUT_STATISTICS = {
+    "vgg16": (VGG16_MEAN, VGG16_STD),  # keras.applications.vgg16.preprocess_input
 }
 _RESNETS = ("resnet18", "resnet34", "resnet50", "resnet_tiny")
 
@@ -58,3 +65,10 @@ def encoder_output_dim(name):
     """Width F of the representation h of encoder `name`."""
     _check_encoder_name(name)
     return _OUTPUT_DIMS[name]
+
+
+def encoder_input_statistics(name):
+    """(mean, std) that encoder `name` requires for its inputs, or None when the dataset's
+    statistics apply (`nac_tf.data.catalog.dataset_statistics`)."""
+    _check_encoder_name(name)
+    return _INPUT_STATISTICS.get(name)
