@@ -8,18 +8,19 @@ temporary directory) go through MoCo-v2's recipe at 224 px (`imagenet_recipe(224
 tf.data pipeline per row, TensorFlow restricted to `--threads` threads; rates are per CPU
 second of the process (the per-core figure), and per wall second:
 
-  library path, full recipe   the streamed path of nac_tf today (`make_pretrain_dataset` on a
-                              `StreamImageSource`): decode the whole JPEG, resize it to 224 x
-                              224 (`sources._resize_square`, as the ImageNet loader does),
-                              batch, then crop + colour + blur on the batch;
-  library path, crop only     the same with the colour, grayscale and blur stages off: the
+  library, full recipe        nac_tf's streamed path (`make_pretrain_dataset` on a
+                              `StreamImageSource` of decoded files, `uniform_size=False`, as
+                              the ImageNet loader makes it): every image cropped at its own
+                              resolution (both views), batched, then colour + blur;
+  library, crop only          the same with the colour, grayscale and blur stages off: the
                               host's share under --augment_on=device;
-  decode once, crop only      decode the whole JPEG once, both views' RandomResizedCrop
-                              windows drawn on the original size and resampled to 224 px (the
-                              views' own crop op), no square resize first;
+  square resize first, ...    the streamed path before 2026-12-01: each decoded image resized
+                              to 224 x 224 (`sources.resize_square`), batched, then the batch
+                              crop (full recipe, and crop only);
   fused decode-and-crop       per view, `tf.image.extract_jpeg_shape` then
                               `tf.image.decode_and_crop_jpeg` of the view's window only
-                              (libjpeg skips the IDCT outside it), then the same resampling.
+                              (libjpeg skips the IDCT outside it), then the views' resampling
+                              (crop only).
 
 The colour stages' own rate (what --augment_on=device moves off the host) follows from the
 first two rows: 1 / (1 / full - 1 / crop only).
@@ -43,7 +44,12 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--height", type=int, default=375)
     parser.add_argument("--quality", type=int, default=90)
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32,
+                        help="images per batch of this input pipeline")
+    parser.add_argument("--global_batch_size", type=int, default=0,
+                        help="measure one pipeline's share of a larger global batch (a "
+                             "multiple of --batch_size; 0: the same as --batch_size): every "
+                             "random draw is made for the whole global batch")
     parser.add_argument("--batches", type=int, default=12, help="timed batches per row")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches first")
     parser.add_argument("--threads", type=int, default=1,
@@ -93,19 +99,27 @@ def main():
     def files(paths):
         return tf.data.Dataset.from_tensor_slices(paths).repeat()
 
-    def library_path(paths, config):
-        """make_pretrain_dataset on a stream of decoded, square-resized images."""
+    def library_path(paths, config, square_first=False):
+        """make_pretrain_dataset on a stream of decoded images (resized to size x size
+        first, as before, with `square_first`)."""
+        def decode(path):
+            image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+            if square_first:
+                image = sources.resize_square(image, size)
+            return image, tf.constant(0, tf.int64)
+
         def make_train(input_context=None):
-            return files(paths).map(
-                lambda path: (sources._resize_square(
-                    tf.io.decode_jpeg(tf.io.read_file(path), channels=3), size),
-                    tf.constant(0, tf.int64)), num_parallel_calls=tf.data.AUTOTUNE)
+            return files(paths).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
         source = sources.StreamImageSource(
             "jpeg", make_train, make_train, num_train=len(paths), num_test=len(paths),
-            num_classes=1, image_shape=(size, size, 3))
+            num_classes=1, image_shape=(size, size, 3), uniform_size=square_first)
         augmenter = views.ViewPairAugmenter(config, seed=0)
-        return pipeline.make_pretrain_dataset(source, augmenter, args.batch_size, seed=0)
+        global_batch = args.global_batch_size or args.batch_size
+        shares = global_batch // args.batch_size
+        context = tf.distribute.InputContext(num_input_pipelines=shares, input_pipeline_id=0,
+                                             num_replicas_in_sync=shares)
+        return pipeline.make_pretrain_dataset(source, augmenter, global_batch, context, seed=0)
 
     def view_windows(index, view, height, width):
         """One view's RandomResizedCrop window on an image of the given size."""
@@ -118,15 +132,6 @@ def main():
         shape = tf.shape(crop)
         window = (tf.zeros([1], tf.int32), tf.zeros([1], tf.int32), shape[:1], shape[1:2])
         return views._Planes(views._resized_crop(crop[None], window, size, flip)).images()[0]
-
-    def decode_once(index, path):
-        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
-        shape = tf.shape(image)
-        pair = []
-        for view in (1, 2):
-            top, left, h, w = view_windows(index, view, shape[0], shape[1])
-            pair.append(resample(image[top:top + h, left:left + w], tf.constant([view == 2])))
-        return tuple(pair)
 
     def fused(index, path):
         data = tf.io.read_file(path)
@@ -160,19 +165,23 @@ def main():
         mean_bytes = float(np.mean([os.path.getsize(p) for p in paths]))
         print(f"{args.images} JPEG files {args.width}x{args.height} (quality {args.quality}, "
               f"{mean_bytes / 1024:.0f} KiB on average); view {size} px, batch "
-              f"{args.batch_size}, {args.batches} batches, {args.threads} thread(s); load "
+              f"{args.batch_size} (of a global batch of "
+              f"{args.global_batch_size or args.batch_size}), {args.batches} batches, "
+              f"{args.threads} thread(s); load "
               f"average before: {os.getloadavg()[0]:.2f}", flush=True)
         rows = {}
         for name, dataset in (
-                ("library path, full recipe", library_path(paths, recipe)),
-                ("library path, crop only", library_path(paths, crop_only_recipe)),
-                ("decode once, crop only", per_image(paths, decode_once)),
+                ("library, full recipe", library_path(paths, recipe)),
+                ("library, crop only", library_path(paths, crop_only_recipe)),
+                ("square resize first, full recipe", library_path(paths, recipe, True)),
+                ("square resize first, crop only",
+                 library_path(paths, crop_only_recipe, True)),
                 ("fused decode-and-crop, crop only", per_image(paths, fused))):
             rows[name] = measure(dataset)
             print(f"{name:34s} {rows[name]['pairs_per_cpu_second']:8.1f} pairs/CPU-s "
                   f"{rows[name]['pairs_per_second']:8.1f} pairs/s", flush=True)
-    full = rows["library path, full recipe"]["pairs_per_cpu_second"]
-    crop = rows["library path, crop only"]["pairs_per_cpu_second"]
+    full = rows["library, full recipe"]["pairs_per_cpu_second"]
+    crop = rows["library, crop only"]["pairs_per_cpu_second"]
     colour = 1.0 / (1.0 / full - 1.0 / crop) if crop > full else float("inf")
     print(f"{'colour stages alone (derived)':34s} {colour:8.1f} pairs/CPU-s")
     if args.json:

@@ -188,16 +188,22 @@ def test_tfds_sources_with_mock_data(tmp_path):
         imagenet = sources.load_tfds_source("imagenet2012", data_dir=str(tmp_path),
                                             manual_dir=str(tmp_path), image_size=24)
         image, label = next(iter(imagenet.train_dataset()))
+        test_image, _ = next(iter(imagenet.test_dataset()))
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
         sharded_image, _ = next(iter(imagenet.train_dataset(context)))
+        augmenter = ViewPairAugmenter(views.imagenet_recipe(image_size=24), seed=0)
+        view1, _ = next(iter(pipeline.make_pretrain_dataset(imagenet, augmenter, 4)))
     assert cifar.has_arrays and cifar.num_classes == 10 and cifar.image_shape == (32, 32, 3)
     assert cifar.train_images.shape == (6, 32, 32, 3) and cifar.train_images.dtype == np.uint8
     assert cifar.test_labels.dtype == np.int64 and cifar.test_labels.max() < 10
     assert not imagenet.has_arrays and not hasattr(imagenet, "train_images")
     assert imagenet.num_classes == 1000 and imagenet.num_train == 6
-    assert imagenet.image_shape == (24, 24, 3)
-    assert image.shape == (24, 24, 3) and image.dtype == tf.uint8 and label.dtype == tf.int64
-    assert sharded_image.shape == (24, 24, 3)
+    assert imagenet.image_shape == (24, 24, 3) and not imagenet.uniform_size
+    # Training images keep their files' sizes (the views crop them); test images are resized.
+    assert image.shape.rank == 3 and image.shape[-1] == 3 and image.dtype == tf.uint8
+    assert label.dtype == tf.int64 and sharded_image.shape[-1] == 3
+    assert test_image.shape == (24, 24, 3)
+    assert view1.shape == (4, 24, 24, 3) and view1.dtype == tf.float32
 
 
 def test_load_source_dispatch_and_flag_errors(tmp_path):
@@ -953,3 +959,87 @@ def test_steps_per_epoch():
     assert pipeline.steps_per_epoch(100, 100) == 1
     with pytest.raises(ValueError, match="batch_size"):
         pipeline.steps_per_epoch(100, 0)
+
+
+# ------------------------------------------------ streams of images of different sizes
+
+
+def _stream_source(images, uniform_size):
+    """A StreamImageSource over a list of uint8 images (any sizes); shards by input context
+    as a file-sharded source would (pipeline p reads images p, p + P, ...)."""
+    def make(input_context=None):
+        pipelines = input_context.num_input_pipelines if input_context else 1
+        pipeline_id = input_context.input_pipeline_id if input_context else 0
+        shard = images[pipeline_id::pipelines]
+        return tf.data.Dataset.from_generator(
+            lambda: ((image, np.int64(0)) for image in shard),
+            output_signature=(tf.TensorSpec([None, None, 3], tf.uint8),
+                              tf.TensorSpec([], tf.int64)))
+
+    return sources.StreamImageSource("stream", make, make, num_train=len(images),
+                                     num_test=len(images), num_classes=1,
+                                     image_shape=(8, 8, 3), uniform_size=uniform_size)
+
+
+def _images_of_sizes(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for height, width in sizes]
+
+
+@pytest.mark.parametrize("device", [False, True])
+def test_cropping_image_by_image_gives_the_batch_crop_views(device):
+    """The same images as a batch (uniform_size=True) and as a RaggedTensor batch cropped
+    image by image: the same elements, bit for bit (views, or CropPairs with
+    augment_on="device")."""
+    images = _images_of_sizes([(20, 20)] * 12)
+    augmenter = ViewPairAugmenter(views.imagenet_recipe(image_size=8), seed=5)  # with blur
+    stage = augmenter.crop_pair if device else augmenter
+    batched = pipeline.make_pretrain_dataset(_stream_source(images, True), stage, 4, seed=0)
+    one_by_one = pipeline.make_pretrain_dataset(_stream_source(images, False), stage, 4,
+                                                seed=0)
+    for expected, element in zip(batched.take(4), one_by_one.take(4)):
+        tf.nest.map_structure(lambda a, b: np.testing.assert_array_equal(b.numpy(), a.numpy()),
+                              expected, element)
+
+
+@pytest.mark.parametrize("pipelines", [1, 2])
+def test_images_of_different_sizes_are_cropped_at_their_own_resolution(monkeypatch,
+                                                                        pipelines):
+    """Row r of global batch t holds the views the augmenter makes of that image alone with
+    row r's draws; with two pipelines each makes its own rows of every global batch."""
+    monkeypatch.setattr(pipeline, "STREAM_SHUFFLE_BUFFER", 1)  # keep the stream's order
+    images = _images_of_sizes([(17 + 3 * i, 40 - 2 * i) for i in range(8)], seed=1)
+    augmenter = ViewPairAugmenter(views.cifar_recipe(image_size=8), seed=2)
+    source = _stream_source(images, uniform_size=False)
+    global_batch = 4
+    for pipeline_id in range(pipelines):
+        context = tf.distribute.InputContext(num_input_pipelines=pipelines,
+                                             input_pipeline_id=pipeline_id,
+                                             num_replicas_in_sync=pipelines)
+        shard = images[pipeline_id::pipelines]
+        rows = global_batch // pipelines
+        dataset = pipeline.make_pretrain_dataset(source, augmenter, global_batch, context,
+                                                 seed=0)
+        for t, (view1, view2) in enumerate(dataset.take(3)):
+            assert view1.shape == (rows, 8, 8, 3)
+            keys = augmenter.view_keys(t)
+            for r in range(rows):
+                image = shard[(t * rows + r) % len(shard)][None]
+                row = (pipeline_id * rows + r, global_batch)
+                for view, key in zip((view1, view2), keys):
+                    np.testing.assert_array_equal(
+                        view[r].numpy(), augmenter.augment(image, key, rows=row)[0].numpy())
+
+
+def test_first_view_pairs_and_probe_images_of_a_stream_of_different_sizes():
+    images = _images_of_sizes([(12, 30), (25, 9), (16, 16)], seed=3)
+    augmenter = ViewPairAugmenter(views.cifar_recipe(image_size=8), seed=4)
+    source = _stream_source(images, uniform_size=False)
+    view1, view2 = pipeline.first_view_pairs(source, augmenter, 8, 3, seed=0)
+    keys = augmenter.view_keys(0)
+    for r, image in enumerate(images):
+        np.testing.assert_array_equal(
+            view2[r].numpy(), augmenter.augment(image[None], keys[1], rows=(r, 8))[0].numpy())
+    probe = pipeline.first_training_images(source, 3)
+    assert probe.shape == (3, 8, 8, 3) and probe.dtype == np.uint8
+    np.testing.assert_array_equal(probe[1], sources.resize_square(images[1], 8).numpy())

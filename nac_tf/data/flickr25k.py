@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from nac_tf.config import ON_CORRUPT
 from nac_tf.data.splits import RetrievalSplit, random_retrieval_split
-from nac_tf.data.sources import _check_positive_int, _resize_square, retrieval_source
+from nac_tf.data.sources import _check_positive_int, resize_square, retrieval_source
 
 FLICKR25K_LABELS = (
     "animals", "baby", "bird", "car", "clouds", "dog", "female", "flower", "food", "indoor",
@@ -152,7 +152,7 @@ def _decode_all(paths, image_size, on_corrupt, log):
 
     def decode(index, path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return index, _resize_square(image, image_size)
+        return index, resize_square(image, image_size)
 
     dataset = tf.data.Dataset.from_tensor_slices((np.arange(count), paths))
     dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

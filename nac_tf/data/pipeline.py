@@ -32,9 +32,15 @@ Streamed sources (ImageNet through TFDS) cannot be indexed: they keep a seeded s
 buffer over their file-sharded stream. Their views are still indexed by t, but after a
 resume the image order restarts (reshuffled with the resume position in the seed), so a
 resumed ImageNet run is reproducible but not bit-identical to an uninterrupted one.
+A stream whose images differ in size (`source.uniform_size` False: ImageNet's training
+images) is batched as a RaggedTensor, and the augmenter crops every image at its own
+resolution with its row's draws: the views are those a batch of one size would get (the
+crop and the later stages treat every image on its own).
 """
 import numpy as np
 import tensorflow as tf
+
+from nac_tf.data.sources import resize_square
 
 # Shuffle buffer of streamed sources (ImageNet): a full shuffle would hold the decoded
 # dataset in memory; files are also read in shuffled order, which mixes further.
@@ -150,8 +156,11 @@ def make_pretrain_dataset(source, augmenter, global_batch_size, input_context=No
     shuffle_seed = int(np.random.SeedSequence([seed, _ORDER_STREAM, pipeline_id, start])
                        .generate_state(1)[0])
     stream = stream.shuffle(max(min(shard_size, STREAM_SHUFFLE_BUFFER), 1), seed=shuffle_seed,
-                            reshuffle_each_iteration=True)
-    stream = stream.repeat().batch(batch_size, drop_remainder=True)
+                            reshuffle_each_iteration=True).repeat()
+    # Images of different sizes travel as a RaggedTensor batch, which the augmenter crops
+    # image by image (ViewPairAugmenter accepts both).
+    stream = (stream.batch(batch_size, drop_remainder=True) if source.uniform_size else
+              stream.ragged_batch(batch_size, drop_remainder=True))
     dataset = tf.data.Dataset.zip(tf.data.Dataset.counter(start=start, dtype=tf.int64), stream)
     dataset = dataset.map(lambda j, batch_images: views(batch_images, *batch_layout(j)),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -170,7 +179,8 @@ def first_view_pairs(source, augmenter, global_batch_size, count, seed=0, batch_
 
     In-memory sources: exactly rows 0 .. count - 1 of that batch. Streamed sources: the
     first images of the unshuffled stream (the shuffle buffer's order cannot be indexed),
-    augmented with those rows' draws. `count` is capped at the batch and the training set.
+    augmented with those rows' draws (a RaggedTensor batch when they differ in size).
+    `count` is capped at the batch and the training set.
     """
     _check_batch_size(global_batch_size)
     count = min(int(count), global_batch_size, source.num_train)
@@ -181,6 +191,9 @@ def first_view_pairs(source, augmenter, global_batch_size, count, seed=0, batch_
         indices = _batch_indices(global_batch_size, tf.constant(batch_index, tf.int64), 0,
                                  count, source.num_train, seed)
         images = source.train_images[indices.numpy()]
+    elif not source.uniform_size:
+        stream = source.train_dataset().map(lambda image, label: image)
+        images = next(iter(stream.ragged_batch(count).take(1)))
     else:
         images = first_training_images(source, count)
     return augmenter(images, batch_index=batch_index, rows=(0, global_batch_size))
@@ -188,11 +201,14 @@ def first_view_pairs(source, augmenter, global_batch_size, count, seed=0, batch_
 
 def first_training_images(source, count):
     """The first `count` training images of `source` in its own order, uint8 [n, H, W, 3]
-    (arrays: a view of them; streamed sources: the first batch of the stream)."""
+    (arrays: a view of them; streamed sources: the first batch of the stream, resized to
+    `source.image_shape` when its images differ in size)."""
     if source.has_arrays:
         return source.train_images[:count]
-    stream = source.train_dataset().map(lambda image, label: image).batch(count)
-    return next(iter(stream.take(1))).numpy()
+    stream = source.train_dataset().map(lambda image, label: image)
+    if not source.uniform_size:
+        stream = stream.map(lambda image: resize_square(image, source.image_shape[0]))
+    return next(iter(stream.batch(count).take(1))).numpy()
 
 
 def _in_order(dataset):

@@ -11,10 +11,12 @@ The hashing datasets also carry the retrieval protocol's query and database sets
 `source.retrieval` (a `RetrievalArrays`; None for every other dataset). Their train split
 is the pretraining subset and their test split the queries.
 
-Images of a source all have one size, so the augmenter can crop whole batches. Loaders that
-resize (digits, image folders, ImageNet, FLICKR-25K) resize to a square `image_size`
-without cropping: every pixel of the original stays in the frame and the aspect ratio is
-not kept.
+Images of a source all have one size, so the augmenter can crop whole batches, except the
+training images of streamed ImageNet (`uniform_size=False`), which keep the size of their
+files: the input pipeline crops each at its own resolution, as the authors' torchvision
+pipeline does, and only then batches the views. Loaders that resize (digits, image folders,
+FLICKR-25K, ImageNet's test split) resize to a square `image_size` without cropping: every
+pixel of the original stays in the frame and the aspect ratio is not kept.
 """
 import dataclasses
 import os
@@ -40,7 +42,9 @@ class ImageSource:
     Attributes: `name`, `num_train`, `num_test`, `num_classes`, `image_shape` (H, W, 3),
     `class_names` (or None), `num_skipped` (unreadable files left out while loading),
     `multi_label` (labels are multi-hot [C] rather than class ids), `retrieval` (the
-    retrieval protocol's `RetrievalArrays` for the hashing datasets, else None).
+    retrieval protocol's `RetrievalArrays` for the hashing datasets, else None),
+    `uniform_size` (False: training images come in their own sizes, and `image_shape` is
+    the size of the test images and of the views).
     `train_dataset()` / `test_dataset()` give tf.data.Datasets of
     (uint8 image [H, W, 3], int64 label) in a fixed order (the pipeline shuffles).
     `train_dataset(input_context)` holds only that input pipeline's shard, cut as early as
@@ -50,6 +54,7 @@ class ImageSource:
     has_arrays = False
     retrieval = None
     multi_label = False
+    uniform_size = True
 
     def __init__(self, name, num_train, num_test, num_classes, image_shape, class_names=None,
                  num_skipped=0):
@@ -115,12 +120,14 @@ class ArrayImageSource(ImageSource):
 class StreamImageSource(ImageSource):
     """A source too large for memory: datasets are built on demand by the given functions
     (no arrays; `has_arrays` is False). `make_train_dataset(input_context)` must return
-    the shard of that input context (all data for None)."""
+    the shard of that input context (all data for None). `uniform_size=False`: training
+    images may differ in size (see the module docstring)."""
 
     def __init__(self, name, make_train_dataset: Callable[..., tf.data.Dataset],
                  make_test_dataset: Callable[[], tf.data.Dataset], num_train, num_test,
-                 num_classes, image_shape, class_names=None):
+                 num_classes, image_shape, class_names=None, uniform_size=True):
         super().__init__(name, num_train, num_test, num_classes, image_shape, class_names)
+        self.uniform_size = bool(uniform_size)
         self._make_train_dataset = make_train_dataset
         self._make_test_dataset = make_test_dataset
 
@@ -254,7 +261,7 @@ def _check_positive_int(name, value):
     return int(value)
 
 
-def _resize_square(images, image_size):
+def resize_square(images, image_size):
     """uint8 [..., H, W, C] → uint8 [..., S, S, C], bilinear (anti-aliased when shrinking)."""
     resized = tf.image.resize(tf.cast(images, tf.float32), (image_size, image_size),
                               method="bilinear", antialias=True)
@@ -341,7 +348,7 @@ def load_digits_source(image_size=16, seed=0, test_fraction=1 / 3):
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     if image_size != images.shape[1]:
-        images = _resize_square(images, image_size).numpy()
+        images = resize_square(images, image_size).numpy()
     labels = digits.target.astype(np.int64)
     train, test = stratified_split(labels, test_fraction, seed)
     return ArrayImageSource("digits", images[train], labels[train], images[test],
@@ -425,7 +432,7 @@ def load_image_folder_source(root, image_size, test_fraction=0.2, seed=0, on_cor
                     raise ValueError(f"cannot decode image {path}: {error.message}") from error
                 skipped += 1
                 continue
-            images.append(_resize_square(image, image_size).numpy())
+            images.append(resize_square(image, image_size).numpy())
             labels.append(class_id)
     if not images:
         raise ValueError(f"{root}: no readable images ({', '.join(IMAGE_EXTENSIONS)}) in its "
@@ -444,8 +451,9 @@ def load_tfds_source(name, data_dir=None, manual_dir=None, image_size=None):
     cifar10: materialised as arrays at its native 32×32 (`image_size` is ignored: the
       augmenter and the evaluation pipeline resize). TFDS downloads it if `data_dir` does
       not hold it yet.
-    imagenet2012: streamed; images are decoded and resized to `image_size`² (default 224)
-      lazily. TFDS cannot download ImageNet: `manual_dir` must hold
+    imagenet2012: streamed and decoded lazily; training images keep their own size (the
+      views crop them at their resolution), test images are resized to `image_size`²
+      (default 224). TFDS cannot download ImageNet: `manual_dir` must hold
       ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar; the prepared files go to
       `data_dir`. Its test split is the 50 000-image validation set.
     """
@@ -473,8 +481,12 @@ def load_tfds_source(name, data_dir=None, manual_dir=None, image_size=None):
         dataset = builder.as_dataset(
             split=split, as_supervised=True, shuffle_files=split == "train",
             read_config=tfds.ReadConfig(input_context=input_context))
+        if split == "train":
+            # Whole images: the views' crop reads the file's own pixels (resizing them to a
+            # square first would stretch them, and cost the host twice the crop's time).
+            return dataset.map(lambda image, label: (image, tf.cast(label, tf.int64)))
         return dataset.map(
-            lambda image, label: (_resize_square(image, image_size), tf.cast(label, tf.int64)),
+            lambda image, label: (resize_square(image, image_size), tf.cast(label, tf.int64)),
             num_parallel_calls=tf.data.AUTOTUNE)
 
     return StreamImageSource(
@@ -482,7 +494,7 @@ def load_tfds_source(name, data_dir=None, manual_dir=None, image_size=None):
         lambda: make_dataset("validation"),
         num_train=_split_size(builder, "train"), num_test=_split_size(builder, "validation"),
         num_classes=label_feature.num_classes, image_shape=(image_size, image_size, 3),
-        class_names=label_feature.names)
+        class_names=label_feature.names, uniform_size=False)
 
 
 def cifar10_hashing_source(x_train, y_train, x_test, y_test, seed=0, queries_per_class=1000,

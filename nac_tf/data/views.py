@@ -268,7 +268,8 @@ class _Draws:
 # ----------------------------------------------------------------------------- crop
 def _crop_windows(draws, height, width, crop_area, aspect_ratio):
     """torchvision RandomResizedCrop.get_params for every image: int32 (top, left,
-    crop height, crop width), each [size].
+    crop height, crop width), each [size]. `height`, `width`: the batch's image size, or
+    every row's of the whole batch, [total] (rows outside this share: any positive value).
 
     CROP_ATTEMPTS candidates (area, log-ratio) per image; the first whose rounded sides fit
     wins, else the central fallback. The box arithmetic is float64, like torchvision's
@@ -276,15 +277,19 @@ def _crop_windows(draws, height, width, crop_area, aspect_ratio):
     batch (see `_Draws`), then sliced.
     """
     height_f, width_f = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    # One size for the batch (scalars), or every row's own ([total]), which meet the
+    # candidates [total, attempts] as columns.
+    height_c, width_c = ((height_f[:, None], width_f[:, None]) if height_f.shape.rank == 1
+                         else (height_f, width_f))
     scale = tf.cast(draws.full_uniform("crop_area", *crop_area, shape=[CROP_ATTEMPTS]),
                     tf.float64)
     log_ratio = draws.full_uniform("aspect_ratio", math.log(aspect_ratio[0]),
                                    math.log(aspect_ratio[1]), shape=[CROP_ATTEMPTS])
     ratio = tf.exp(tf.cast(log_ratio, tf.float64))
-    target = height_f * width_f * scale
+    target = height_c * width_c * scale
     crop_w = tf.round(tf.sqrt(target * ratio))  # round half to even, as Python's round
     crop_h = tf.round(tf.sqrt(target / ratio))
-    fits = (crop_w > 0) & (crop_w <= width_f) & (crop_h > 0) & (crop_h <= height_f)
+    fits = (crop_w > 0) & (crop_w <= width_c) & (crop_h > 0) & (crop_h <= height_c)
     first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
     found = tf.reduce_any(fits, axis=1)
     crop_w = tf.gather(crop_w, first, axis=1, batch_dims=1)
@@ -499,6 +504,10 @@ class CropPair(NamedTuple):
 class ViewPairAugmenter:
     """Maps a batch of images [B, H, W, 3] (uint8, or float in [0, 255]) to two views.
 
+    A RaggedTensor batch [B, (H), (W), 3] holds images of different sizes (streamed
+    ImageNet): every image is cropped at its own resolution, with the same draws as in a
+    batch of one size (`_crop_each`), and the later stages run on the resized crops.
+
     `augmenter(images)` returns (view1, view2), float32 in [0, 1] of shape [B, S, S, 3],
     S = config.image_size. Every image and every view gets its own random draws. Works
     eagerly and inside tf.function / tf.data.Dataset.map (graph mode).
@@ -537,6 +546,36 @@ class ViewPairAugmenter:
         windows = _crop_windows(draws, shape[1], shape[2], c.crop_area, c.aspect_ratio)
         flip = draws.coin("flip", 0.5) if c.flip else None
         return _resized_crop(images, windows, c.image_size, flip)
+
+    def _crop_each(self, images, draws):
+        """`_crop` of a RaggedTensor batch [n, (H), (W), 3] of images of different sizes:
+        the windows of all rows at once (each row's own size), then each image resampled on
+        its own; float32 views [n, S, S, 3]."""
+        c = self.config
+        heights = tf.cast(images.row_lengths(), tf.int32)
+        widths = tf.cast(tf.gather(images.values.row_lengths(), images.row_splits[:-1]),
+                         tf.int32)
+        share = (draws.offset + tf.range(draws.size))[:, None]
+
+        def whole_batch(sizes):  # this share's sizes in the rows of the whole batch
+            return tf.tensor_scatter_nd_update(tf.ones([draws.total], tf.int32), share, sizes)
+
+        windows = _crop_windows(draws, whole_batch(heights), whole_batch(widths),
+                                c.crop_area, c.aspect_ratio)
+        flip = draws.coin("flip", 0.5) if c.flip else tf.zeros([draws.size], tf.bool)
+
+        def crop(i):
+            # Cut the window out first and resample it from its own corner: the same pixels
+            # and weights as sampling inside the whole image, at the cost of the crop only.
+            top, left, height, width = (w[i] for w in windows)
+            image = tf.reshape(images[i].flat_values, [heights[i], widths[i], 3])
+            window = image[top:top + height, left:left + width][None]
+            zero = tf.zeros([1], tf.int32)
+            return _resized_crop(window, (zero, zero, height[None], width[None]), c.image_size,
+                                 flip[i:i + 1] if c.flip else None).images()[0]
+
+        return tf.map_fn(crop, tf.range(draws.size), fn_output_signature=tf.TensorSpec(
+            [c.image_size, c.image_size, 3], tf.float32))
 
     @property
     def _jitters(self):
@@ -627,7 +666,8 @@ class ViewPairAugmenter:
 
     @staticmethod
     def _draws(images, seed, rows):
-        size = tf.shape(images)[0]
+        size = images.nrows(out_type=tf.int32) if isinstance(images, tf.RaggedTensor) else \
+            tf.shape(images)[0]
         offset, total = (0, size) if rows is None else rows
         return _Draws(seed, offset, size, total)
 
@@ -641,6 +681,8 @@ class ViewPairAugmenter:
         images = self._check(images)
         if seed is None:
             seed = fold_in(self._key, self._next_index())
+        if isinstance(images, tf.RaggedTensor):
+            return self.colour_stage(*self.crop_stage(images, seed, rows), static_shapes=False)
         draws = self._draws(images, seed, rows)
         return self._colour(self._crop(images, draws), self._colour_parameters(draws))
 
@@ -655,16 +697,21 @@ class ViewPairAugmenter:
         """
         images = self._check(images)
         draws = self._draws(images, seed, rows)
-        return self._crop(images, draws).images(), self._colour_parameters(draws)
+        crops = (self._crop_each(images, draws) if isinstance(images, tf.RaggedTensor) else
+                 self._crop(images, draws).images())
+        return crops, self._colour_parameters(draws)
 
-    def colour_stage(self, crops, parameters):
+    def colour_stage(self, crops, parameters, static_shapes=True):
         """The stages after the crop (colour jitter, grayscale, blur) on `crops` with their
         `parameters`, both from `crop_stage`: the views `augment` makes.
 
         Random draws are not made here but travel with the crops: stateless uniforms differ
         under XLA (its float conversion is not TensorFlow's kernels'), the parameters do not.
-        Shapes are static (every stage computes every image and keeps the selected ones), so
-        XLA can compile it, in a jit_compile step or on a TPU.
+        With `static_shapes` (the train step's use) every stage computes every image and keeps
+        the selected ones, so XLA can compile it, in a jit_compile step or on a TPU; without
+        (the input pipeline's use, on CPUs) a stage computes only the images it applies to,
+        as `augment` does: same numbers, a fraction of the work (hue, grayscale and blur
+        apply to a fraction of the images).
         """
         crops = self._check(crops, name="crops")
         if crops.dtype != tf.float32:
@@ -673,7 +720,7 @@ class ViewPairAugmenter:
         # Back to the planes in the crop's own transposed layout, so that per-image means sum
         # in the same order as in `augment`.
         planes = _Planes(tf.unstack(tf.transpose(crops, [0, 2, 1, 3]), axis=-1))
-        return self._colour(planes, parameters, dense=True)
+        return self._colour(planes, parameters, dense=static_shapes)
 
     def view_keys(self, batch_index):
         """The draw keys [2] of the two views of global batch `batch_index`."""
@@ -694,20 +741,22 @@ class ViewPairAugmenter:
                                                       self.crop_stage(images, key2, rows))
         return CropPair(crop1, crop2, parameters1, parameters2)
 
-    def colour_pair(self, pair):
-        """(view1, view2) of a CropPair: `__call__`'s views (the train step's part)."""
+    def colour_pair(self, pair, static_shapes=True):
+        """(view1, view2) of a CropPair: `__call__`'s views (the train step's part;
+        `static_shapes` as for `colour_stage`)."""
         if not isinstance(pair, CropPair):
             if not isinstance(pair, (tuple, list)) or len(pair) != len(CropPair._fields):
                 raise ValueError(f"`pair` must be a CropPair (crop1, crop2, parameters1, "
                                  f"parameters2), as crop_pair makes it; received "
                                  f"{type(pair).__name__}")
             pair = CropPair(*pair)
-        return (self.colour_stage(pair.crop1, pair.parameters1),
-                self.colour_stage(pair.crop2, pair.parameters2))
+        return (self.colour_stage(pair.crop1, pair.parameters1, static_shapes),
+                self.colour_stage(pair.crop2, pair.parameters2, static_shapes))
 
     @staticmethod
     def _check(images, name="images"):
-        images = tf.convert_to_tensor(images)
+        if not isinstance(images, tf.RaggedTensor):
+            images = tf.convert_to_tensor(images)
         if images.shape.rank != 4 or (images.shape[-1] is not None and images.shape[-1] != 3):
             raise ValueError(f"`{name}` must be a batch [B, H, W, 3]; received shape "
                              f"{images.shape}")
