@@ -92,8 +92,9 @@ class PretrainedEncoderVAE(keras.Model):
     discretized logistic likelihood (module docstring). Inputs: images in [0, 1] on the
     k / 255 grid, [B, H, W, C].
 
-    encoder: a keras.Model images -> h [B, encoder_dim] (any `nac_tf.models` encoder).
-    latent_dim: L, the width of z. image_shape: (H, W, C) of the images.
+    encoder: a keras.Model images -> h [B, encoder_dim] (any `nac_tf.models` encoder);
+    `encoder_dim` defaults to its output width. latent_dim: L, the width of z.
+    image_shape: (H, W, C) of the images. seed: the draws of z.
     decoder_width: channels of the decoder's last upsampling (doubling towards 4 x 4).
     Compile with `compile(encoder_optimizer=..., optimizer=...)`: the second updates the
     posterior layer, the decoder and the pixel scales.
@@ -195,6 +196,18 @@ class PretrainedEncoderVAE(keras.Model):
         images = data[0] if isinstance(data, (tuple, list)) else data
         return self._update_trackers(self.elbo_terms(images, training=False))
 
+    @tf.function(reduce_retracing=True)
+    def _importance_terms(self, images, mean, log_variance, num_samples):
+        """(log p(x|z_k), log p(z_k), log q(z_k|x)), each [k, B], for k draws z_k ~ q(z|x);
+        compiled, as evaluation decodes K x N images."""
+        z = self.sample_posterior(mean, log_variance, num_samples)        # [k, B, L]
+        tiled = tf.tile(images, [num_samples, 1, 1, 1])                    # k-major, as z
+        log_px = tf.reshape(
+            self.reconstruction_log_likelihood(tiled, tf.reshape(z, [-1, self.latent_dim])),
+            [num_samples, -1])
+        return (log_px, likelihood.standard_normal_log_density(z),
+                likelihood.diagonal_gaussian_log_density(z, mean, log_variance))
+
     def importance_log_likelihood(self, images, num_samples, chunk_size=64):
         """log p(x) per image [B] estimated with `num_samples` K draws from q(z|x)
         (`likelihood.importance_sampled_log_likelihood`), decoded `chunk_size` draws at a
@@ -202,22 +215,14 @@ class PretrainedEncoderVAE(keras.Model):
         if int(num_samples) < 1 or int(chunk_size) < 1:
             raise ValueError(f"num_samples={num_samples} and chunk_size={chunk_size} must be "
                              "positive integers")
+        images = tf.convert_to_tensor(images, tf.float32)
         mean, log_variance = self.posterior_parameters(images, training=False)
-        batch = tf.shape(images)[0]
-        pieces = []
+        chunks = []
         for start in range(0, int(num_samples), int(chunk_size)):
             k = min(int(chunk_size), int(num_samples) - start)
-            z = self.sample_posterior(mean, log_variance, k)               # [k, B, L]
-            flat = tf.reshape(z, [-1, self.latent_dim])
-            tiled = tf.tile(images, [k, 1, 1, 1])                          # k-major, as z
-            log_px = tf.reshape(self.reconstruction_log_likelihood(tiled, flat), [k, batch])
-            log_pz = likelihood.standard_normal_log_density(z)
-            log_qz = likelihood.diagonal_gaussian_log_density(z, mean, log_variance)
-            pieces.append(log_px + log_pz - log_qz)
-        log_weights = tf.concat(pieces, axis=0)
-        # The weights already hold log p(z) - log q(z|x): pass zeros for those two terms.
-        zeros = tf.zeros_like(log_weights)
-        return likelihood.importance_sampled_log_likelihood(log_weights, zeros, zeros)
+            chunks.append(self._importance_terms(images, mean, log_variance, tf.constant(k)))
+        log_px, log_pz, log_qz = (tf.concat(terms, axis=0) for terms in zip(*chunks))
+        return likelihood.importance_sampled_log_likelihood(log_px, log_pz, log_qz)
 
 
 def evaluate_vae(model, images, batch_size=100, importance_samples=100, chunk_size=64):
