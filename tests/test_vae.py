@@ -308,3 +308,14 @@ def test_encoder_restored_from_a_pretraining_run(tmp_path):
     vae.compile(encoder_optimizer=keras.optimizers.Adam(1e-4),
                 optimizer=keras.optimizers.Adam(1e-3))
     vae.fit(_digits(count=32), batch_size=16, epochs=1, verbose=0)
+
+
+def test_resnet_tiny_vae_on_16px_digits_takes_finite_steps():
+    keras.utils.set_random_seed(1)
+    encoder = random_encoder("resnet_tiny", 16, (0.5,) * 3, (0.25,) * 3)
+    vae = PretrainedEncoderVAE(encoder, 4, (16, 16, 3), decoder_width=8)
+    vae.compile(encoder_optimizer=keras.optimizers.Adam(1e-4),
+                optimizer=keras.optimizers.Adam(1e-3))
+    history = vae.fit(_digits(size=16, count=32), batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert np.isfinite(vae.importance_log_likelihood(_digits(size=16, count=4), 3, 2)).all()
