@@ -562,7 +562,7 @@ class ViewPairAugmenter:
 
         windows = _crop_windows(draws, whole_batch(heights), whole_batch(widths),
                                 c.crop_area, c.aspect_ratio)
-        flip = draws.coin("flip", 0.5) if c.flip else tf.zeros([draws.size], tf.bool)
+        flip = draws.coin("flip", 0.5) if c.flip else None
 
         def crop(i):
             # Cut the window out first and resample it from its own corner: the same pixels
@@ -572,7 +572,7 @@ class ViewPairAugmenter:
             window = image[top:top + height, left:left + width][None]
             zero = tf.zeros([1], tf.int32)
             return _resized_crop(window, (zero, zero, height[None], width[None]), c.image_size,
-                                 flip[i:i + 1] if c.flip else None).images()[0]
+                                 None if flip is None else flip[i:i + 1]).images()[0]
 
         return tf.map_fn(crop, tf.range(draws.size), fn_output_signature=tf.TensorSpec(
             [c.image_size, c.image_size, 3], tf.float32))

@@ -81,6 +81,18 @@ def _query_relevance(q, query_classes, db_classes, query_masks, db_masks, multi_
             out[i] = db_classes[i] == label
 
 
+@njit(nogil=True, cache=True)
+def _query_rows(q, query_words, db_words, inner_product, num_bits, query_classes, db_classes,
+                query_masks, db_masks, multi_hot, distance_like):
+    """(distances, relevance) of query q to every item: the rows both kernels scan."""
+    num_items = db_words.shape[1]
+    distance = np.empty(num_items, distance_like.dtype)
+    relevant = np.empty(num_items, np.uint8)
+    _query_distances(query_words[q], db_words, inner_product, num_bits, distance)
+    _query_relevance(q, query_classes, db_classes, query_masks, db_masks, multi_hot, relevant)
+    return distance, relevant
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def _stable_precision_sums(query_words, db_words, inner_product, num_bits, query_classes,
                            db_classes, query_masks, db_masks, multi_hot, top_k, distance_like):
@@ -90,11 +102,9 @@ def _stable_precision_sums(query_words, db_words, inner_product, num_bits, query
     sums = np.zeros(num_queries)
     hits = np.zeros(num_queries, np.int64)
     for q in prange(num_queries):
-        distance = np.empty(num_items, distance_like.dtype)
-        relevant = np.empty(num_items, np.uint8)
-        _query_distances(query_words[q], db_words, inner_product, num_bits, distance)
-        _query_relevance(q, query_classes, db_classes, query_masks, db_masks, multi_hot,
-                         relevant)
+        distance, relevant = _query_rows(q, query_words, db_words, inner_product, num_bits,
+                                         query_classes, db_classes, query_masks, db_masks,
+                                         multi_hot, distance_like)
         # Pass over the items in database order: `seen[d]` is the number of earlier items
         # at distance d, i.e. this item's position in its tie group. Relevant items are
         # recorded without a branch (the slot is overwritten unless the item is relevant).
@@ -151,11 +161,9 @@ def _bucket_counts(query_words, db_words, inner_product, num_bits, query_classes
     total = np.zeros((num_queries, num_bits + 1), np.int64)
     relevant_total = np.zeros((num_queries, num_bits + 1), np.int64)
     for q in prange(num_queries):
-        distance = np.empty(num_items, distance_like.dtype)
-        relevant = np.empty(num_items, np.uint8)
-        _query_distances(query_words[q], db_words, inner_product, num_bits, distance)
-        _query_relevance(q, query_classes, db_classes, query_masks, db_masks, multi_hot,
-                         relevant)
+        distance, relevant = _query_rows(q, query_words, db_words, inner_product, num_bits,
+                                         query_classes, db_classes, query_masks, db_masks,
+                                         multi_hot, distance_like)
         for i in range(num_items):
             total[q, distance[i]] += 1
             relevant_total[q, distance[i]] += relevant[i]

@@ -836,7 +836,6 @@ def inner_product_map(query_bits, db_bits, query_labels, db_labels, top_k=None,
 def _ball_counts(query_bits, db_bits, query_labels, db_labels, packed, backend, chunk_size,
                  num_threads):
     """Items and relevant items within every radius 0..D: int64 [Q, D + 1] each."""
-    _check_option("backend", backend, BACKENDS)
     query, database, num_bits = _codes(query_bits, db_bits, packed)
     backend = _resolve_backend(backend, query.shape[0] * database.shape[0])
     relevance = _Relevance(query_labels, db_labels, query.shape[0], database.shape[0])

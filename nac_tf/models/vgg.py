@@ -26,6 +26,21 @@ VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "
                 512, 512, 512, "M")
 
 
+def _vgg16_layers(x, conv_layer):
+    """The VGG16 layout on `x`: `conv_layer(x, filters, block, index)` for every 3x3
+    convolution of VGG16_CONFIG, a 2x2 max-pool "block<b>_pool" for every "M"."""
+    block, index = 1, 1
+    for item in VGG16_CONFIG:
+        if item == "M":
+            x = keras.layers.MaxPooling2D(2, strides=2, padding="same",
+                                          name=f"block{block}_pool")(x)
+            block, index = block + 1, 1
+        else:
+            x = conv_layer(x, item, block, index)
+            index += 1
+    return x
+
+
 def vgg16_bn(input_shape, *, stem=None, mean=None, std=None, synchronized_batch_norm=False,
              batch_norm_momentum=DEFAULT_BATCH_NORM_MOMENTUM, name="vgg16"):
     """VGG16-BN encoder: images [N, H, W, C] -> h [N, 512].
@@ -40,18 +55,13 @@ def vgg16_bn(input_shape, *, stem=None, mean=None, std=None, synchronized_batch_
                                           accept_no_stem=True)
     with keras.name_scope(name):
         inputs, x = encoder_input(input_shape, mean, std)
-        block, index = 1, 1
-        for item in VGG16_CONFIG:
-            if item == "M":
-                x = keras.layers.MaxPooling2D(2, strides=2, padding="same",
-                                              name=f"block{block}_pool")(x)
-                block, index = block + 1, 1
-                continue
-            x = conv(x, item, 3, 1, f"block{block}_conv{index}", use_bias=True)
+        def conv_bn_relu(x, filters, block, index):
+            x = conv(x, filters, 3, 1, f"block{block}_conv{index}", use_bias=True)
             x = batch_norm(f"block{block}_bn{index}", batch_norm_momentum,
                            synchronized_batch_norm)(x)
-            x = keras.layers.ReLU(name=f"block{block}_relu{index}")(x)
-            index += 1
+            return keras.layers.ReLU(name=f"block{block}_relu{index}")(x)
+
+        x = _vgg16_layers(x, conv_bn_relu)
         h = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         return keras.Model(inputs, h, name=name)
 
@@ -122,16 +132,8 @@ def vgg16(input_shape, *, stem=None, mean=None, std=None, synchronized_batch_nor
     with keras.name_scope(name):
         inputs, x = encoder_input(input_shape, VGG16_MEAN, VGG16_STD)
         x = ReverseChannels(name="rgb_to_bgr")(x)
-        block, index = 1, 1
-        for item in VGG16_CONFIG:
-            if item == "M":
-                x = keras.layers.MaxPooling2D(2, strides=2, padding="same",
-                                              name=f"block{block}_pool")(x)
-                block, index = block + 1, 1
-                continue
-            x = keras.layers.Conv2D(item, 3, padding="same", activation="relu",
-                                    kernel_initializer="he_normal",
-                                    name=f"block{block}_conv{index}")(x)
-            index += 1
+        x = _vgg16_layers(x, lambda x, filters, block, index: keras.layers.Conv2D(
+            filters, 3, padding="same", activation="relu", kernel_initializer="he_normal",
+            name=f"block{block}_conv{index}")(x))
         h = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         return keras.Model(inputs, h, name=name)
