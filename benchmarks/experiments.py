@@ -127,6 +127,9 @@ class RunRegistry:
     `run(name, config, analyse)`: returns the stored record of `name`, or pretrains
     `config` (resuming its checkpoints), calls `analyse(config, results)` for extra numbers,
     stores {"config", "results", "analysis", "wall_seconds"} and returns it. With
+    `retrain_missing=True`, a stored record whose trained model is no longer on disk (a new
+    machine: runs/ is not committed) is trained again and replaced, for experiments that
+    reuse the model itself (the VAE table fine-tunes the linear table's encoders). With
     `reanalyse=True`, a stored record whose trained model is still on disk gets its analysis
     computed again (for numbers added to an experiment after its runs finished).
     """
@@ -150,8 +153,12 @@ class RunRegistry:
         with open(path) as f:
             return json.load(f)
 
-    def run(self, name, config, analyse=None):
+    def run(self, name, config, analyse=None, retrain_missing=False):
         record = self.load(name)
+        if record is not None and retrain_missing and not os.path.isdir(self.model_dir(name)):
+            print(f"[{self.experiment}] {name}: recorded, but its model is not on disk",
+                  flush=True)
+            record = None
         if record is not None:
             if self.reanalyse and analyse and os.path.isdir(self.model_dir(name)):
                 print(f"[{self.experiment}] {name}: recorded, analysing again", flush=True)

@@ -231,7 +231,8 @@ def run_linear(args, seeds):
                 args, seed, dataset="npz", data_dir=split,
                 warmup_epochs=0.05 * args.steps / steps_per_epoch,
                 model_dir=registry.model_dir(name), **METHOD_SETTINGS[key])
-            records.setdefault(key, []).append(registry.run(name, config))
+            records.setdefault(key, []).append(
+                registry.run(name, config, retrain_missing=key in args.retrain_missing))
     rows = [["random init (NAC network)",
              mean_and_spread([r["results"]["random_init_linear_top1"]
                               for r in records["nac_p0.1"]]),
@@ -467,6 +468,11 @@ def main():
     parser.add_argument("--reanalyse", action="store_true",
                         help="compute the codeword analysis again for recorded hashing and "
                              "flip-sweep runs whose models are still under runs/experiments/")
+    parser.add_argument("--retrain_missing", default="",
+                        help="linear-table methods (of nac_p0.1, nac_mq, simclr, moco_v2) whose "
+                             "recorded runs are trained again when their models are not under "
+                             "runs/experiments/linear/ (benchmarks/vae_pretrained.py fine-tunes "
+                             "them)")
     args = parser.parse_args()
     if not os.path.exists(args.archive):
         parser.error(f"--archive: {args.archive} does not exist (the CIFAR-10 .npz archive)")
@@ -482,6 +488,11 @@ def main():
     if (args.experiment in ("nac_ablations", "all")
             and not {"nac_p0.4", "simclr"} <= set(args.hashing_methods)):
         parser.error("--hashing_methods must include nac_p0.4 and simclr for nac_ablations")
+    args.retrain_missing = [key for key in args.retrain_missing.split(",") if key]
+    unknown = set(args.retrain_missing) - {"nac_p0.1", "nac_mq", "simclr", "moco_v2"}
+    if unknown:
+        parser.error(f"--retrain_missing: {', '.join(sorted(unknown))} not among nac_p0.1, "
+                     "nac_mq, simclr, moco_v2")
     args.ablations = args.ablations.split(",")
     unknown = set(args.ablations) - set(NAC_ABLATIONS)
     if unknown:
