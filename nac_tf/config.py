@@ -118,6 +118,7 @@ class PretrainConfig:
     knn_temperature: float = 0.1
     linear_eval_epochs: int = 100  # 0 skips the linear probe of the final evaluation
     linear_eval_augment: bool = True  # the probe trains on pad-and-crop + flipped images
+    mlp_eval_epochs: int = 0  # > 0 adds the MLP probe (AMDIM) to the final evaluation
     evaluate: bool = True
     eval_every_steps: int = 0  # evaluate during training every N steps; 0: off
     eval_num_queries: int = 1000  # fixed query subset of the training-time mAP
@@ -257,6 +258,7 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
                           "(hash codes are packed 8 bits per byte)")
     for flag, zero_means in (("eval_every_steps", "0: no evaluation during training"),
                              ("linear_eval_epochs", "0 skips the linear probe"),
+                             ("mlp_eval_epochs", "0 skips the MLP probe"),
                              ("head_hidden_dim", "0: the encoder's output width"),
                              ("train_steps", "0: use epochs")):
         if getattr(config, flag) < 0:

@@ -23,7 +23,7 @@ NUM_VIEW_PAIRS = 4
 # A few hundred images give a smooth histogram at the cost of one inference pass per log
 # step.
 PROBE_SIZE = 256
-FINAL_METRICS = ("knn_top1", "linear_top1", "map_all", "map_all_expected_ties",
+FINAL_METRICS = ("knn_top1", "linear_top1", "mlp_top1", "map_all", "map_all_expected_ties",
                  "precision_radius2")
 
 

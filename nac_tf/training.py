@@ -44,6 +44,7 @@ from nac_tf.data.catalog import dataset_statistics, load_source
 from nac_tf.data.pipeline import first_training_images, make_pretrain_dataset
 from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter
 from nac_tf.evaluation.linear import LinearEvalConfig
+from nac_tf.evaluation.mlp import MLPEvalConfig
 from nac_tf.evaluation.monitor import TrainingMonitor
 from nac_tf.evaluation.report import EvaluationConfig, evaluate_model
 from nac_tf.export import ExportedModel, build_export_module
@@ -229,7 +230,11 @@ def evaluation_config(config: PretrainConfig):
         # images, afresh every epoch), as the linear-evaluation command's augment option.
         linear=LinearEvalConfig(epochs=config.linear_eval_epochs, seed=config.seed,
                                 augment=config.linear_eval_augment)
-        if config.linear_eval_epochs else None)
+        if config.linear_eval_epochs else None,
+        # The MLP probe (off by default) trains on the linear probe's images.
+        mlp=MLPEvalConfig(epochs=config.mlp_eval_epochs, seed=config.seed,
+                          augment=config.linear_eval_augment)
+        if config.mlp_eval_epochs else None)
 
 
 def evaluate_method(method, source, input_statistics, config, prefix=""):
@@ -646,7 +651,7 @@ def _train_loop(config, strategy, method, optimizer, dataset, writer, input_posi
     return metrics, time.time() - start - eval_seconds
 
 
-SUMMARY_METRICS = ("knn_top1", "linear_top1", "map_all")
+SUMMARY_METRICS = ("knn_top1", "linear_top1", "mlp_top1", "map_all")
 
 
 def summary_table(results):

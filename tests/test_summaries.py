@@ -29,7 +29,7 @@ def run(tmp_path_factory):
         batch_size=32, train_steps=4, learning_rate=0.5, warmup_epochs=0.2,
         code_dim=CODE_DIM, head_hidden_dim=32, crop_area_min=0.5, flip=False,
         jitter_prob=0.0, grayscale_prob=0.0, knn_k=10, checkpoint_every_steps=4,
-        log_every_steps=2, linear_eval_epochs=1, linear_eval_augment=False,
+        log_every_steps=2, linear_eval_epochs=1, linear_eval_augment=False, mlp_eval_epochs=1,
         model_dir=str(tmp_path_factory.mktemp("summaries") / "run"))
     results = pretrain(config, log=lambda *_: None)
     with open(os.path.join(config.model_dir, "results.json")) as f:

@@ -76,20 +76,20 @@ def check_int(flag, value, minimum, meaning=""):
     return value
 
 
-def parse_learning_rates(values):
+def parse_learning_rates(values, flag="learning_rates"):
     """--learning_rates (absl list of strings) -> tuple of positive finite floats."""
     if not values:
-        raise ConfigError("learning_rates", "needs at least one rate, e.g. 0.01,0.1,1,10")
+        raise ConfigError(flag, "needs at least one rate, e.g. 0.01,0.1,1,10")
     rates = []
     for text in values:
         try:
             rate = float(text)
         except ValueError:
-            raise ConfigError("learning_rates", f"{text!r} is not a number") from None
+            raise ConfigError(flag, f"{text!r} is not a number") from None
         if not math.isfinite(rate) or rate <= 0:
-            raise ConfigError("learning_rates", f"{text!r} must be a positive finite number")
+            raise ConfigError(flag, f"{text!r} must be a positive finite number")
         if rate in rates:
-            raise ConfigError("learning_rates", f"{text!r} is repeated")
+            raise ConfigError(flag, f"{text!r} is repeated")
         rates.append(rate)
     return tuple(rates)
 

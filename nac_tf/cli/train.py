@@ -140,7 +140,11 @@ _HELP = {
                            "training loop (quickstart: 36 s instead of 4.5 s per evaluation "
                            "on 2 CPU cores), and the 4-pixel shift is meant for 32 px and "
                            "larger images: on the quickstart's 8 px digits it drops linear "
-                           "top-1 from 96 % to 57 %.",
+                           "top-1 from 96 % to 57 %. The MLP probe (--mlp_eval_epochs) "
+                           "follows this setting too.",
+    "mlp_eval_epochs": "Epochs of each MLP-probe fit in the final evaluation (AMDIM's MLP "
+                       "evaluation: dropout 0.2, 1024 hidden units with BatchNorm and ReLU; "
+                       "learning rate searched over 0.01, 0.1, 1); 0 (the default) skips it.",
     "evaluate": "Evaluate the encoder (and its random initialisation) when training ends.",
     "eval_every_steps": "Evaluate the current online networks every this many steps (0: "
                         "never; chief only, datasets held in memory): kNN top-1 of the test "

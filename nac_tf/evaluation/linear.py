@@ -7,7 +7,10 @@ momentum 0.9, 100 epochs and no regularisation. The learning rate is chosen from
 from the training set; the chosen rate is then retrained on the full training set and top-1
 accuracy on the test set is reported.
 
-Choices this module makes (all in `LinearEvalConfig`):
+Choices this module makes (all in `LinearEvalConfig`). The MLP probe of
+`nac_tf.evaluation.mlp` shares every one but the zero initialisation (`ProbeConfig`), and
+this module's machinery: feature extraction, epoch orders, augmentation, the rate search,
+the result object (`_Probe` names what differs).
 - Learning-rate schedule: cosine decay to 0 over all training steps by default (SimCLR's
   linear-evaluation schedule; it makes the final weights insensitive to the last
   mini-batches), or "constant".
@@ -39,13 +42,16 @@ SCHEDULES = ("cosine", "constant")
 CROP_PADDING = 4
 
 # Independent random streams derived from `config.seed`, so changing e.g. the number of
-# epochs does not change the validation split.
+# epochs does not change the validation split. The MLP probe adds its initialisation and
+# dropout streams.
 _SPLIT_STREAM, _ORDER_STREAM, _AUGMENT_STREAM = 0, 1, 2
+_INIT_STREAM, _DROPOUT_STREAM = 3, 4
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearEvalConfig:
-    """Settings of the linear-evaluation protocol (defaults: docs/protocols.md section 2).
+class ProbeConfig:
+    """Settings every probe on a frozen encoder shares (the linear probe's
+    `LinearEvalConfig`, the MLP probe's `nac_tf.evaluation.mlp.MLPEvalConfig`).
 
     validation_fraction: a float in (0, 1) is the held-out fraction of the training set; an
     int >= 1 is the number of held-out examples.
@@ -117,23 +123,13 @@ class LinearEvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearClassifier:
-    """A trained linear classifier: logits = features @ kernel + bias (NumPy float32)."""
+class LinearEvalConfig(ProbeConfig):
+    """Settings of the linear-evaluation protocol (defaults: docs/protocols.md section 2);
+    the fields are `ProbeConfig`'s."""
 
-    kernel: np.ndarray  # [D, C]
-    bias: np.ndarray  # [C]
-    learning_rate: float
-    diverged: bool  # the training loss became non-finite; training stopped there
-    epoch_losses: Tuple[float, ...]  # mean training cross-entropy of each epoch run
-    eval_top1: Optional[float] = None  # accuracy on (eval_features, eval_labels), if given
 
-    def logits(self, features, chunk_size=8192):
-        """[N, C] float32 logits, computed in chunks to bound memory."""
-        features = np.asarray(features, np.float32)
-        out = np.empty((features.shape[0], self.bias.shape[0]), np.float32)
-        for start in range(0, features.shape[0], chunk_size):
-            out[start:start + chunk_size] = features[start:start + chunk_size] @ self.kernel
-        return out + self.bias
+class _Predictions:
+    """predict / accuracy of a trained classifier from its `logits(features)` (NumPy)."""
 
     def predict(self, features):
         """Predicted class ids [N]; -1 where the logits are not finite (always wrong).
@@ -154,8 +150,32 @@ class LinearClassifier:
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearEvalResult:
-    """Everything a JSON report of one linear evaluation needs (see `to_dict`)."""
+class LinearClassifier(_Predictions):
+    """A trained linear classifier: logits = features @ kernel + bias (NumPy float32)."""
+
+    kernel: np.ndarray  # [D, C]
+    bias: np.ndarray  # [C]
+    learning_rate: float
+    diverged: bool  # the training loss became non-finite; training stopped there
+    epoch_losses: Tuple[float, ...]  # mean training cross-entropy of each epoch run
+    eval_top1: Optional[float] = None  # accuracy on (eval_features, eval_labels), if given
+
+    def logits(self, features, chunk_size=8192):
+        """[N, C] float32 logits, computed in chunks to bound memory."""
+        features = np.asarray(features, np.float32)
+        out = np.empty((features.shape[0], self.bias.shape[0]), np.float32)
+        for start in range(0, features.shape[0], chunk_size):
+            out[start:start + chunk_size] = features[start:start + chunk_size] @ self.kernel
+        return out + self.bias
+
+    @property
+    def feature_dim(self):
+        return int(self.kernel.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """Everything a JSON report of one probe's evaluation needs (see `to_dict`)."""
 
     top1: float  # test accuracy in [0, 1] of the classifier retrained on the full train set
     learning_rate: float  # the chosen rate
@@ -167,7 +187,8 @@ class LinearEvalResult:
     num_classes: int
     feature_dim: int
     config: dict
-    classifier: Optional[LinearClassifier] = dataclasses.field(default=None, repr=False)
+    # LinearClassifier, or the MLP probe's MLPClassifier.
+    classifier: Optional[_Predictions] = dataclasses.field(default=None, repr=False)
 
     def to_dict(self):
         """JSON-ready dict (rates as string keys, without the classifier's arrays)."""
@@ -184,6 +205,11 @@ class LinearEvalResult:
             "feature_dim": self.feature_dim,
             "config": dict(self.config),
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearEvalResult(ProbeResult):
+    """The result of `linear_evaluation` (its classifier a `LinearClassifier`)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,11 +257,12 @@ def _check_num_classes(num_classes):
     return int(num_classes)
 
 
-def _check_config(config):
+def _check_config(config, probe):
     if config is None:
-        return LinearEvalConfig()
-    if not isinstance(config, LinearEvalConfig):
-        raise ValueError(f"config must be a LinearEvalConfig; received {type(config).__name__}")
+        return probe.config_class()
+    if type(config) is not probe.config_class:
+        raise ValueError(f"config must be a {probe.config_class.__name__}; received "
+                         f"{type(config).__name__}")
     return config
 
 
@@ -274,38 +301,41 @@ def _linear(features, kernel, bias):
     return tf.matmul(features, kernel) + bias, gradient
 
 
-class _Trainer:
-    """Dense layer + Keras SGD (Nesterov) and the compiled epoch loop for one rate."""
+class _ProbeTrainer:
+    """A probe's weights + Keras SGD and the compiled epoch loop for one learning rate.
 
-    def __init__(self, feature_dim, num_classes, learning_rate, total_steps, config):
-        # Zero init: convex problem, so no initialisation variance (see the module doc).
-        self.layer = keras.layers.Dense(num_classes, use_bias=True,
-                                        kernel_initializer="zeros", bias_initializer="zeros",
-                                        dtype="float32")
-        self.layer.build((None, feature_dim))
+    A subclass builds its layers, passes their trainable variables here and defines
+    `_train_logits(features)` (training mode: dropout, batch statistics) and
+    `classifier(...)` (the trained weights as NumPy, evaluated without TensorFlow).
+    """
+
+    def __init__(self, variables, learning_rate, total_steps, config):
         if config.schedule == "cosine":
             rate = keras.optimizers.schedules.CosineDecay(float(learning_rate),
                                                           decay_steps=max(total_steps, 1))
         else:
             rate = float(learning_rate)
-        # No weight decay: the protocol trains the classifier without regularisation.
+        # No weight decay: the protocols train their classifiers without it.
         self.optimizer = keras.optimizers.SGD(learning_rate=rate, momentum=config.momentum,
                                               nesterov=config.nesterov)
+        self.variables = list(variables)
         # Variables must exist before the tf.functions below are traced.
-        self.optimizer.build(self.layer.trainable_variables)
+        self.optimizer.build(self.variables)
         self.batch_size = config.batch_size
         self.epoch = tf.function(self._epoch, reduce_retracing=True)
+
+    def _train_logits(self, features):
+        raise NotImplementedError
 
     def _step(self, features, labels):
         """One SGD update on a mini-batch; returns the batch's summed cross-entropy."""
         with tf.GradientTape() as tape:
-            # The Dense layer holds the weights; `_linear` is its call with a faster gradient.
-            logits = _linear(features, self.layer.kernel, self.layer.bias)
+            logits = self._train_logits(features)
             losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
                                                                     logits=logits)
             loss = tf.reduce_mean(losses)
-        gradients = tape.gradient(loss, self.layer.trainable_variables)
-        self.optimizer.apply(gradients, self.layer.trainable_variables)
+        gradients = tape.gradient(loss, self.variables)
+        self.optimizer.apply(gradients, self.variables)
         return tf.reduce_sum(losses)
 
     def _epoch(self, features, labels, order):
@@ -323,19 +353,55 @@ class _Trainer:
         return total / tf.cast(n, tf.float32)
 
     def classifier(self, learning_rate, diverged, epoch_losses, eval_features, eval_labels):
-        kernel, bias = (np.array(v.numpy(), np.float32) for v in self.layer.trainable_variables)
-        result = LinearClassifier(kernel, bias, float(learning_rate), diverged,
-                                  tuple(epoch_losses))
+        result = self._classifier(float(learning_rate), diverged, tuple(epoch_losses))
         if eval_features is not None:
             result = dataclasses.replace(result,
                                          eval_top1=result.accuracy(eval_features, eval_labels))
         return result
 
+    def _classifier(self, learning_rate, diverged, epoch_losses):
+        raise NotImplementedError
 
-def _progbar(progress, epochs, learning_rate, what):
+
+class _LinearTrainer(_ProbeTrainer):
+    """The linear probe: one Dense layer with bias, zero-initialised."""
+
+    def __init__(self, feature_dim, num_classes, learning_rate, total_steps, config):
+        # Zero init: convex problem, so no initialisation variance (see the module doc).
+        self.layer = keras.layers.Dense(num_classes, use_bias=True,
+                                        kernel_initializer="zeros", bias_initializer="zeros",
+                                        dtype="float32")
+        self.layer.build((None, feature_dim))
+        super().__init__(self.layer.trainable_variables, learning_rate, total_steps, config)
+
+    def _train_logits(self, features):
+        # The Dense layer holds the weights; `_linear` is its call with a faster gradient.
+        return _linear(features, self.layer.kernel, self.layer.bias)
+
+    def _classifier(self, learning_rate, diverged, epoch_losses):
+        kernel, bias = (np.array(v.numpy(), np.float32) for v in self.layer.trainable_variables)
+        return LinearClassifier(kernel, bias, learning_rate, diverged, epoch_losses)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Probe:
+    """What distinguishes one probe in the shared protocol below."""
+
+    title: str  # progress lines: "<title> (...): learning rate ..."
+    config_class: type
+    trainer_class: type  # (feature_dim, num_classes, rate, total_steps, config)
+    result_class: type
+    from_images: str  # the function that takes images, named in errors
+
+
+_LINEAR = _Probe("Linear evaluation", LinearEvalConfig, _LinearTrainer, LinearEvalResult,
+                 "linear_evaluation_from_images")
+
+
+def _progbar(progress, epochs, learning_rate, what, probe=_LINEAR):
     if not progress:
         return None
-    print(f"Linear evaluation ({what}): learning rate {learning_rate:g}, {epochs} epochs")
+    print(f"{probe.title} ({what}): learning rate {learning_rate:g}, {epochs} epochs")
     return keras.utils.Progbar(epochs, unit_name="epoch")
 
 
@@ -350,7 +416,14 @@ def train_linear_classifier(train_features, train_labels, num_classes, learning_
     `eval_top1` filled in when eval_features / eval_labels are given. Training stops early
     (diverged=True) when the epoch loss becomes non-finite.
     """
-    config = _check_config(config)
+    return _train_classifier(_LINEAR, train_features, train_labels, num_classes,
+                             learning_rate, config, eval_features, eval_labels, progress)
+
+
+def _train_classifier(probe, train_features, train_labels, num_classes, learning_rate,
+                      config, eval_features, eval_labels, progress):
+    """`train_linear_classifier` for any probe (`probe.trainer_class`)."""
+    config = _check_config(config, probe)
     num_classes = _check_num_classes(num_classes)
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float,
                                                                          np.integer,
@@ -372,12 +445,12 @@ def train_linear_classifier(train_features, train_labels, num_classes, learning_
                                     num_classes, "eval_features")
     n = features.shape[0]
     steps_per_epoch = -(-n // config.batch_size)
-    trainer = _Trainer(features.shape[1], num_classes, learning_rate,
-                       config.epochs * steps_per_epoch, config)
+    trainer = probe.trainer_class(features.shape[1], num_classes, learning_rate,
+                                  config.epochs * steps_per_epoch, config)
     features_t = tf.convert_to_tensor(features)
     labels_t = tf.convert_to_tensor(labels.astype(np.int32))
     orders = epoch_orders(n, config.epochs, config.seed)
-    bar = _progbar(progress, config.epochs, learning_rate, f"{n} examples")
+    bar = _progbar(progress, config.epochs, learning_rate, f"{n} examples", probe)
     losses, diverged = _run_epochs(
         lambda epoch: float(trainer.epoch(features_t, labels_t,
                                           tf.convert_to_tensor(orders[epoch]))),
@@ -414,10 +487,17 @@ def linear_evaluation(train_features, train_labels, test_features, test_labels, 
     Returns a `LinearEvalResult`. Augmentation needs images: use
     `linear_evaluation_from_images` when `config.augment` is True.
     """
-    config = _check_config(config)
+    return _evaluation(_LINEAR, train_features, train_labels, test_features, test_labels,
+                       num_classes, config, progress)
+
+
+def _evaluation(probe, train_features, train_labels, test_features, test_labels, num_classes,
+                config, progress):
+    """`linear_evaluation` for any probe."""
+    config = _check_config(config, probe)
     if config.augment:
-        raise ValueError("config.augment=True needs images, not features: use "
-                         "linear_evaluation_from_images")
+        raise ValueError(f"config.augment=True needs images, not features: use "
+                         f"{probe.from_images}")
     num_classes = _check_num_classes(num_classes)
     train_features = _check_features("train_features", train_features)
     train_labels = _check_labels("train_labels", train_labels, train_features.shape[0],
@@ -430,15 +510,15 @@ def linear_evaluation(train_features, train_labels, test_features, test_labels, 
                          f"train_features has {train_features.shape[1]}")
 
     def train(features, labels, rate, eval_features=None, eval_labels=None):
-        return train_linear_classifier(features, labels, num_classes, rate, config,
-                                       eval_features, eval_labels, progress)
+        return _train_classifier(probe, features, labels, num_classes, rate, config,
+                                 eval_features, eval_labels, progress)
 
-    return _protocol(train, train_features, train_labels, test_features, test_labels,
+    return _protocol(probe, train, train_features, train_labels, test_features, test_labels,
                      num_classes, config)
 
 
-def _protocol(train, train_inputs, train_labels, test_features, test_labels, num_classes,
-              config, validation_features=None):
+def _protocol(probe, train, train_inputs, train_labels, test_features, test_labels,
+              num_classes, config, validation_features=None):
     """The rate search and the final fit, shared by the feature and image paths.
 
     `train(inputs, labels, rate, eval_features, eval_labels)` trains one classifier;
@@ -466,12 +546,12 @@ def _protocol(train, train_inputs, train_labels, test_features, test_labels, num
     final = train(train_inputs, train_labels, chosen, test_features, test_labels)
     if final.diverged and chosen not in diverged:
         diverged.append(chosen)
-    return LinearEvalResult(
+    return probe.result_class(
         top1=float(final.eval_top1), learning_rate=float(chosen),
         validation_top1=validation_top1, diverged=tuple(diverged),
         num_train=int(len(train_labels)), num_validation=num_validation,
         num_test=int(len(test_labels)), num_classes=num_classes,
-        feature_dim=int(final.kernel.shape[0]), config=config.to_dict(), classifier=final)
+        feature_dim=final.feature_dim, config=config.to_dict(), classifier=final)
 
 
 # ---------------------------------------------------------------------------------------
@@ -524,12 +604,13 @@ def _encode_all(encode, images, batch_size, image_size):
 
 
 def _train_augmented(encode, images, labels, num_classes, learning_rate, config, image_size,
-                     eval_features, eval_labels, progress):
-    """`train_linear_classifier` with the encoder in the loop: fresh crops every epoch."""
+                     eval_features, eval_labels, progress, probe=_LINEAR):
+    """`train_linear_classifier` (of `probe`) with the encoder in the loop: fresh crops
+    every epoch."""
     n = images.shape[0]
     steps_per_epoch = -(-n // config.batch_size)
-    trainer = _Trainer(eval_features.shape[1], num_classes, learning_rate,
-                       config.epochs * steps_per_epoch, config)
+    trainer = probe.trainer_class(eval_features.shape[1], num_classes, learning_rate,
+                                  config.epochs * steps_per_epoch, config)
     # The feature path's order; a global step index seeds the crops.
     orders = epoch_orders(n, config.epochs, config.seed)
     augment_seed = int(_rng(config.seed, _AUGMENT_STREAM).integers(2 ** 31 - 1))
@@ -557,7 +638,7 @@ def _train_augmented(encode, images, labels, num_classes, learning_rate, config,
         features = tf.stop_gradient(tf.cast(encode(batch_images), tf.float32))
         return trainer._step(features, batch_labels)
 
-    bar = _progbar(progress, config.epochs, learning_rate, f"{n} augmented images")
+    bar = _progbar(progress, config.epochs, learning_rate, f"{n} augmented images", probe)
     batches = iter(dataset)
 
     def epoch_loss(epoch):
@@ -584,7 +665,16 @@ def linear_evaluation_from_images(encode_fn, train_images, train_labels, test_im
     get `pad_crop_flip` afresh every epoch and go through the encoder in the training
     loop; validation and test images are encoded once, un-augmented.
     """
-    config = _check_config(config)
+    return _evaluation_from_images(_LINEAR, encode_fn, train_images, train_labels,
+                                   test_images, test_labels, num_classes, config, image_size,
+                                   batch_size_encode, progress)
+
+
+def _evaluation_from_images(probe, encode_fn, train_images, train_labels, test_images,
+                            test_labels, num_classes, config, image_size, batch_size_encode,
+                            progress):
+    """`linear_evaluation_from_images` for any probe."""
+    config = _check_config(config, probe)
     num_classes = _check_num_classes(num_classes)
     if not callable(encode_fn):
         raise ValueError(f"encode_fn must be callable; received {type(encode_fn).__name__}")
@@ -604,15 +694,15 @@ def linear_evaluation_from_images(encode_fn, train_images, train_labels, test_im
                                                 image_size))
     if not config.augment:
         train_features = _encode_all(encode, train_images, encode_batch, image_size)
-        return linear_evaluation(train_features, train_labels, test_features, test_labels,
-                                 num_classes, config, progress)
+        return _evaluation(probe, train_features, train_labels, test_features, test_labels,
+                           num_classes, config, progress)
 
     def validation_features(indices):
         return _encode_all(encode, train_images[indices], encode_batch, image_size)
 
     def train(images, labels, rate, eval_features, eval_labels):
         return _train_augmented(encode, images, labels, num_classes, rate, config,
-                                image_size, eval_features, eval_labels, progress)
+                                image_size, eval_features, eval_labels, progress, probe=probe)
 
-    return _protocol(train, train_images, train_labels, test_features, test_labels,
+    return _protocol(probe, train, train_images, train_labels, test_features, test_labels,
                      num_classes, config, validation_features)

@@ -8,7 +8,8 @@ would get.
 - Classification (single-label sources with a train and a test split): kNN top-1 on the
   representation h (cosine, temperature-weighted votes) and the linear-evaluation protocol of
   docs/protocols.md section 2 (`nac_tf.evaluation.linear`), with its training-image augmentation
-  when `linear.augment` (the trainer's setting).
+  when `linear.augment` (the trainer's setting); optionally the MLP probe of the same section
+  (`nac_tf.evaluation.mlp`, AMDIM's MLP evaluation), with its own `augment`.
 - Retrieval (docs/protocols.md section 2): 1[a > 0] codes of the projection head, Hamming ranking
   with stable ties. Queries and database come from the source's retrieval protocol
   (`source.retrieval`: CIFAR-10 hashing split, FLICKR-25K) or, for other datasets, the test
@@ -22,6 +23,7 @@ import numpy as np
 from nac_tf.evaluation.knn import knn_accuracy
 from nac_tf.evaluation.linear import (LinearEvalConfig, linear_evaluation,
                                       linear_evaluation_from_images)
+from nac_tf.evaluation.mlp import MLPEvalConfig, mlp_evaluation, mlp_evaluation_from_images
 from nac_tf.evaluation import retrieval
 
 
@@ -31,6 +33,7 @@ class EvaluationConfig:
 
     knn_k, knn_temperature: the kNN monitor (0 neighbours: skip kNN).
     linear: the linear-evaluation protocol, or None to skip it.
+    mlp: the MLP-evaluation protocol, or None (the default) to skip it.
     retrieval: compute the hash-code retrieval metrics.
     batch_size: images per call of the model.
     """
@@ -38,6 +41,7 @@ class EvaluationConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     linear: Optional[LinearEvalConfig] = dataclasses.field(default_factory=LinearEvalConfig)
+    mlp: Optional[MLPEvalConfig] = None
     retrieval: bool = True
     batch_size: int = 256
 
@@ -86,10 +90,10 @@ def embed(model, images, batch_size=256, outputs=("features",)):
 def classification_metrics(train_features, train_labels, test_features, test_labels,
                            num_classes, config: EvaluationConfig, progress=False,
                            images=None):
-    """kNN and linear top-1 on precomputed features; a flat dict plus protocol details.
+    """kNN, linear and MLP top-1 on precomputed features; a flat dict plus protocol details.
 
     images: (model, train_images, test_images), an ExportedModel and the uint8 images of the
-    features, needed when `config.linear.augment`: the linear classifier then trains on
+    features, needed when a probe's config has `augment`: that classifier then trains on
     augmented training images through the model (`linear_evaluation_from_images`).
     """
     metrics = {}
@@ -98,21 +102,25 @@ def classification_metrics(train_features, train_labels, test_features, test_lab
                                            test_labels, num_classes, k=config.knn_k,
                                            temperature=config.knn_temperature)
         metrics["knn"] = {"k": config.knn_k, "temperature": config.knn_temperature}
-    if config.linear is not None and config.linear.augment:
-        if images is None:
-            raise ValueError("config.linear.augment needs the images: pass "
-                             "images=(model, train_images, test_images)")
-        model, train_images, test_images = images
-        result = linear_evaluation_from_images(
-            float_image_encoder(model), train_images, train_labels, test_images, test_labels,
-            num_classes, config.linear, batch_size_encode=config.batch_size,
-            progress=progress)
-    elif config.linear is not None:
-        result = linear_evaluation(train_features, train_labels, test_features, test_labels,
-                                   num_classes, config.linear, progress=progress)
-    if config.linear is not None:
-        metrics["linear_top1"] = result.top1
-        metrics["linear"] = result.to_dict()
+    probes = (("linear", config.linear, linear_evaluation, linear_evaluation_from_images),
+              ("mlp", config.mlp, mlp_evaluation, mlp_evaluation_from_images))
+    for name, probe_config, from_features, from_images in probes:
+        if probe_config is None:
+            continue
+        if probe_config.augment:
+            if images is None:
+                raise ValueError(f"config.{name}.augment needs the images: pass "
+                                 "images=(model, train_images, test_images)")
+            model, train_images, test_images = images
+            result = from_images(
+                float_image_encoder(model), train_images, train_labels, test_images,
+                test_labels, num_classes, probe_config, batch_size_encode=config.batch_size,
+                progress=progress)
+        else:
+            result = from_features(train_features, train_labels, test_features, test_labels,
+                                   num_classes, probe_config, progress=progress)
+        metrics[f"{name}_top1"] = result.top1
+        metrics[name] = result.to_dict()
     return metrics
 
 
