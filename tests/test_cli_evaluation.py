@@ -15,10 +15,12 @@ import pytest
 from nac_tf.config import PretrainConfig
 from nac_tf.data import catalog
 from nac_tf.cli import checks
+from nac_tf.cli import linear_eval as linear_eval_command
 from nac_tf.evaluation import exported_evaluation, retrieval
 from nac_tf.evaluation.knn import knn_accuracy
 from nac_tf.evaluation.linear import (LinearEvalConfig, linear_evaluation,
                                       linear_evaluation_from_images)
+from nac_tf.evaluation.mlp import MLPEvalConfig, mlp_evaluation
 from nac_tf.evaluation.report import embed, float_image_encoder
 from nac_tf.export import (METADATA_FILE, export_saved_model, load_exported_model,
                            read_export_metadata)
@@ -119,6 +121,40 @@ def test_linear_eval_augmented_equals_the_library(export_dir, model, digits, tmp
         float_image_encoder(model), digits.train_images, digits.train_labels,
         digits.test_images, digits.test_labels, 10, config, batch_size_encode=BATCH)
     assert report["linear"] == expected.to_dict()
+
+
+def test_linear_eval_mlp_classifier_equals_the_library(export_dir, model, digits, tmp_path):
+    both, mlp_only = str(tmp_path / "both.json"), str(tmp_path / "mlp.json")
+    result = _ok(_run(LINEAR_EVAL, f"--saved_model={export_dir}", "--dataset=digits",
+                      "--classifier=both", "--epochs=2", "--learning_rates=0.1",
+                      "--mlp_learning_rates=0.1,1", "--mlp_hidden_dim=32",
+                      "--mlp_dropout=0.1", "--knn_k=0", f"--output={both}"))
+    assert "Linear and MLP evaluation" in result.stdout
+    assert "linear top-1" in result.stdout and "mlp top-1" in result.stdout
+    with open(both) as f:
+        report = json.load(f)
+    assert report["protocol"]["classifiers"] == ["linear", "mlp"]
+    assert report["protocol"]["mlp"]["hidden_dim"] == 32
+    train, test = _features(model, digits.train_images), _features(model, digits.test_images)
+    expected = mlp_evaluation(train, digits.train_labels, test, digits.test_labels, 10,
+                              MLPEvalConfig(epochs=2, learning_rates=(0.1, 1.0),
+                                            hidden_dim=32, dropout=0.1))
+    assert report["mlp"] == expected.to_dict()
+    assert report["mlp_top1"] == expected.top1
+    assert report["mlp_learning_rate"] == expected.learning_rate
+    assert set(report["mlp_validation_top1"]) == {"0.1", "1.0"}
+    assert report["linear_validation_top1"] == {} and 0.0 <= report["linear_top1"] <= 1.0
+
+    # --classifier=mlp alone, in this process (a second subprocess costs ~10 s): the
+    # command's evaluate() on the settings its flags give.
+    settings = dict(report, metadata=read_export_metadata(export_dir), image_size=0,
+                    output=mlp_only, batch_size=BATCH, validation_fraction=0.1,
+                    augment=False, knn_k=0, epochs=2, classifiers=("mlp",),
+                    learning_rates=(0.1,),
+                    mlp_learning_rates=(0.1, 1.0), mlp_hidden_dim=32, mlp_dropout=0.1)
+    alone = exported_evaluation.json_ready(linear_eval_command.evaluate(settings))
+    assert alone["linear_top1"] is None and "linear" not in alone
+    assert alone["mlp"] == report["mlp"]  # the probes do not depend on each other
 
 
 def test_hash_retrieval_report_equals_the_library(export_dir, model, digits):
@@ -276,6 +312,12 @@ BAD_FLAGS = {
                                         "--learning_rates=0.1,-1"], "--learning_rates: "),
     "bad integer": (LINEAR_EVAL, ["--saved_model={export}", "--dataset=digits", "--epochs=x"],
                     "--epochs: "),
+    "bad classifier": (LINEAR_EVAL, ["--saved_model={export}", "--dataset=digits",
+                                     "--classifier=svm"],
+                       "--classifier: 'svm' is not one of: linear, mlp, both"),
+    "bad mlp_dropout": (LINEAR_EVAL, ["--saved_model={export}", "--dataset=digits",
+                                      "--classifier=both", "--mlp_dropout=1"],
+                        "--mlp_dropout: 1.0 must be a number in [0, 1)"),
     "bad top_k": (HASH_RETRIEVAL, ["--saved_model={export}", "--dataset=digits", "--top_k=0"],
                   "--top_k: "),
     "unknown flag": (HASH_RETRIEVAL, ["--saved_model={export}", "--dataset=digits",

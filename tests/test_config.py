@@ -54,6 +54,7 @@ def test_defaults_with_model_dir_are_valid(tmp_path):
     ({"augment_on": "gpu"}, "augment_on", "host, device"),
     ({"queue_init_scale": 0.0}, "queue_init_scale", "range"),
     ({"eval_every_steps": -1}, "eval_every_steps", ">= 0"),
+    ({"mlp_eval_epochs": -1}, "mlp_eval_epochs", ">= 0"),
     ({"eval_num_queries": 0}, "eval_num_queries", "positive"),
     ({"eval_num_queries": -5}, "eval_num_queries", "positive"),
 ])

@@ -15,7 +15,7 @@ from nac_tf.data.views import ViewPairAugmenter
 from nac_tf.export import build_export_module
 from nac_tf.summaries import FINAL_METRICS, NUM_VIEW_PAIRS, PROBE_SIZE, final_metrics
 from nac_tf.run_directory import restore_pretrained_method
-from nac_tf.training import augmentation_config, pretrain
+from nac_tf.training import augmentation_config, pretrain, summary_table
 
 IMAGE_SIZE = 8
 CODE_DIM = 16
@@ -55,6 +55,22 @@ def test_final_metrics_are_the_results_at_the_last_step(run):
         (step, tensor), = written[name]
         assert step == results["steps"] == 4
         assert float(tensor) == pytest.approx(value, rel=1e-6)  # stored as float32
+
+
+def test_final_report_has_the_mlp_probe_beside_the_linear_one(run):
+    # mlp_eval_epochs=1: AMDIM's MLP evaluation in results.json and the printed summary.
+    _, results, _ = run
+    for prefix in ("", "random_init_"):
+        assert 0.0 <= results[prefix + "mlp_top1"] <= 1.0
+        assert 0.0 <= results[prefix + "linear_top1"] <= 1.0
+        mlp = results[prefix + "mlp"]
+        assert mlp["top1"] == results[prefix + "mlp_top1"]
+        assert (mlp["config"]["hidden_dim"], mlp["config"]["dropout"]) == (1024, 0.2)
+        assert mlp["config"]["epochs"] == 1 and mlp["config"]["augment"] is False
+        assert set(mlp["validation_top1"]) == {"0.01", "0.1", "1.0"}
+    rows = {line.split()[0]: line.split()[1:] for line in summary_table(results).splitlines()}
+    assert [float(value) for value in rows["mlp_top1"]] == pytest.approx(
+        [results["mlp_top1"], results["random_init_mlp_top1"]], abs=5e-5)
 
 
 def test_code_histogram_summarises_the_probe_pre_activations(run):

@@ -249,3 +249,21 @@ def test_init_weights_flag_and_the_flickr25k_config(tmp_path):
     assert result.returncode == 2, result.stderr
     assert f"error: --init_weights: {path!r} does not exist" in result.stderr
     assert not run.exists()
+
+
+
+def test_mlp_eval_epochs_turns_on_the_final_mlp_probe(tmp_path):
+    # AMDIM's MLP evaluation beside the linear probe: off by default, on with
+    # mlp_eval_epochs (the command line's --mlp_eval_epochs), following linear_eval_augment.
+    # tests/test_summaries.py trains a run with it and checks results.json.
+    from nac_tf.cli.train import config_from_args
+    from nac_tf.training import evaluation_config
+
+    assert PretrainConfig().mlp_eval_epochs == 0
+    assert evaluation_config(_tiny(tmp_path)).mlp is None
+    assert config_from_args(["--config=quickstart", "--mlp_eval_epochs=3"]).mlp_eval_epochs == 3
+    mlp = evaluation_config(_tiny(tmp_path, mlp_eval_epochs=2)).mlp
+    assert (mlp.epochs, mlp.seed, mlp.augment, mlp.hidden_dim, mlp.dropout) == \
+        (2, 0, True, 1024, 0.2)
+    assert not evaluation_config(_tiny(tmp_path, mlp_eval_epochs=2,
+                                       linear_eval_augment=False)).mlp.augment

@@ -42,7 +42,7 @@ def define_flags(flag_values=flags.FLAGS):
         "split, mini-batch order, augmentation).")
     define("integer", "epochs", 100, "Training epochs of every linear classifier.")
     define("list", "learning_rates", ["0.01", "0.1", "1", "10"], "Candidate learning "
-           "rates, comma-separated; one rate skips the validation split.")
+           "rates of the linear probe, comma-separated; one rate skips the validation split.")
     define("integer", "batch_size", 256, "Mini-batch of the classifier and images per "
            "SavedModel call.")
     define("float", "validation_fraction", 0.1, "Held-out share of the training split for "

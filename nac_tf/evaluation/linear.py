@@ -261,7 +261,7 @@ def _check_config(config, probe):
     if config is None:
         return probe.config_class()
     if type(config) is not probe.config_class:
-        raise ValueError(f"config must be a {probe.config_class.__name__}; received "
+        raise ValueError(f"config must be of type {probe.config_class.__name__}; received "
                          f"{type(config).__name__}")
     return config
 

@@ -30,7 +30,8 @@ Where this differs from the authors' code, and why:
   the authors' classifiers see their self-supervised augmentation.
 - Initialisation: Keras' Glorot-uniform kernels and zero bias (the authors: PyTorch's
   defaults), seeded by `config.seed`, the same for every candidate rate. BatchNorm momentum
-  0.9 and epsilon 1e-5, PyTorch's as the authors' (and nac_tf's encoders').
+  0.9 and epsilon 1e-5, PyTorch's as the authors' (and nac_tf's encoders'); its moving
+  variance averages the biased batch variance (Keras), PyTorch's the unbiased one.
 - Dropout: inverted dropout from stateless draws indexed by (seed, optimizer step, layer),
   so a fit depends on `config.seed` only, as the linear probe's.
 - Scoring: inference mode (no dropout, BatchNorm moving statistics), computed in NumPy from
