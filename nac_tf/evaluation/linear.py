@@ -306,7 +306,7 @@ class _ProbeTrainer:
 
     A subclass builds its layers, passes their trainable variables here and defines
     `_train_logits(features)` (training mode: dropout, batch statistics) and
-    `classifier(...)` (the trained weights as NumPy, evaluated without TensorFlow).
+    `_classifier(...)` (the trained weights as NumPy, evaluated without TensorFlow).
     """
 
     def __init__(self, variables, learning_rate, total_steps, config):
@@ -398,7 +398,7 @@ _LINEAR = _Probe("Linear evaluation", LinearEvalConfig, _LinearTrainer, LinearEv
                  "linear_evaluation_from_images")
 
 
-def _progbar(progress, epochs, learning_rate, what, probe=_LINEAR):
+def _progbar(progress, epochs, learning_rate, what, probe):
     if not progress:
         return None
     print(f"{probe.title} ({what}): learning rate {learning_rate:g}, {epochs} epochs")
