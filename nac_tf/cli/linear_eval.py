@@ -38,9 +38,9 @@ def define_flags(flag_values=flags.FLAGS):
         "multi-label, not imagenet2012: streamed).",
         image_size_help="Size the resizing loaders (digits, image_folder) load images at; "
         "0: the SavedModel's training size.",
-        seed_help="Seed of the dataset's split and of the linear evaluation (validation "
-        "split, mini-batch order, augmentation).")
-    define("integer", "epochs", 100, "Training epochs of every linear classifier.")
+        seed_help="Seed of the dataset's split and of the probes (validation split, "
+        "mini-batch order, augmentation; the MLP's initialisation and dropout).")
+    define("integer", "epochs", 100, "Training epochs of every classifier (linear and MLP).")
     define("list", "learning_rates", ["0.01", "0.1", "1", "10"], "Candidate learning "
            "rates of the linear probe, comma-separated; one rate skips the validation split.")
     define("integer", "batch_size", 256, "Mini-batch of the classifier and images per "
