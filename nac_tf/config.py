@@ -24,6 +24,13 @@ ENCODER_STEMS = ("cifar", "imagenet")  # the ResNet stems (nac_tf.models.layers)
 STEMS = ("auto",) + ENCODER_STEMS  # auto: cifar up to 64 px, imagenet above
 LR_SCALINGS = ("none", "linear", "sqrt")  # nac_tf.optim.scaled_learning_rate
 LARS_RULES = ("simclr", "all", "authors")  # nac_tf.optim.lars_rule_arguments
+# nac_tf.training.make_optimizer: lars (nac_tf.optim.LARS, the default), adam
+# (nac_tf.optim.AdamL2: torch's Adam with coupled L2, the AMDIM authors' optimizer).
+OPTIMIZERS = ("lars", "adam")
+# nac_tf.training.learning_rate_schedule: warmup_cosine (nac_tf.optim.WarmupCosineSchedule,
+# the default), warmup_step (nac_tf.optim.WarmupStepSchedule: constant after the warm-up,
+# multiplied by lr_decay_factor at each of lr_decay_fractions of training; the AMDIM authors').
+LR_SCHEDULES = ("warmup_cosine", "warmup_step")
 HEAD_INITIALIZERS = ("keras", "pytorch")  # nac_tf.models.heads.ProjectionHead
 # What the NAC-MQ denominator holds besides the stored queue (nac_tf.methods.nac_mq):
 # batch_in_queue: the current global batch's momentum codes written into the queue first
@@ -85,6 +92,15 @@ class PretrainConfig:
     lars_momentum: float = 0.9
     lars_trust_coefficient: float = 1e-3
     lars_rule: str = "simclr"  # which variables LARS adapts (LARS_RULES)
+    optimizer: str = "lars"  # OPTIMIZERS; weight_decay is coupled (L2) in both
+    adam_beta1: float = 0.9  # optimizer="adam" (the AMDIM authors: 0.8)
+    adam_beta2: float = 0.999
+    lr_schedule: str = "warmup_cosine"  # LR_SCHEDULES
+    # lr_schedule="warmup_step": comma-separated fractions of the total steps at which the
+    # rate is multiplied by lr_decay_factor ("" : none); the AMDIM authors' CIFAR-10
+    # schedule decays at epochs 250 and 280 of 300: "0.8333333,0.9333333".
+    lr_decay_fractions: str = ""
+    lr_decay_factor: float = 0.2
     # Objectives.
     flip_prob: float = 0.1
     queue_size: int = 50000
@@ -136,6 +152,11 @@ class PretrainConfig:
         return (0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s)
 
     @property
+    def lr_decay_fraction_values(self) -> Tuple[float, ...]:
+        """`lr_decay_fractions` as numbers (ConfigError naming the field when malformed)."""
+        return parse_fractions("lr_decay_fractions", self.lr_decay_fractions)
+
+    @property
     def uses_queue(self):
         return self.method in ("nac_mq", "moco_v2")
 
@@ -146,11 +167,27 @@ RUN_DEFINING_FIELDS = (
     "method", "dataset", "data_dir", "image_size", "encoder", "stem", "init_weights",
     "code_dim", "head_hidden_dim", "head_batch_norm", "head_scale_by_sqrt_dim", "batch_size", "epochs",
     "train_steps", "learning_rate", "learning_rate_scaling", "warmup_epochs", "weight_decay",
-    "lars_momentum", "lars_trust_coefficient", "lars_rule", "head_init", "queue_init_scale",
+    "lars_momentum", "lars_trust_coefficient", "lars_rule", "optimizer", "adam_beta1",
+    "adam_beta2", "lr_schedule", "lr_decay_fractions", "lr_decay_factor", "head_init", "queue_init_scale",
     "mq_negatives", "flip_prob", "queue_size", "momentum",
     "l2_weight", "temperature", "crop_area_min", "flip", "jitter_strength",
     "jitter_prob", "grayscale_prob", "blur_prob", "seed", "batch_norm", "precision",
 )
+
+
+def parse_fractions(field, text):
+    """The increasing fractions in (0, 1) of a comma-separated `text` ("" : none), or
+    ConfigError naming `field`."""
+    parts = [part.strip() for part in text.split(",")] if text.strip() else []
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        raise ConfigError(field, f"{text!r} is not a comma-separated list of numbers") from None
+    if any(not 0.0 < value < 1.0 for value in values):
+        raise ConfigError(field, f"{text!r}: every fraction of training must be in (0, 1)")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ConfigError(field, f"{text!r}: the fractions must increase")
+    return values
 
 
 def _one_of(flag, value, accepted):
@@ -236,6 +273,8 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
     _one_of("on_corrupt", config.on_corrupt, ON_CORRUPT)
     _one_of("strategy", config.strategy, STRATEGIES)
     _one_of("lars_rule", config.lars_rule, LARS_RULES)
+    _one_of("optimizer", config.optimizer, OPTIMIZERS)
+    _one_of("lr_schedule", config.lr_schedule, LR_SCHEDULES)
     _one_of("head_init", config.head_init, HEAD_INITIALIZERS)
     _one_of("mq_negatives", config.mq_negatives, MQ_NEGATIVES)
     _one_of("augment_on", config.augment_on, AUGMENT_ON)
@@ -269,6 +308,10 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
     check_in_range("lars_momentum", config.lars_momentum, 0.0, 1.0, high_open=True)
     check_in_range("lars_trust_coefficient", config.lars_trust_coefficient, 0.0, float("inf"),
               low_open=True)
+    check_in_range("adam_beta1", config.adam_beta1, 0.0, 1.0, high_open=True)
+    check_in_range("adam_beta2", config.adam_beta2, 0.0, 1.0, high_open=True)
+    parse_fractions("lr_decay_fractions", config.lr_decay_fractions)
+    check_in_range("lr_decay_factor", config.lr_decay_factor, 0.0, 1.0, low_open=True)
     check_in_range("flip_prob", config.flip_prob, 0.0, 0.5, low_open=True, high_open=True)
     check_in_range("momentum", config.momentum, 0.0, 1.0, high_open=True)
     check_in_range("l2_weight", config.l2_weight, 0.0, float("inf"))

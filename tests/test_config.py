@@ -52,6 +52,14 @@ def test_defaults_with_model_dir_are_valid(tmp_path):
     ({"head_init": "xavier"}, "head_init", "keras, pytorch"),
     ({"mq_negatives": "batch"}, "mq_negatives", "batch_in_queue, positive_key, queue_only"),
     ({"augment_on": "gpu"}, "augment_on", "host, device"),
+    ({"optimizer": "sgd"}, "optimizer", "lars, adam"),
+    ({"lr_schedule": "cosine"}, "lr_schedule", "warmup_cosine, warmup_step"),
+    ({"lr_decay_fractions": "0.5,x"}, "lr_decay_fractions", "comma-separated"),
+    ({"lr_decay_fractions": "0.5,1.0"}, "lr_decay_fractions", "in (0, 1)"),
+    ({"lr_decay_fractions": "0.8,0.5"}, "lr_decay_fractions", "increase"),
+    ({"lr_decay_factor": 0.0}, "lr_decay_factor", "range"),
+    ({"adam_beta1": 1.0}, "adam_beta1", "range"),
+    ({"adam_beta2": -0.5}, "adam_beta2", "range"),
     ({"queue_init_scale": 0.0}, "queue_init_scale", "range"),
     ({"eval_every_steps": -1}, "eval_every_steps", ">= 0"),
     ({"eval_num_queries": 0}, "eval_num_queries", "positive"),
@@ -109,6 +117,14 @@ def test_choice_lists_agree_with_what_implements_them(tmp_path):
     stages = {mode: training.input_augmentation(_valid(tmp_path, augment_on=mode), augmenter)
               for mode in config.AUGMENT_ON}
     assert stages == {"host": augmenter, "device": augmenter.crop_pair}
+    optimizers = {name: type(training.make_optimizer(_valid(tmp_path, optimizer=name), 0.1))
+                  for name in config.OPTIMIZERS}
+    assert optimizers == {"lars": optim.LARS, "adam": optim.AdamL2}
+    schedules = {name: type(training.learning_rate_schedule(
+        _valid(tmp_path, lr_schedule=name, lr_decay_fractions="0.5"), 0.1, 10, 2))
+        for name in config.LR_SCHEDULES}
+    assert schedules == {"warmup_cosine": optim.WarmupCosineSchedule,
+                         "warmup_step": optim.WarmupStepSchedule}
     assert distribute.make_strategy("one_device") is not None
     with pytest.raises(ValueError, match="not one of"):
         distribute.make_strategy("gpu_cluster")

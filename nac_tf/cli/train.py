@@ -69,9 +69,26 @@ _HELP = {
     "train_steps": "Total optimizer steps; 0: epochs x steps per epoch.",
     "learning_rate": "Peak learning rate before scaling.",
     "learning_rate_scaling": "none, linear (x batch/256) or sqrt (x sqrt(batch)).",
-    "warmup_epochs": "Linear warm-up length in epochs (per-step), then cosine decay to 0.",
-    "weight_decay": "LARS coupled weight decay (BatchNorm parameters and biases excluded "
-                    "under --lars_rule=simclr).",
+    "warmup_epochs": "Linear warm-up length in epochs (per-step), then the --lr_schedule.",
+    "weight_decay": "Coupled (L2) weight decay, added to the gradient: LARS's (BatchNorm "
+                    "parameters and biases excluded under --lars_rule=simclr) or Adam's "
+                    "(every variable, as torch.optim.Adam's weight_decay; the AMDIM "
+                    "authors: 1e-5).",
+    "optimizer": "lars (LARS on the trust ratio, --lars_*) or adam (torch.optim.Adam's "
+                 "update with coupled L2 weight decay, epsilon 1e-8, --adam_beta1/2; the "
+                 "AMDIM authors' optimizer).",
+    "adam_beta1": "Adam's first-moment decay beta_1 (--optimizer=adam; the AMDIM authors: "
+                  "0.8).",
+    "adam_beta2": "Adam's second-moment decay beta_2 (--optimizer=adam).",
+    "lr_schedule": "warmup_cosine (linear warm-up over --warmup_epochs, then cosine decay to "
+                   "0) or warmup_step (linear warm-up, then constant, multiplied by "
+                   "--lr_decay_factor at each of --lr_decay_fractions; the AMDIM authors').",
+    "lr_decay_fractions": "--lr_schedule=warmup_step: comma-separated fractions of the "
+                          "training steps at which the learning rate is multiplied by "
+                          "--lr_decay_factor, e.g. 0.8333333,0.9333333 (epochs 250 and 280 "
+                          "of 300); empty: no decay.",
+    "lr_decay_factor": "--lr_schedule=warmup_step: the factor of each decay (the AMDIM "
+                       "authors: 0.2).",
     "lars_momentum": "LARS momentum.",
     "lars_trust_coefficient": "LARS trust coefficient eta.",
     "lars_rule": "Which variables LARS adapts: simclr (BatchNorm parameters and biases get raw "
