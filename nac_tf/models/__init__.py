@@ -1,5 +1,7 @@
 """Encoders f (images -> representation h) and the MLP heads g and phi (paper Sec. 3.5).
 
+`MixtureFeatures` is AMDIM's mixture network m_k (AMDIM Sec. 3.7).
+
 Every encoder is a functional keras.Model: float32 images in the network's input range
 [N, H, W, C] -> h [N, F], the global-average-pooled last feature map. Its first layer
 optionally normalises each channel, (x - mean) / std, so preprocessing travels with the
@@ -25,12 +27,13 @@ from nac_tf.models.cloning import clone_encoder, clone_head
 from nac_tf.models.heads import ProjectionHead
 from nac_tf.models.layers import (
     BATCH_NORM_EPSILON, BATCH_NORM_PATH_PATTERN, DEFAULT_BATCH_NORM_MOMENTUM)
+from nac_tf.models.mixture import MixtureFeatures
 from nac_tf.models.registry import (
     ENCODER_BUILDERS, build_encoder, encoder_input_statistics, encoder_output_dim)
 from nac_tf.models.weights_file import load_encoder_weights
 
 __all__ = [
     "BATCH_NORM_EPSILON", "BATCH_NORM_PATH_PATTERN", "DEFAULT_BATCH_NORM_MOMENTUM",
-    "ENCODER_BUILDERS", "ProjectionHead", "build_encoder", "clone_encoder", "clone_head",
-    "encoder_input_statistics", "encoder_output_dim", "load_encoder_weights",
+    "ENCODER_BUILDERS", "MixtureFeatures", "ProjectionHead", "build_encoder", "clone_encoder",
+    "clone_head", "encoder_input_statistics", "encoder_output_dim", "load_encoder_weights",
 ]
