@@ -19,7 +19,7 @@ DATASETS = ("digits", "cifar10", "imagenet2012", "npz", "image_folder", "cifar10
             "flickr25k")  # loaders: nac_tf.data.catalog.load_source
 # Builders: nac_tf.models.registry.
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet_tiny", "vgg16_bn", "vgg16",
-            "small_cnn")
+            "small_cnn", "amdim_small", "amdim_large", "amdim_xs")
 ENCODER_STEMS = ("cifar", "imagenet")  # the ResNet stems (nac_tf.models.layers)
 STEMS = ("auto",) + ENCODER_STEMS  # auto: cifar up to 64 px, imagenet above
 LR_SCALINGS = ("none", "linear", "sqrt")  # nac_tf.optim.scaled_learning_rate

@@ -43,10 +43,13 @@ _HELP = {
     "on_corrupt": "Image files that cannot be decoded (image_folder, flickr25k): skip (left "
                   "out, counted in the log and in results.json as num_skipped_images) or "
                   "raise (stop with the file's name).",
-    "encoder": "resnet18, resnet34, resnet50, resnet_tiny, vgg16_bn, vgg16 or small_cnn. "
+    "encoder": "resnet18, resnet34, resnet50, resnet_tiny, vgg16_bn, vgg16, small_cnn, "
+               "amdim_small, amdim_large or amdim_xs. "
                "vgg16 is keras.applications' VGG16 without BatchNorm (its layer names and "
                "weight shapes, its preprocessing: RGB -> BGR and ImageNet mean subtraction "
-               "whatever the dataset), for --init_weights with its ImageNet weights.",
+               "whatever the dataset), for --init_weights with its ImageNet weights. The "
+               "amdim_* encoders (AMDIM paper Sec. 3.6; ndf/nrkhs/ndepth 128/1024/10, "
+               "256/2048/10, 32/256/2) take 32, 64 or 128 px images only.",
     "init_weights": "A Keras weights file to initialise the encoder of a new run from "
                     "(ignored on resume: the checkpoint has the weights): .weights.h5 written "
                     "by save_weights, or a Keras 2 .h5 such as keras.applications' "
