@@ -14,7 +14,7 @@ import dataclasses
 import os
 from typing import Optional, Tuple
 
-METHODS = ("nac", "nac_mq", "simclr", "moco_v2")  # nac_tf.methods.METHOD_CLASSES
+METHODS = ("nac", "nac_mq", "simclr", "moco_v2", "amdim")  # nac_tf.methods.METHOD_CLASSES
 DATASETS = ("digits", "cifar10", "imagenet2012", "npz", "image_folder", "cifar10_hashing",
             "flickr25k")  # loaders: nac_tf.data.catalog.load_source
 # Builders: nac_tf.models.registry.
@@ -109,6 +109,14 @@ class PretrainConfig:
     momentum: float = 0.99
     l2_weight: float = 0.1
     temperature: float = 0.5
+    # AMDIM (method="amdim", nac_tf.methods.amdim): the squared-score regulariser's weight
+    # lambda and the soft clipping c of its NCE scores (AMDIM Sec. 3.3: 4e-2 and 20), and
+    # the mixture-based 1->7 task (AMDIM Sec. 3.7): k mixture components (0: off) and the
+    # entropy weight alpha of Eq. 6 (q = softmax(s_nce / alpha), Eq. 7 with tau = 1 / alpha).
+    amdim_regularization_weight: float = 4e-2
+    amdim_clip_value: float = 20.0
+    amdim_mixture_components: int = 0
+    amdim_mixture_entropy_weight: float = 1.0
     # Augmentation: the CIFAR recipe of docs/protocols.md section 1 by default; the ImageNet /
     # MoCo-v2 recipe is crop_area_min=0.2, blur_prob=0.5 (see configs/).
     crop_area_min: float = 0.08
@@ -170,7 +178,8 @@ RUN_DEFINING_FIELDS = (
     "lars_momentum", "lars_trust_coefficient", "lars_rule", "optimizer", "adam_beta1",
     "adam_beta2", "lr_schedule", "lr_decay_fractions", "lr_decay_factor", "head_init", "queue_init_scale",
     "mq_negatives", "flip_prob", "queue_size", "momentum",
-    "l2_weight", "temperature", "crop_area_min", "flip", "jitter_strength",
+    "l2_weight", "temperature", "amdim_regularization_weight", "amdim_clip_value",
+    "amdim_mixture_components", "amdim_mixture_entropy_weight", "crop_area_min", "flip", "jitter_strength",
     "jitter_prob", "grayscale_prob", "blur_prob", "seed", "batch_norm", "precision",
 )
 
@@ -317,12 +326,24 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
     check_in_range("l2_weight", config.l2_weight, 0.0, float("inf"))
     check_in_range("queue_init_scale", config.queue_init_scale, 0.0, float("inf"), low_open=True)
     check_in_range("temperature", config.temperature, 0.0, float("inf"), low_open=True)
+    check_in_range("amdim_regularization_weight", config.amdim_regularization_weight, 0.0,
+                   float("inf"))
+    check_in_range("amdim_clip_value", config.amdim_clip_value, 0.0, float("inf"),
+                   low_open=True)
+    check_in_range("amdim_mixture_components", config.amdim_mixture_components, 0,
+                   float("inf"))
+    check_in_range("amdim_mixture_entropy_weight", config.amdim_mixture_entropy_weight, 0.0,
+                   float("inf"), low_open=True)
     check_in_range("crop_area_min", config.crop_area_min, 0.0, 1.0, low_open=True)
     check_in_range("jitter_strength", config.jitter_strength, 0.0, float("inf"))
     for flag in ("jitter_prob", "grayscale_prob", "blur_prob"):
         check_in_range(flag, getattr(config, flag), 0.0, 1.0)
     check_in_range("knn_temperature", config.knn_temperature, 0.0, float("inf"), low_open=True)
 
+    if config.method == "amdim" and not config.encoder.startswith("amdim_"):
+        raise ConfigError("encoder", f"{config.encoder!r} has no AMDIM feature maps; "
+                          "method='amdim' scores the 5x5 and 7x7 maps of an AMDIM encoder: "
+                          f"{', '.join(e for e in ENCODERS if e.startswith('amdim_'))}")
     if num_replicas is not None and config.batch_size % num_replicas:
         raise ConfigError("batch_size", f"the global batch {config.batch_size} must be "
                           f"divisible by the {num_replicas} replicas of strategy="

@@ -215,7 +215,16 @@ def test_exclusion_is_by_path_not_short_name():
     assert not no_decay.uses_weight_decay(encoder_kernel)
 
 
-def test_mirrored_strategy_equals_single_device(two_replica_strategy):
+_OPTIMIZERS = {
+    "lars": lambda: LARS(WarmupCosineSchedule(0.3, 10, 1), weight_decay=1e-2,
+                         trust_coefficient=0.05),
+    "adam_l2": lambda: AdamL2(WarmupStepSchedule(0.05, 10, 1, [3]), beta_1=0.8,
+                              weight_decay=1e-2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_OPTIMIZERS))
+def test_mirrored_strategy_equals_single_device(two_replica_strategy, name):
     """Two replicas with half the batch each and loss / num_replicas (Keras all-reduces the
     gradients by SUM) must give the single-device full-batch result."""
     rng = np.random.default_rng(1)
@@ -229,8 +238,7 @@ def test_mirrored_strategy_equals_single_device(two_replica_strategy):
                                       keras.layers.ReLU(), keras.layers.Dense(3, name="d2")],
                                      name="net")
             model.set_weights(initial)
-            optimizer = LARS(WarmupCosineSchedule(0.3, 10, 1), weight_decay=1e-2,
-                             trust_coefficient=0.05)
+            optimizer = _OPTIMIZERS[name]()
             optimizer.build(model.trainable_variables)
 
         def replica_step(xb, yb):
@@ -255,7 +263,9 @@ def test_mirrored_strategy_equals_single_device(two_replica_strategy):
     for a, b, start in zip(single.trainable_variables, mirrored.trainable_variables, initial):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
         assert np.abs(a.numpy() - start).max() > 1e-3, a.path
-    for slot in optimizer.momentums:  # the per-device slot copies stay in sync
+    slots = optimizer.momentums if name == "lars" else \
+        optimizer.first_moments + optimizer.second_moments
+    for slot in slots:  # the per-device slot copies stay in sync
         first, second = slot.value.values
         np.testing.assert_array_equal(first.numpy(), second.numpy())
         assert np.abs(first.numpy()).max() > 0

@@ -1,4 +1,4 @@
-"""nac-train: pretrains NAC, NAC-MQ, SimCLR or MoCo-v2 (`nac_tf.training.pretrain`).
+"""nac-train: pretrains NAC, NAC-MQ, SimCLR, MoCo-v2 or AMDIM (`nac_tf.training.pretrain`).
 
     nac-train --config=NAME [--flag=value ...]
     nac-train --flagfile=path/to/file.flags [--flag=value ...]
@@ -29,7 +29,8 @@ from nac_tf.cli.configs import available_configs, expand_config_args
 from nac_tf.config import ConfigError, PretrainConfig, validate_config
 
 _HELP = {
-    "method": "Pretraining method: nac, nac_mq, simclr or moco_v2.",
+    "method": "Pretraining method: nac, nac_mq, simclr, moco_v2 or amdim (needs an amdim_* "
+              "encoder).",
     "dataset": "digits (bundled with scikit-learn), cifar10 / imagenet2012 (TFDS), npz "
                "(archive with x_train, y_train, x_test, y_test), image_folder (root/<class>/), "
                "cifar10_hashing (CIFAR-10 retrieval split: trains on 500 images per class, "
@@ -112,6 +113,13 @@ _HELP = {
     "momentum": "EMA decay of the momentum networks (nac_mq, moco_v2).",
     "l2_weight": "lambda of the ||z||^2 term of NAC-MQ (Eq. 20).",
     "temperature": "Softmax temperature of SimCLR / MoCo-v2.",
+    "amdim_regularization_weight": "AMDIM: weight lambda of the squared-score regulariser "
+                                   "(the paper's 4e-2; the authors' code computes 5e-2).",
+    "amdim_clip_value": "AMDIM: soft clipping c of the NCE scores, c tanh(s / c) (20).",
+    "amdim_mixture_components": "AMDIM: mixture components k of the mixture-based 1->7 task "
+                                "(paper Sec. 3.7); 0: off (the plain 1->7 task).",
+    "amdim_mixture_entropy_weight": "AMDIM with mixture components: the entropy weight alpha "
+                                    "of the paper's Eq. 6 (q = softmax(s_nce / alpha)).",
     "crop_area_min": "Smallest random-resized-crop area fraction (0.08 CIFAR, 0.2 MoCo-v2).",
     "flip": "Random horizontal flips.",
     "jitter_strength": "Scales colour jitter (0.4, 0.4, 0.4, 0.1).",
