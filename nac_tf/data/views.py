@@ -226,6 +226,10 @@ def amdim_recipe(image_size=32):
     stage is instead a reflect-filled translation by up to 4 px with p = 0.8
     (`max_translation`); up to 64 px STL10's (the crop, hue 0.2); above, ImageNet's (the
     crop, hue 0.1).
+
+    Deviations besides the module's: their crops resize with PIL's bicubic filter
+    (interpolation=3), ours bilinearly; the recipe is the authors' basic augmentation, not
+    the Fast AutoAugment policy of their strongest results (paper Table 3, "+strong aug").
     """
     hue = 0.2 if image_size <= 64 else 0.1
     return AugmentationConfig(
