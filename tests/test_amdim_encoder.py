@@ -270,6 +270,21 @@ def test_registered_sizes_and_output_widths():
     model = build_encoder("amdim_xs", (32, 32, 3), stem="imagenet", model_name="encoder")
     assert amdim_feature_channels(model) == (256, 128, 128)
     assert model.get_layer("block1_unit0_conv1").filters == 64
+    # The registered models follow the authors' default use_bn=0: BN on f1 only.
+    assert [l.name for l in model.layers
+            if isinstance(l, keras.layers.BatchNormalization)] == ["f1_bn"]
+
+
+def test_batch_norm_options_propagate():
+    model = build_amdim((64, 64, 3), ndf=2, nrkhs=16, ndepth=2, use_batch_norm=True,
+                        synchronized_batch_norm=True, batch_norm_momentum=0.97)
+    layers = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    # One per unit (3 down blocks and 2 stride-1 blocks of 2 units, the last unit), f7, f1.
+    assert len(layers) == 5 * 2 + 1 + 2
+    assert all(l.synchronized and l.momentum == 0.97 and l.epsilon == EPS for l in layers)
+    phi = AMDIMEmbedding(8, use_batch_norm=True, synchronized_batch_norm=True,
+                         batch_norm_momentum=0.97)
+    assert phi.hidden_bn.synchronized and phi.output_bn.momentum == 0.97
 
 
 def test_bad_arguments_name_them():
