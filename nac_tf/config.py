@@ -43,6 +43,11 @@ BATCH_NORM_MODES = ("sync", "per_replica", "per_view")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")  # nac_tf.precision
 # What loaders of image files do with a file they cannot decode.
 ON_CORRUPT = ("skip", "raise")
+# The view recipe (nac_tf.training.augmentation_config): simclr, SimCLR's family set by the
+# fields crop_area_min, flip, jitter_strength, jitter_prob, grayscale_prob, blur_prob (the
+# CIFAR and MoCo-v2 recipes); amdim, the AMDIM authors' (nac_tf.data.views.amdim_recipe at
+# the run's image size), which fixes all of those itself.
+AUGMENTATIONS = ("simclr", "amdim")
 # Where the views are augmented (nac_tf.training.input_augmentation): host, all of it in the
 # input pipeline; device, the crop there and the colour stages in the train step.
 AUGMENT_ON = ("host", "device")
@@ -118,7 +123,9 @@ class PretrainConfig:
     amdim_mixture_components: int = 0
     amdim_mixture_entropy_weight: float = 1.0
     # Augmentation: the CIFAR recipe of docs/protocols.md section 1 by default; the ImageNet /
-    # MoCo-v2 recipe is crop_area_min=0.2, blur_prob=0.5 (see configs/).
+    # MoCo-v2 recipe is crop_area_min=0.2, blur_prob=0.5 (see configs/); AMDIM's is
+    # augmentation="amdim" (AUGMENTATIONS), which the next six fields do not apply to.
+    augmentation: str = "simclr"
     crop_area_min: float = 0.08
     flip: bool = True
     jitter_strength: float = 1.0  # scales (0.4, 0.4, 0.4, 0.1)
@@ -179,9 +186,14 @@ RUN_DEFINING_FIELDS = (
     "adam_beta2", "lr_schedule", "lr_decay_fractions", "lr_decay_factor", "head_init", "queue_init_scale",
     "mq_negatives", "flip_prob", "queue_size", "momentum",
     "l2_weight", "temperature", "amdim_regularization_weight", "amdim_clip_value",
-    "amdim_mixture_components", "amdim_mixture_entropy_weight", "crop_area_min", "flip", "jitter_strength",
+    "amdim_mixture_components", "amdim_mixture_entropy_weight", "augmentation", "crop_area_min", "flip", "jitter_strength",
     "jitter_prob", "grayscale_prob", "blur_prob", "seed", "batch_norm", "precision",
 )
+
+
+# The fields of augmentation="simclr" (nac_tf.training.augmentation_config).
+SIMCLR_AUGMENTATION_FIELDS = ("crop_area_min", "flip", "jitter_strength", "jitter_prob",
+                              "grayscale_prob", "blur_prob")
 
 
 def parse_fractions(field, text):
@@ -287,6 +299,7 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
     _one_of("head_init", config.head_init, HEAD_INITIALIZERS)
     _one_of("mq_negatives", config.mq_negatives, MQ_NEGATIVES)
     _one_of("augment_on", config.augment_on, AUGMENT_ON)
+    _one_of("augmentation", config.augmentation, AUGMENTATIONS)
 
     validate_data_settings(config.dataset, config.data_dir)
     validate_init_weights(config.init_weights)
@@ -340,6 +353,14 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
         check_in_range(flag, getattr(config, flag), 0.0, 1.0)
     check_in_range("knn_temperature", config.knn_temperature, 0.0, float("inf"), low_open=True)
 
+    if config.augmentation != "simclr":
+        defaults = PretrainConfig()
+        for field in SIMCLR_AUGMENTATION_FIELDS:
+            if getattr(config, field) != getattr(defaults, field):
+                # Refused rather than ignored: the run would not augment as the field says.
+                raise ConfigError(field, f"{getattr(config, field)!r} does not apply to "
+                                  f"augmentation={config.augmentation!r}, whose recipe fixes "
+                                  f"it; leave it at its default {getattr(defaults, field)!r}")
     if config.method == "amdim" and not config.encoder.startswith("amdim_"):
         raise ConfigError("encoder", f"{config.encoder!r} has no AMDIM feature maps; "
                           "method='amdim' scores the 5x5 and 7x7 maps of an AMDIM encoder: "

@@ -42,7 +42,7 @@ from nac_tf import distribute
 from nac_tf.config import DATASETS, ConfigError, PretrainConfig, validate_config
 from nac_tf.data.catalog import dataset_statistics, load_source
 from nac_tf.data.pipeline import first_training_images, make_pretrain_dataset
-from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter
+from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter, amdim_recipe
 from nac_tf.evaluation.linear import LinearEvalConfig
 from nac_tf.evaluation.monitor import TrainingMonitor
 from nac_tf.evaluation.report import EvaluationConfig, evaluate_model
@@ -85,6 +85,10 @@ class TrainingInterrupted(RuntimeError):
 
 # ----------------------------------------------------------------------------- building blocks
 def augmentation_config(config: PretrainConfig, image_size):
+    """The view recipe of `config.augmentation` at `image_size`: AMDIM's (`amdim_recipe`,
+    the authors' CIFAR recipe up to 32 px) or the SimCLR family's, from the fields."""
+    if config.augmentation == "amdim":
+        return amdim_recipe(image_size)
     return AugmentationConfig(
         image_size=image_size, crop_area=(config.crop_area_min, 1.0), flip=config.flip,
         jitter_strength=config.jitter, jitter_prob=config.jitter_prob,

@@ -229,8 +229,8 @@ def test_command_line_resumes_evaluates_and_exports_f1(tmp_path):
             "--batch_size=8", "--train_steps=4", "--checkpoint_every_steps=2",
             "--optimizer=adam", "--learning_rate=2e-4", "--adam_beta1=0.8",
             "--weight_decay=1e-5", "--warmup_epochs=0.01", "--lr_schedule=warmup_step",
-            "--lr_decay_fractions=0.5", "--crop_area_min=0.5", "--flip=false",
-            "--jitter_prob=0", "--grayscale_prob=0", "--knn_k=5", "--linear_eval_epochs=1",
+            "--lr_decay_fractions=0.5", "--augmentation=amdim", "--knn_k=5",
+            "--linear_eval_epochs=1",
             "--linear_eval_augment=false", "--log_every_steps=2"]
     config = config_from_args(args + [f"--model_dir={reference}"])
     pretrain(config.replace(evaluate=False), log=lambda *_: None)

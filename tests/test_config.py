@@ -65,6 +65,9 @@ def test_defaults_with_model_dir_are_valid(tmp_path):
     ({"amdim_regularization_weight": -1e-3}, "amdim_regularization_weight", "range"),
     ({"amdim_mixture_components": -1}, "amdim_mixture_components", "range"),
     ({"amdim_mixture_entropy_weight": 0.0}, "amdim_mixture_entropy_weight", "range"),
+    ({"augmentation": "autoaugment"}, "augmentation", "simclr, amdim"),
+    ({"augmentation": "amdim", "flip": False}, "flip", "does not apply to"),
+    ({"augmentation": "amdim", "crop_area_min": 0.2}, "crop_area_min", "does not apply to"),
     ({"queue_init_scale": 0.0}, "queue_init_scale", "range"),
     ({"eval_every_steps": -1}, "eval_every_steps", ">= 0"),
     ({"eval_num_queries": 0}, "eval_num_queries", "positive"),
@@ -122,6 +125,9 @@ def test_choice_lists_agree_with_what_implements_them(tmp_path):
     stages = {mode: training.input_augmentation(_valid(tmp_path, augment_on=mode), augmenter)
               for mode in config.AUGMENT_ON}
     assert stages == {"host": augmenter, "device": augmenter.crop_pair}
+    recipes = {name: training.augmentation_config(_valid(tmp_path, augmentation=name), 32)
+               for name in config.AUGMENTATIONS}
+    assert recipes == {"simclr": views.cifar_recipe(32), "amdim": views.amdim_recipe(32)}
     optimizers = {name: type(training.make_optimizer(_valid(tmp_path, optimizer=name), 0.1))
                   for name in config.OPTIMIZERS}
     assert optimizers == {"lars": optim.LARS, "adam": optim.AdamL2}

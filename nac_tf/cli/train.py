@@ -120,6 +120,13 @@ _HELP = {
                                 "(paper Sec. 3.7); 0: off (the plain 1->7 task).",
     "amdim_mixture_entropy_weight": "AMDIM with mixture components: the entropy weight alpha "
                                     "of the paper's Eq. 6 (q = softmax(s_nce / alpha)).",
+    "augmentation": "The view recipe: simclr (set by --crop_area_min, --flip, "
+                    "--jitter_strength, --jitter_prob, --grayscale_prob, --blur_prob: the "
+                    "CIFAR and MoCo-v2 recipes) or amdim (the AMDIM authors': a flip shared "
+                    "by both views, then per view a reflect-filled translation by up to 4 px "
+                    "with p = 0.8 up to 32 px, a random-resized crop (0.3-1) above, colour "
+                    "jitter 0.4/0.4/0.4 and hue 0.2 (0.1 above 64 px) with p = 0.8, grayscale "
+                    "p = 0.25; those six flags must then stay at their defaults).",
     "crop_area_min": "Smallest random-resized-crop area fraction (0.08 CIFAR, 0.2 MoCo-v2).",
     "flip": "Random horizontal flips.",
     "jitter_strength": "Scales colour jitter (0.4, 0.4, 0.4, 0.1).",
