@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from nac_tf import distribute
-from nac_tf.config import check_in_range
+from nac_tf.config import ConfigError, check_in_range
 from nac_tf.methods.base import PairLoss, TwoViewMethod
 from nac_tf.models import AMDIMEmbedding, MixtureFeatures, amdim_feature_maps
 from nac_tf.objectives import amdim_loss
@@ -50,6 +50,10 @@ class AMDIM(TwoViewMethod):
             "amdim_regularization_weight", amdim_regularization_weight, 0.0, float("inf"))
         self.clip_value = check_in_range("amdim_clip_value", amdim_clip_value, 0.0,
                                          float("inf"), low_open=True)
+        if isinstance(amdim_mixture_components, bool) or \
+                int(amdim_mixture_components) != amdim_mixture_components:
+            raise ConfigError("amdim_mixture_components", f"{amdim_mixture_components!r} is "
+                              "not a whole number of mixture components")
         self.mixture_components = int(check_in_range(
             "amdim_mixture_components", amdim_mixture_components, 0, float("inf")))
         self.mixture_entropy_weight = check_in_range(
