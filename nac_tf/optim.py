@@ -380,9 +380,11 @@ class WarmupStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(f"warmup_steps must be <= total_steps={self.total_steps}; got "
                              f"{warmup_steps!r}")
         self.decay_steps = tuple(_check_int("decay_steps", step, 1) for step in decay_steps)
-        if list(self.decay_steps) != sorted(set(self.decay_steps)) or any(
+        # Non-decreasing: two fractions of a short run may round to one step, which then
+        # decays twice.
+        if list(self.decay_steps) != sorted(self.decay_steps) or any(
                 step > self.total_steps for step in self.decay_steps):
-            raise ValueError(f"decay_steps must be increasing steps in [1, total_steps="
+            raise ValueError(f"decay_steps must be non-decreasing steps in [1, total_steps="
                              f"{self.total_steps}]; got {decay_steps!r}")
         if (isinstance(decay_factor, bool) or not isinstance(decay_factor, numbers.Real)
                 or not 0.0 < decay_factor <= 1.0):

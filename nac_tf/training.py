@@ -119,8 +119,8 @@ def learning_rate_schedule(config: PretrainConfig, peak_lr, total_steps, warmup_
     multiplied by `lr_decay_factor` at each of `lr_decay_fractions` of `total_steps`
     (warmup_step, the AMDIM authors')."""
     if config.lr_schedule == "warmup_step":
-        decay_steps = sorted({max(1, int(round(f * total_steps)))
-                              for f in config.lr_decay_fraction_values})
+        decay_steps = [max(1, int(round(f * total_steps)))
+                       for f in config.lr_decay_fraction_values]
         return WarmupStepSchedule(peak_lr, total_steps, warmup_steps, decay_steps,
                                   config.lr_decay_factor)
     return WarmupCosineSchedule(peak_lr, total_steps, warmup_steps)

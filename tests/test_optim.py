@@ -512,6 +512,8 @@ def test_step_schedule_closed_form_values():
     np.testing.assert_allclose([float(early(s)) for s in range(6)],
                                [0.0, 0.25, 0.25, 0.375, 0.5, 0.5], rtol=1e-6)
     assert float(WarmupStepSchedule(2.0, 10, 0)(0)) == 2.0
+    # Two boundaries on one step (fractions of a short run rounded together) decay twice.
+    np.testing.assert_allclose(float(WarmupStepSchedule(1.0, 10, 0, [5, 5], 0.5)(5)), 0.25)
     assert WarmupStepSchedule.from_config(schedule.get_config()).get_config() == \
         schedule.get_config()
 
@@ -527,7 +529,7 @@ def test_adam_l2_rejects_bad_arguments(kwargs, argument):
 
 @pytest.mark.parametrize("args, argument", [
     ((1.0, 10, 0, [0]), "decay_steps"), ((1.0, 10, 0, [11]), "decay_steps"),
-    ((1.0, 10, 0, [5, 5]), "decay_steps"), ((1.0, 10, 0, [6, 5]), "decay_steps"),
+    ((1.0, 10, 0, [6, 5]), "decay_steps"),
     ((1.0, 10, 0, [5], 0.0), "decay_factor"), ((1.0, 10, 0, [5], 1.5), "decay_factor"),
     ((1.0, 10, 11), "warmup_steps"), ((0.0, 10, 0), "peak_learning_rate"),
 ])
