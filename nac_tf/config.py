@@ -180,14 +180,15 @@ class PretrainConfig:
 # (logging cadence, evaluation, strategy, ...) can differ between a run and its resume.
 RUN_DEFINING_FIELDS = (
     "method", "dataset", "data_dir", "image_size", "encoder", "stem", "init_weights",
-    "code_dim", "head_hidden_dim", "head_batch_norm", "head_scale_by_sqrt_dim", "batch_size", "epochs",
-    "train_steps", "learning_rate", "learning_rate_scaling", "warmup_epochs", "weight_decay",
-    "lars_momentum", "lars_trust_coefficient", "lars_rule", "optimizer", "adam_beta1",
-    "adam_beta2", "lr_schedule", "lr_decay_fractions", "lr_decay_factor", "head_init", "queue_init_scale",
-    "mq_negatives", "flip_prob", "queue_size", "momentum",
+    "code_dim", "head_hidden_dim", "head_batch_norm", "head_scale_by_sqrt_dim", "batch_size",
+    "epochs", "train_steps", "learning_rate", "learning_rate_scaling", "warmup_epochs",
+    "weight_decay", "lars_momentum", "lars_trust_coefficient", "lars_rule", "optimizer",
+    "adam_beta1", "adam_beta2", "lr_schedule", "lr_decay_fractions", "lr_decay_factor",
+    "head_init", "queue_init_scale", "mq_negatives", "flip_prob", "queue_size", "momentum",
     "l2_weight", "temperature", "amdim_regularization_weight", "amdim_clip_value",
-    "amdim_mixture_components", "amdim_mixture_entropy_weight", "augmentation", "crop_area_min", "flip", "jitter_strength",
-    "jitter_prob", "grayscale_prob", "blur_prob", "seed", "batch_norm", "precision",
+    "amdim_mixture_components", "amdim_mixture_entropy_weight", "augmentation",
+    "crop_area_min", "flip", "jitter_strength", "jitter_prob", "grayscale_prob", "blur_prob",
+    "seed", "batch_norm", "precision",
 )
 
 
