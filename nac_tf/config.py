@@ -14,16 +14,23 @@ import dataclasses
 import os
 from typing import Optional, Tuple
 
-METHODS = ("nac", "nac_mq", "simclr", "moco_v2")  # nac_tf.methods.METHOD_CLASSES
+METHODS = ("nac", "nac_mq", "simclr", "moco_v2", "amdim")  # nac_tf.methods.METHOD_CLASSES
 DATASETS = ("digits", "cifar10", "imagenet2012", "npz", "image_folder", "cifar10_hashing",
             "flickr25k")  # loaders: nac_tf.data.catalog.load_source
 # Builders: nac_tf.models.registry.
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet_tiny", "vgg16_bn", "vgg16",
-            "small_cnn")
+            "small_cnn", "amdim_small", "amdim_large", "amdim_xs")
 ENCODER_STEMS = ("cifar", "imagenet")  # the ResNet stems (nac_tf.models.layers)
 STEMS = ("auto",) + ENCODER_STEMS  # auto: cifar up to 64 px, imagenet above
 LR_SCALINGS = ("none", "linear", "sqrt")  # nac_tf.optim.scaled_learning_rate
 LARS_RULES = ("simclr", "all", "authors")  # nac_tf.optim.lars_rule_arguments
+# nac_tf.training.make_optimizer: lars (nac_tf.optim.LARS, the default), adam
+# (nac_tf.optim.AdamL2: torch's Adam with coupled L2, the AMDIM authors' optimizer).
+OPTIMIZERS = ("lars", "adam")
+# nac_tf.training.learning_rate_schedule: warmup_cosine (nac_tf.optim.WarmupCosineSchedule,
+# the default), warmup_step (nac_tf.optim.WarmupStepSchedule: constant after the warm-up,
+# multiplied by lr_decay_factor at each of lr_decay_fractions of training; the AMDIM authors').
+LR_SCHEDULES = ("warmup_cosine", "warmup_step")
 HEAD_INITIALIZERS = ("keras", "pytorch")  # nac_tf.models.heads.ProjectionHead
 # What the NAC-MQ denominator holds besides the stored queue (nac_tf.methods.nac_mq):
 # batch_in_queue: the current global batch's momentum codes written into the queue first
@@ -36,6 +43,11 @@ BATCH_NORM_MODES = ("sync", "per_replica", "per_view")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")  # nac_tf.precision
 # What loaders of image files do with a file they cannot decode.
 ON_CORRUPT = ("skip", "raise")
+# The view recipe (nac_tf.training.augmentation_config): simclr, SimCLR's family set by the
+# fields crop_area_min, flip, jitter_strength, jitter_prob, grayscale_prob, blur_prob (the
+# CIFAR and MoCo-v2 recipes); amdim, the AMDIM authors' (nac_tf.data.views.amdim_recipe at
+# the run's image size), which fixes all of those itself.
+AUGMENTATIONS = ("simclr", "amdim")
 # Where the views are augmented (nac_tf.training.input_augmentation): host, all of it in the
 # input pipeline; device, the crop there and the colour stages in the train step.
 AUGMENT_ON = ("host", "device")
@@ -85,6 +97,15 @@ class PretrainConfig:
     lars_momentum: float = 0.9
     lars_trust_coefficient: float = 1e-3
     lars_rule: str = "simclr"  # which variables LARS adapts (LARS_RULES)
+    optimizer: str = "lars"  # OPTIMIZERS; weight_decay is coupled (L2) in both
+    adam_beta1: float = 0.9  # optimizer="adam" (the AMDIM authors: 0.8)
+    adam_beta2: float = 0.999
+    lr_schedule: str = "warmup_cosine"  # LR_SCHEDULES
+    # lr_schedule="warmup_step": comma-separated fractions of the total steps at which the
+    # rate is multiplied by lr_decay_factor ("" : none); the AMDIM authors' CIFAR-10
+    # schedule decays at epochs 250 and 280 of 300: "0.8333333,0.9333333".
+    lr_decay_fractions: str = ""
+    lr_decay_factor: float = 0.2
     # Objectives.
     flip_prob: float = 0.1
     queue_size: int = 50000
@@ -93,8 +114,18 @@ class PretrainConfig:
     momentum: float = 0.99
     l2_weight: float = 0.1
     temperature: float = 0.5
+    # AMDIM (method="amdim", nac_tf.methods.amdim): the squared-score regulariser's weight
+    # lambda and the soft clipping c of its NCE scores (AMDIM Sec. 3.3: 4e-2 and 20), and
+    # the mixture-based 1->7 task (AMDIM Sec. 3.7): k mixture components (0: off) and the
+    # entropy weight alpha of Eq. 6 (q = softmax(s_nce / alpha), Eq. 7 with tau = 1 / alpha).
+    amdim_regularization_weight: float = 4e-2
+    amdim_clip_value: float = 20.0
+    amdim_mixture_components: int = 0
+    amdim_mixture_entropy_weight: float = 1.0
     # Augmentation: the CIFAR recipe of docs/protocols.md section 1 by default; the ImageNet /
-    # MoCo-v2 recipe is crop_area_min=0.2, blur_prob=0.5 (see configs/).
+    # MoCo-v2 recipe is crop_area_min=0.2, blur_prob=0.5 (see configs/); AMDIM's is
+    # augmentation="amdim" (AUGMENTATIONS), which the next six fields do not apply to.
+    augmentation: str = "simclr"
     crop_area_min: float = 0.08
     flip: bool = True
     jitter_strength: float = 1.0  # scales (0.4, 0.4, 0.4, 0.1)
@@ -137,6 +168,11 @@ class PretrainConfig:
         return (0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s)
 
     @property
+    def lr_decay_fraction_values(self) -> Tuple[float, ...]:
+        """`lr_decay_fractions` as numbers (ConfigError naming the field when malformed)."""
+        return parse_fractions("lr_decay_fractions", self.lr_decay_fractions)
+
+    @property
     def uses_queue(self):
         return self.method in ("nac_mq", "moco_v2")
 
@@ -145,13 +181,36 @@ class PretrainConfig:
 # (logging cadence, evaluation, strategy, ...) can differ between a run and its resume.
 RUN_DEFINING_FIELDS = (
     "method", "dataset", "data_dir", "image_size", "encoder", "stem", "init_weights",
-    "code_dim", "head_hidden_dim", "head_batch_norm", "head_scale_by_sqrt_dim", "batch_size", "epochs",
-    "train_steps", "learning_rate", "learning_rate_scaling", "warmup_epochs", "weight_decay",
-    "lars_momentum", "lars_trust_coefficient", "lars_rule", "head_init", "queue_init_scale",
-    "mq_negatives", "flip_prob", "queue_size", "momentum",
-    "l2_weight", "temperature", "crop_area_min", "flip", "jitter_strength",
-    "jitter_prob", "grayscale_prob", "blur_prob", "seed", "batch_norm", "precision",
+    "code_dim", "head_hidden_dim", "head_batch_norm", "head_scale_by_sqrt_dim", "batch_size",
+    "epochs", "train_steps", "learning_rate", "learning_rate_scaling", "warmup_epochs",
+    "weight_decay", "lars_momentum", "lars_trust_coefficient", "lars_rule", "optimizer",
+    "adam_beta1", "adam_beta2", "lr_schedule", "lr_decay_fractions", "lr_decay_factor",
+    "head_init", "queue_init_scale", "mq_negatives", "flip_prob", "queue_size", "momentum",
+    "l2_weight", "temperature", "amdim_regularization_weight", "amdim_clip_value",
+    "amdim_mixture_components", "amdim_mixture_entropy_weight", "augmentation",
+    "crop_area_min", "flip", "jitter_strength", "jitter_prob", "grayscale_prob", "blur_prob",
+    "seed", "batch_norm", "precision",
 )
+
+
+# The fields of augmentation="simclr" (nac_tf.training.augmentation_config).
+SIMCLR_AUGMENTATION_FIELDS = ("crop_area_min", "flip", "jitter_strength", "jitter_prob",
+                              "grayscale_prob", "blur_prob")
+
+
+def parse_fractions(field, text):
+    """The increasing fractions in (0, 1) of a comma-separated `text` ("" : none), or
+    ConfigError naming `field`."""
+    parts = [part.strip() for part in text.split(",")] if text.strip() else []
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        raise ConfigError(field, f"{text!r} is not a comma-separated list of numbers") from None
+    if any(not 0.0 < value < 1.0 for value in values):
+        raise ConfigError(field, f"{text!r}: every fraction of training must be in (0, 1)")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ConfigError(field, f"{text!r}: the fractions must increase")
+    return values
 
 
 def _one_of(flag, value, accepted):
@@ -237,9 +296,12 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
     _one_of("on_corrupt", config.on_corrupt, ON_CORRUPT)
     _one_of("strategy", config.strategy, STRATEGIES)
     _one_of("lars_rule", config.lars_rule, LARS_RULES)
+    _one_of("optimizer", config.optimizer, OPTIMIZERS)
+    _one_of("lr_schedule", config.lr_schedule, LR_SCHEDULES)
     _one_of("head_init", config.head_init, HEAD_INITIALIZERS)
     _one_of("mq_negatives", config.mq_negatives, MQ_NEGATIVES)
     _one_of("augment_on", config.augment_on, AUGMENT_ON)
+    _one_of("augmentation", config.augmentation, AUGMENTATIONS)
 
     validate_data_settings(config.dataset, config.data_dir)
     validate_init_weights(config.init_weights)
@@ -271,17 +333,41 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
     check_in_range("lars_momentum", config.lars_momentum, 0.0, 1.0, high_open=True)
     check_in_range("lars_trust_coefficient", config.lars_trust_coefficient, 0.0, float("inf"),
               low_open=True)
+    check_in_range("adam_beta1", config.adam_beta1, 0.0, 1.0, high_open=True)
+    check_in_range("adam_beta2", config.adam_beta2, 0.0, 1.0, high_open=True)
+    parse_fractions("lr_decay_fractions", config.lr_decay_fractions)
+    check_in_range("lr_decay_factor", config.lr_decay_factor, 0.0, 1.0, low_open=True)
     check_in_range("flip_prob", config.flip_prob, 0.0, 0.5, low_open=True, high_open=True)
     check_in_range("momentum", config.momentum, 0.0, 1.0, high_open=True)
     check_in_range("l2_weight", config.l2_weight, 0.0, float("inf"))
     check_in_range("queue_init_scale", config.queue_init_scale, 0.0, float("inf"), low_open=True)
     check_in_range("temperature", config.temperature, 0.0, float("inf"), low_open=True)
+    check_in_range("amdim_regularization_weight", config.amdim_regularization_weight, 0.0,
+                   float("inf"))
+    check_in_range("amdim_clip_value", config.amdim_clip_value, 0.0, float("inf"),
+                   low_open=True)
+    check_in_range("amdim_mixture_components", config.amdim_mixture_components, 0,
+                   float("inf"))
+    check_in_range("amdim_mixture_entropy_weight", config.amdim_mixture_entropy_weight, 0.0,
+                   float("inf"), low_open=True)
     check_in_range("crop_area_min", config.crop_area_min, 0.0, 1.0, low_open=True)
     check_in_range("jitter_strength", config.jitter_strength, 0.0, float("inf"))
     for flag in ("jitter_prob", "grayscale_prob", "blur_prob"):
         check_in_range(flag, getattr(config, flag), 0.0, 1.0)
     check_in_range("knn_temperature", config.knn_temperature, 0.0, float("inf"), low_open=True)
 
+    if config.augmentation != "simclr":
+        defaults = PretrainConfig()
+        for field in SIMCLR_AUGMENTATION_FIELDS:
+            if getattr(config, field) != getattr(defaults, field):
+                # Refused rather than ignored: the run would not augment as the field says.
+                raise ConfigError(field, f"{getattr(config, field)!r} does not apply to "
+                                  f"augmentation={config.augmentation!r}, whose recipe fixes "
+                                  f"it; leave it at its default {getattr(defaults, field)!r}")
+    if config.method == "amdim" and not config.encoder.startswith("amdim_"):
+        raise ConfigError("encoder", f"{config.encoder!r} has no AMDIM feature maps; "
+                          "method='amdim' scores the 5x5 and 7x7 maps of an AMDIM encoder: "
+                          f"{', '.join(e for e in ENCODERS if e.startswith('amdim_'))}")
     if num_replicas is not None and config.batch_size % num_replicas:
         raise ConfigError("batch_size", f"the global batch {config.batch_size} must be "
                           f"divisible by the {num_replicas} replicas of strategy="

@@ -14,7 +14,14 @@ normalisation is part of the encoder. BatchNorm runs in inference mode.
 
 The module also carries `image_size`, `code_dim`, `feature_dim`, `method`, `input_mean`,
 `input_std` (variables) and the asset `assets/nac_tf_export.json` with the same facts plus the
-run's input statistics, readable without TensorFlow.
+run's input statistics and `codes_from`, readable without TensorFlow.
+
+Where the codes come from (`codes_from`): the projection head's output a for the methods that
+have one (NAC, NAC-MQ, SimCLR, MoCo-v2: the vector their objective scores); the features
+themselves, a = h, for a method without a projection head whose objective scores h directly
+(`TwoViewMethod.CODES_FROM_FEATURES`: AMDIM, whose phi_1 is the identity, so its NCE scores
+f_1 = h). For AMDIM h is the output of a BatchNorm (the authors' encoder ends with one), so
+every bit sgn(h_d) is centred by its batch statistics; D = h's width (nrkhs).
 
 Wrong inputs, as observed with TensorFlow 2.21:
 - a signature (`loaded.signatures["features"](images=t)`, TF Serving) refuses a non-uint8
@@ -64,7 +71,9 @@ def pack_bits(bits):
 
 
 class ExportModule(tf.Module):
-    """tf.Module serving an encoder and projection head on raw uint8 images."""
+    """tf.Module serving an encoder and projection head on raw uint8 images.
+
+    `projection_head` None: the codes are the signs of the features (a = h, D = F)."""
 
     def __init__(self, encoder, projection_head, image_size, method_name,
                  input_statistics=None, name="nac_tf_export"):
@@ -72,9 +81,12 @@ class ExportModule(tf.Module):
         self.encoder = encoder
         self.projection_head = projection_head
         self._size = int(image_size)
-        # The head reads h, so its input width is the feature dimension F.
-        feature_dim = int(projection_head.hidden_dense.kernel.shape[0])
-        code_dim = int(projection_head.output_dim)
+        if projection_head is None:
+            feature_dim = code_dim = int(encoder.output_shape[-1])
+        else:
+            # The head reads h, so its input width is the feature dimension F.
+            feature_dim = int(projection_head.hidden_dense.kernel.shape[0])
+            code_dim = int(projection_head.output_dim)
         # Variables (not Python attributes) so they survive saving and loading.
         self.image_size = tf.Variable(self._size, trainable=False, name="image_size")
         self.feature_dim = tf.Variable(feature_dim, trainable=False, name="feature_dim")
@@ -90,6 +102,7 @@ class ExportModule(tf.Module):
             "method": method_name, "image_size": self._size, "feature_dim": feature_dim,
             "code_dim": code_dim, "hash_code_bytes": -(-code_dim // 8),
             "input_statistics": statistics,
+            "codes_from": "features" if projection_head is None else "projection_head",
             "signatures": {"features": "features", "serving_default": "features",
                            "hash_codes": "hash_codes", "codes": "codes"}})
 
@@ -127,10 +140,12 @@ class ExportModule(tf.Module):
         return tf.cast(h, tf.float32)  # float32 even for a mixed-precision encoder
 
     def pre_activations(self, images):
-        """a float32 [N, D], the head's outputs whose signs are the hash codes. Not a
-        signature: the trainer traces it for its TensorBoard histogram."""
-        a = self.projection_head(self.encoder(self._preprocess(images), training=False),
-                                 training=False)
+        """a float32 [N, D], the head's outputs (or the features h without a head) whose
+        signs are the hash codes. Not a signature: the trainer traces it for its
+        TensorBoard histogram."""
+        a = self.encoder(self._preprocess(images), training=False)
+        if self.projection_head is not None:
+            a = self.projection_head(a, training=False)
         return tf.cast(a, tf.float32)
 
     @tf.function(input_signature=[IMAGE_SPEC])
@@ -157,11 +172,12 @@ class ExportModule(tf.Module):
 def build_export_module(method, image_size, input_statistics=None):
     """An ExportModule over `method`'s online encoder and projection head.
 
-    Every method (NAC, NAC-MQ, SimCLR, MoCo-v2) has a `projection_head`; only the online
-    networks are exported.
+    NAC, NAC-MQ, SimCLR and MoCo-v2 have a `projection_head`; a method whose codes are its
+    features (`CODES_FROM_FEATURES`, AMDIM) exports its encoder alone. Only the online
+    networks are exported (no momentum copies, inference network or AMDIM's phi_5 / phi_7).
     """
     head = getattr(method, "projection_head", None)
-    if head is None:
+    if head is None and not getattr(method, "CODES_FROM_FEATURES", False):
         raise ValueError(f"method {method.name!r} has no projection_head to export")
     return ExportModule(method.encoder, head, image_size, method.name, input_statistics)
 

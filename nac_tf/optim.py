@@ -1,5 +1,7 @@
-"""LARS (You et al., 2017) as used by SimCLR and NAC, the warm-up + cosine schedule, and the
-batch-size scaling of the base learning rate.
+"""The optimizers and learning-rate schedules of the trainer: LARS (You et al., 2017) as used
+by SimCLR and NAC with the warm-up + cosine schedule; Adam with coupled L2 weight decay and
+the warm-up + step-decay schedule, as the AMDIM authors train (`AdamL2`,
+`WarmupStepSchedule`); and the batch-size scaling of the base learning rate.
 
 LARS update for a variable w with gradient g and learning rate lr (coupled weight decay, as in
 the reference TF SimCLR LARS; the NAC authors' code uses the same hyper-parameters: trust
@@ -214,6 +216,89 @@ class LARS(keras.optimizers.Optimizer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="nac_tf")
+class AdamL2(keras.optimizers.Optimizer):
+    """Adam as torch.optim.Adam computes it, with its coupled L2 weight decay (the AMDIM
+    authors' optimizer: lr 2e-4, betas (0.8, 0.999), eps 1e-8, weight_decay 1e-5).
+
+    For a variable w with gradient g, at step t = 1, 2, ...:
+
+        g <- g + weight_decay * w            (coupled L2: the decay goes through the moments)
+        m <- beta_1 m + (1 - beta_1) g
+        v <- beta_2 v + (1 - beta_2) g^2
+        w <- w - lr * (m / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon)
+
+    Not `keras.optimizers.Adam`, for two reasons: its `weight_decay` is decoupled (AdamW:
+    w <- w - lr * wd * w outside the moments), which is another optimizer than torch's Adam
+    with weight_decay; and it adds epsilon to sqrt(v) before the bias correction of v
+    (Kingma and Ba's "epsilon hat"), i.e. torch's epsilon divided by sqrt(1 - beta_2^t)
+    (32x at the first step with beta_2 = 0.999), which differs early in training and for
+    small gradients. Every variable is decayed, as torch
+    decays every parameter it is given (BatchNorm parameters and biases included).
+
+    Args:
+        learning_rate: float or a `keras.optimizers.schedules.LearningRateSchedule`.
+        beta_1, beta_2: the moments' decay rates, in [0, 1).
+        epsilon: added to the bias-corrected sqrt(v), > 0.
+        weight_decay: coupled L2 coefficient added to the gradient, >= 0.
+        **kwargs: other `keras.optimizers.Optimizer` arguments, except `weight_decay`.
+    """
+
+    def __init__(self, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 weight_decay=0.0, name="adam_l2", **kwargs):
+        if isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool):
+            learning_rate = float(learning_rate)
+        # Keras' decoupled decay stays off: the decay is coupled into the gradient here.
+        super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **kwargs)
+        for argument, value in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{argument} must be in [0, 1); got {value!r}")
+        if not epsilon > 0.0:
+            raise ValueError(f"epsilon must be > 0; got {epsilon!r}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}")
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.epsilon = float(epsilon)
+        # Not `self.weight_decay`: the base class would then apply its decoupled decay too.
+        self.l2_weight_decay = float(weight_decay)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        # Optimizer variables (checkpointed, colocated with their model variable).
+        self.first_moments = self.add_optimizer_variables(variables, "first_moment")
+        self.second_moments = self.add_optimizer_variables(variables, "second_moment")
+
+    def update_step(self, gradient, variable, learning_rate):
+        """One torch-Adam step for one variable (see the class docstring)."""
+        index = self._get_variable_index(variable)
+        dtype = variable.dtype
+        g = ops.cast(ops.convert_to_tensor(gradient), dtype)
+        if self.l2_weight_decay > 0.0:
+            g = g + ops.cast(self.l2_weight_decay, dtype) * ops.convert_to_tensor(variable)
+        lr = ops.cast(learning_rate, dtype)
+        # The base class counts applied steps in `iterations`; this is step t = iterations + 1.
+        t = ops.cast(self.iterations + 1, dtype)
+        beta_1 = ops.cast(self.beta_1, dtype)
+        beta_2 = ops.cast(self.beta_2, dtype)
+        m, v = self.first_moments[index], self.second_moments[index]
+        new_m = beta_1 * m + (1.0 - beta_1) * g
+        new_v = beta_2 * v + (1.0 - beta_2) * g * g
+        self.assign(m, new_m)
+        self.assign(v, new_v)
+        m_hat = new_m / (1.0 - ops.power(beta_1, t))
+        v_hat = new_v / (1.0 - ops.power(beta_2, t))
+        self.assign_sub(variable, lr * m_hat / (ops.sqrt(v_hat) + ops.cast(self.epsilon, dtype)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
+                      weight_decay=self.l2_weight_decay)
+        return config
+
+
 def _check_int(argument, value, minimum):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{argument} must be an integer >= {minimum}; got {value!r}")
@@ -264,6 +349,61 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"peak_learning_rate": self.peak_learning_rate,
                 "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+
+
+@keras.saving.register_keras_serializable(package="nac_tf")
+class WarmupStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Per-step linear warm-up from 0 to the peak, then the peak multiplied by
+    `decay_factor` at every boundary passed (the AMDIM authors' schedule: 500 warm-up
+    updates, x0.2 at epochs 250 and 280 of 300 on CIFAR-10 / STL-10, torch's MultiStepLR).
+
+        lr(s) = peak * min(1, s / warmup) * decay_factor ^ #{b in decay_steps : b <= s}
+
+    The warm-up multiplies the decayed rate, so a boundary inside the warm-up still counts.
+    As `WarmupCosineSchedule`, Keras evaluates it at the iteration count before the step,
+    so the first step uses lr(0) = 0 when there is a warm-up (the authors' first update
+    uses peak / 500: one step of the warm-up apart). `total_steps` only bounds the
+    boundaries; the rate does not fall to 0 at the end.
+    """
+
+    def __init__(self, peak_learning_rate, total_steps, warmup_steps, decay_steps=(),
+                 decay_factor=0.2):
+        if (isinstance(peak_learning_rate, bool)
+                or not isinstance(peak_learning_rate, numbers.Real)
+                or not peak_learning_rate > 0):
+            raise ValueError(f"peak_learning_rate must be a number > 0; got "
+                             f"{peak_learning_rate!r}")
+        self.peak_learning_rate = float(peak_learning_rate)
+        self.total_steps = _check_int("total_steps", total_steps, 1)
+        self.warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
+        if self.warmup_steps > self.total_steps:
+            raise ValueError(f"warmup_steps must be <= total_steps={self.total_steps}; got "
+                             f"{warmup_steps!r}")
+        self.decay_steps = tuple(_check_int("decay_steps", step, 1) for step in decay_steps)
+        # Non-decreasing: two fractions of a short run may round to one step, which then
+        # decays twice.
+        if list(self.decay_steps) != sorted(self.decay_steps) or any(
+                step > self.total_steps for step in self.decay_steps):
+            raise ValueError(f"decay_steps must be non-decreasing steps in [1, total_steps="
+                             f"{self.total_steps}]; got {decay_steps!r}")
+        if (isinstance(decay_factor, bool) or not isinstance(decay_factor, numbers.Real)
+                or not 0.0 < decay_factor <= 1.0):
+            raise ValueError(f"decay_factor must be in (0, 1]; got {decay_factor!r}")
+        self.decay_factor = float(decay_factor)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        lr = self.peak_learning_rate * ops.ones_like(step)
+        for boundary in self.decay_steps:
+            lr = ops.where(step >= float(boundary), lr * self.decay_factor, lr)
+        if self.warmup_steps > 0:
+            lr = lr * ops.minimum(step / float(self.warmup_steps), 1.0)
+        return lr
+
+    def get_config(self):
+        return {"peak_learning_rate": self.peak_learning_rate,
+                "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "decay_steps": list(self.decay_steps), "decay_factor": self.decay_factor}
 
 
 def scaled_learning_rate(base_learning_rate, batch_size, scaling):

@@ -42,7 +42,7 @@ from nac_tf import distribute
 from nac_tf.config import DATASETS, ConfigError, PretrainConfig, validate_config
 from nac_tf.data.catalog import dataset_statistics, load_source
 from nac_tf.data.pipeline import first_training_images, make_pretrain_dataset
-from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter
+from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter, amdim_recipe
 from nac_tf.evaluation.linear import LinearEvalConfig
 from nac_tf.evaluation.mlp import MLPEvalConfig
 from nac_tf.evaluation.monitor import TrainingMonitor
@@ -50,7 +50,8 @@ from nac_tf.evaluation.report import EvaluationConfig, evaluate_model
 from nac_tf.export import ExportedModel, build_export_module
 from nac_tf.methods.from_config import method_from_config
 from nac_tf.models import encoder_input_statistics
-from nac_tf.optim import LARS, WarmupCosineSchedule, lars_rule_arguments, scaled_learning_rate
+from nac_tf.optim import (LARS, AdamL2, WarmupCosineSchedule, WarmupStepSchedule,
+                          lars_rule_arguments, scaled_learning_rate)
 from nac_tf.precision import resolve_precision
 from nac_tf.run_directory import (
     CHECKPOINT_DIR, INPUT_STATISTICS_FILE, RANDOM_INIT_EVAL_FILE, RESULTS_FILE, TENSORBOARD_DIR,
@@ -85,6 +86,10 @@ class TrainingInterrupted(RuntimeError):
 
 # ----------------------------------------------------------------------------- building blocks
 def augmentation_config(config: PretrainConfig, image_size):
+    """The view recipe of `config.augmentation` at `image_size`: AMDIM's (`amdim_recipe`,
+    the authors' CIFAR recipe up to 32 px) or the SimCLR family's, from the fields."""
+    if config.augmentation == "amdim":
+        return amdim_recipe(image_size)
     return AugmentationConfig(
         image_size=image_size, crop_area=(config.crop_area_min, 1.0), flip=config.flip,
         jitter_strength=config.jitter, jitter_prob=config.jitter_prob,
@@ -109,22 +114,46 @@ def use_view_stage(config: PretrainConfig, method, augmenter):
     method.view_stage = augmenter.colour_pair if config.augment_on == "device" else None
 
 
+def learning_rate_schedule(config: PretrainConfig, peak_lr, total_steps, warmup_steps):
+    """The schedule of `config.lr_schedule` (LR_SCHEDULES): a linear warm-up over
+    `warmup_steps`, then cosine decay to 0 at `total_steps` (warmup_cosine), or the peak
+    multiplied by `lr_decay_factor` at each of `lr_decay_fractions` of `total_steps`
+    (warmup_step, the AMDIM authors')."""
+    if config.lr_schedule == "warmup_step":
+        decay_steps = [max(1, int(round(f * total_steps)))
+                       for f in config.lr_decay_fraction_values]
+        return WarmupStepSchedule(peak_lr, total_steps, warmup_steps, decay_steps,
+                                  config.lr_decay_factor)
+    return WarmupCosineSchedule(peak_lr, total_steps, warmup_steps)
+
+
+def make_optimizer(config: PretrainConfig, schedule):
+    """The optimizer of `config.optimizer` (OPTIMIZERS) on `schedule`, both with coupled
+    weight decay `config.weight_decay`: LARS (`config.lars_rule` and its hyperparameters) or
+    torch's Adam (`AdamL2`, `adam_beta1`, `adam_beta2`, epsilon 1e-8)."""
+    if config.optimizer == "adam":
+        return AdamL2(schedule, beta_1=config.adam_beta1, beta_2=config.adam_beta2,
+                      epsilon=1e-8, weight_decay=config.weight_decay)
+    return LARS(schedule, momentum=config.lars_momentum, weight_decay=config.weight_decay,
+                trust_coefficient=config.lars_trust_coefficient,
+                **lars_rule_arguments(config.lars_rule))
+
+
 def compile_method(method, config: PretrainConfig, total_steps, warmup_steps,
                    jit_compile="auto"):
     """Compiles `method` with the run's optimizer; returns (optimizer, peak learning rate).
 
-    LARS (`config.lars_rule`) on a linear warm-up over `warmup_steps`, then cosine decay to
-    0 at `total_steps`, from the scaled peak rate; wrapped in a LossScaleOptimizer for
-    mixed_float16. The optimizer is built on the optimized variables only (not the momentum
-    copies). `jit_compile` is Keras' (for `model.fit`; `pretrain` runs its own step, XLA
-    per `config.jit_compile`). Call inside the strategy's scope when training distributed.
+    `make_optimizer` (LARS by default) on `learning_rate_schedule` (by default a linear
+    warm-up over `warmup_steps`, then cosine decay to 0 at `total_steps`) from the scaled
+    peak rate; wrapped in a LossScaleOptimizer for mixed_float16. The optimizer is built on
+    the optimized variables only (not the momentum copies). `jit_compile` is Keras' (for
+    `model.fit`; `pretrain` runs its own step, XLA per `config.jit_compile`). Call inside
+    the strategy's scope when training distributed.
     """
     peak_lr = scaled_learning_rate(config.learning_rate, config.batch_size,
                                    config.learning_rate_scaling)
-    optimizer = LARS(WarmupCosineSchedule(peak_lr, total_steps, warmup_steps),
-                     momentum=config.lars_momentum, weight_decay=config.weight_decay,
-                     trust_coefficient=config.lars_trust_coefficient,
-                     **lars_rule_arguments(config.lars_rule))
+    optimizer = make_optimizer(config, learning_rate_schedule(config, peak_lr, total_steps,
+                                                              warmup_steps))
     if config.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     method.compile(optimizer=optimizer, jit_compile=jit_compile)
@@ -474,7 +503,8 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
 
         log(f"{config.method} on {config.dataset}: encoder {config.encoder}, {replicas} "
             f"replica(s), global batch {config.batch_size}, {total_steps} steps "
-            f"({steps_per_epoch}/epoch), peak lr {peak_lr:g}, warm-up {warmup_steps} steps")
+            f"({steps_per_epoch}/epoch), {config.optimizer}, peak lr {peak_lr:g}, warm-up "
+            f"{warmup_steps} steps, {config.lr_schedule}")
 
         metrics, train_seconds = _train_loop(
             config, strategy, method, optimizer, dataset, writer, input_position,

@@ -52,6 +52,22 @@ def test_defaults_with_model_dir_are_valid(tmp_path):
     ({"head_init": "xavier"}, "head_init", "keras, pytorch"),
     ({"mq_negatives": "batch"}, "mq_negatives", "batch_in_queue, positive_key, queue_only"),
     ({"augment_on": "gpu"}, "augment_on", "host, device"),
+    ({"optimizer": "sgd"}, "optimizer", "lars, adam"),
+    ({"lr_schedule": "cosine"}, "lr_schedule", "warmup_cosine, warmup_step"),
+    ({"lr_decay_fractions": "0.5,x"}, "lr_decay_fractions", "comma-separated"),
+    ({"lr_decay_fractions": "0.5,1.0"}, "lr_decay_fractions", "in (0, 1)"),
+    ({"lr_decay_fractions": "0.8,0.5"}, "lr_decay_fractions", "increase"),
+    ({"lr_decay_factor": 0.0}, "lr_decay_factor", "range"),
+    ({"adam_beta1": 1.0}, "adam_beta1", "range"),
+    ({"adam_beta2": -0.5}, "adam_beta2", "range"),
+    ({"method": "amdim"}, "encoder", "has no AMDIM feature maps"),
+    ({"amdim_clip_value": 0.0}, "amdim_clip_value", "range"),
+    ({"amdim_regularization_weight": -1e-3}, "amdim_regularization_weight", "range"),
+    ({"amdim_mixture_components": -1}, "amdim_mixture_components", "range"),
+    ({"amdim_mixture_entropy_weight": 0.0}, "amdim_mixture_entropy_weight", "range"),
+    ({"augmentation": "autoaugment"}, "augmentation", "simclr, amdim"),
+    ({"augmentation": "amdim", "flip": False}, "flip", "does not apply to"),
+    ({"augmentation": "amdim", "crop_area_min": 0.2}, "crop_area_min", "does not apply to"),
     ({"queue_init_scale": 0.0}, "queue_init_scale", "range"),
     ({"eval_every_steps": -1}, "eval_every_steps", ">= 0"),
     ({"mlp_eval_epochs": -1}, "mlp_eval_epochs", ">= 0"),
@@ -110,6 +126,17 @@ def test_choice_lists_agree_with_what_implements_them(tmp_path):
     stages = {mode: training.input_augmentation(_valid(tmp_path, augment_on=mode), augmenter)
               for mode in config.AUGMENT_ON}
     assert stages == {"host": augmenter, "device": augmenter.crop_pair}
+    recipes = {name: training.augmentation_config(_valid(tmp_path, augmentation=name), 32)
+               for name in config.AUGMENTATIONS}
+    assert recipes == {"simclr": views.cifar_recipe(32), "amdim": views.amdim_recipe(32)}
+    optimizers = {name: type(training.make_optimizer(_valid(tmp_path, optimizer=name), 0.1))
+                  for name in config.OPTIMIZERS}
+    assert optimizers == {"lars": optim.LARS, "adam": optim.AdamL2}
+    schedules = {name: type(training.learning_rate_schedule(
+        _valid(tmp_path, lr_schedule=name, lr_decay_fractions="0.5"), 0.1, 10, 2))
+        for name in config.LR_SCHEDULES}
+    assert schedules == {"warmup_cosine": optim.WarmupCosineSchedule,
+                         "warmup_step": optim.WarmupStepSchedule}
     assert distribute.make_strategy("one_device") is not None
     with pytest.raises(ValueError, match="not one of"):
         distribute.make_strategy("gpu_cluster")

@@ -372,7 +372,8 @@ def _draws(key, n):
     ("image_size", 0), ("crop_area", (0.5, 0.2)), ("crop_area", (0.1, 1.5)),
     ("aspect_ratio", (0.0, 1.0)), ("jitter_strength", (0.4, 0.4, 0.4)),
     ("jitter_strength", (0.4, 0.4, 0.4, 0.7)), ("jitter_prob", 1.2),
-    ("grayscale_prob", -0.1), ("blur_sigma", (2.0, 0.1)),
+    ("grayscale_prob", -0.1), ("blur_sigma", (2.0, 0.1)), ("shared_flip", 1),
+    ("max_translation", -1), ("max_translation", 2.5), ("translation_prob", 1.5),
 ])
 def test_augmentation_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
@@ -733,7 +734,9 @@ def test_views_inside_tf_data_map_equal_eager_views():
 SPLIT_RECIPES = [views.cifar_recipe(8), views.imagenet_recipe(13), views.imagenet_recipe(50),
                  # Every stage applied to every image (no jitter coin).
                  AugmentationConfig(image_size=9, jitter_prob=1.0, grayscale_prob=1.0,
-                                    blur_prob=1.0)]
+                                    blur_prob=1.0),
+                 # AMDIM's: the shared flip, with the translation (8) or the crop (40).
+                 views.amdim_recipe(8), views.amdim_recipe(40)]
 
 
 def _assert_same_views(actual, expected):
@@ -748,7 +751,7 @@ def test_crop_and_colour_stages_make_the_views_of_augment(recipe):
     whole = [v.numpy() for v in augmenter(images, batch_index=9)]
     # One view: colour_stage(*crop_stage(...)) is augment(...).
     key = augmenter.view_keys(9)[0]
-    crops, parameters = augmenter.crop_stage(images, key)
+    crops, parameters = augmenter.crop_stage(images, key, shared_seed=augmenter.shared_key(9))
     assert crops.shape == (16, recipe.image_size, recipe.image_size, 3)
     assert crops.dtype == tf.float32
     np.testing.assert_array_equal(augmenter.colour_stage(crops, parameters), whole[0])
@@ -1043,3 +1046,133 @@ def test_first_view_pairs_and_probe_images_of_a_stream_of_different_sizes():
     probe = pipeline.first_training_images(source, 3)
     assert probe.shape == (3, 8, 8, 3) and probe.dtype == np.uint8
     np.testing.assert_array_equal(probe[1], sources.resize_square(images[1], 8).numpy())
+
+
+# ------------------------------------------------ AMDIM: shared flip and reflect translation
+def test_amdim_recipe_follows_the_authors_code():
+    """The authors' TransformsC10 / TransformsSTL10 / TransformsImageNet128."""
+    cifar, stl, imagenet = (views.amdim_recipe(s) for s in (32, 64, 128))
+    for recipe in (cifar, stl, imagenet):
+        assert (recipe.flip, recipe.shared_flip) == (False, True)
+        assert (recipe.jitter_prob, recipe.grayscale_prob, recipe.blur_prob) == (0.8, 0.25, 0.0)
+        assert (recipe.crop_area, recipe.aspect_ratio) == ((0.3, 1.0), (0.7, 1.4))
+    assert cifar.jitter_strength == stl.jitter_strength == (0.4, 0.4, 0.4, 0.2)
+    assert imagenet.jitter_strength == (0.4, 0.4, 0.4, 0.1)
+    assert (cifar.max_translation, cifar.translation_prob) == (4, 0.8)
+    assert stl.max_translation == imagenet.max_translation == 0
+    # New fields keep their defaults elsewhere: existing recipes are unchanged.
+    assert not views.cifar_recipe().shared_flip and views.imagenet_recipe().max_translation == 0
+
+
+def _flip_or_same(views_, images):
+    """Per view: (unchanged, mirrored), bool [n] each."""
+    outputs = views_.numpy() * 255.0
+    same = np.all(np.abs(outputs - images) < 1e-3, axis=(1, 2, 3))
+    mirrored = np.all(np.abs(outputs - images[:, :, ::-1]) < 1e-3, axis=(1, 2, 3))
+    return same, mirrored
+
+
+def test_shared_flip_flips_both_views_or_neither():
+    images = _random_images(256, 6).astype(np.float32)
+    shared = ViewPairAugmenter(AugmentationConfig(
+        image_size=6, **dict(IDENTITY, shared_flip=True)), seed=1)
+    (same1, mirrored1), (same2, mirrored2) = (_flip_or_same(v, images)
+                                              for v in shared(images, batch_index=3))
+    assert np.all(same1 ^ mirrored1) and np.all(same2 ^ mirrored2)
+    np.testing.assert_array_equal(mirrored1, mirrored2)  # per image, the same flip
+    assert abs(mirrored1.mean() - 0.5) < 0.1  # 256 draws: 3.2 standard deviations
+    # The draw is the shared stream's, the same for both views.
+    key = ViewPairAugmenter(AugmentationConfig(image_size=6), seed=1).shared_key(3)
+    np.testing.assert_array_equal(mirrored1, _draws(key, 256).coin("shared_flip", 0.5))
+    # Per-view flips (the existing option) differ between the views of many images.
+    own = ViewPairAugmenter(AugmentationConfig(image_size=6, **dict(IDENTITY, flip=True)),
+                            seed=1)
+    (_, own1), (_, own2) = (_flip_or_same(v, images) for v in own(images, batch_index=3))
+    assert 0.3 < np.mean(own1 != own2) < 0.7
+    # Both: a view's own flip on top of the shared one.
+    both = ViewPairAugmenter(AugmentationConfig(
+        image_size=6, **dict(IDENTITY, flip=True, shared_flip=True)), seed=1)
+    view_key = both.view_keys(3)[0]
+    _, mirrored = _flip_or_same(both(images, batch_index=3)[0], images)
+    np.testing.assert_array_equal(
+        mirrored, mirrored1 ^ _draws(view_key, 256).coin("flip", 0.5).numpy())
+
+
+def test_shared_flip_happens_before_the_crop():
+    """Each view is the torchvision crop of the flipped image (flip, then the view's own
+    RandomResizedCrop), not the flipped crop of the image."""
+    config = AugmentationConfig(image_size=7, crop_area=(0.3, 1.0), aspect_ratio=(0.7, 1.4),
+                                flip=False, shared_flip=True, jitter_prob=0.0,
+                                grayscale_prob=0.0)
+    augmenter = ViewPairAugmenter(config, seed=2)
+    images = _random_images(32, 13, seed=3)
+    flipped = _draws(augmenter.shared_key(4), 32).coin("shared_flip", 0.5).numpy()
+    assert 0 < flipped.sum() < 32
+    for view, key in zip(augmenter(images, batch_index=4), augmenter.view_keys(4)):
+        draws = _draws(key, 32)
+        scales = draws.uniform("crop_area", 0.3, 1.0, shape=[10]).numpy()
+        log_ratios = draws.uniform("aspect_ratio", math.log(0.7), math.log(1.4),
+                                   shape=[10]).numpy()
+        u_top, u_left = draws.uniform("crop_y").numpy(), draws.uniform("crop_x").numpy()
+        moved = 0
+        for k in range(32):
+            image = images[k, :, ::-1] if flipped[k] else images[k]
+            top, left, h, w, _ = _np_get_params(13, 13, scales[k], log_ratios[k], u_top[k],
+                                                u_left[k], (0.7, 1.4))
+            expected = _np_resize(image[top:top + h, left:left + w].astype(float), 7) / 255
+            np.testing.assert_allclose(view[k].numpy(), expected, atol=TOLERANCE,
+                                       err_msg=f"image {k}")
+            moved += flipped[k] and 2 * left + w != 13  # a window that mirroring moves
+        assert moved > 0
+
+
+def _np_translate_with_reflect(image, dy, dx):
+    """The authors' RandomTranslateWithReflect for a given shift: output pixel (y, x) is
+    the input's (y - dy, x - dx), reflected at the borders without repeating the edge (their
+    PIL pastes of the mirrored image overlap the original's edge column/row)."""
+    def reflect(index, size):
+        index = np.abs(index)
+        return np.where(index > size - 1, 2 * (size - 1) - index, index)
+
+    height, width = image.shape[:2]
+    rows = reflect(np.arange(height) - dy, height)
+    cols = reflect(np.arange(width) - dx, width)
+    return image[rows][:, cols]
+
+
+def test_translation_is_the_authors_reflect_translation():
+    config = AugmentationConfig(image_size=10, flip=False, jitter_prob=0.0, grayscale_prob=0.0,
+                                max_translation=4, translation_prob=0.8)
+    augmenter = ViewPairAugmenter(config, seed=6)
+    images = _random_images(200, 10, seed=7)
+    key = augmenter.view_keys(1)[0]
+    view = augmenter.augment(images, key).numpy()
+    draws = _draws(key, 200)
+    dy = 4 - np.floor(draws.uniform("crop_y").numpy() * 9).astype(int)
+    dx = 4 - np.floor(draws.uniform("crop_x").numpy() * 9).astype(int)
+    applied = draws.coin("apply_translation", 0.8).numpy()
+    dy, dx = np.where(applied, dy, 0), np.where(applied, dx, 0)
+    for k in range(200):
+        np.testing.assert_array_equal(
+            view[k] * 255.0, _np_translate_with_reflect(images[k], dy[k], dx[k]),
+            err_msg=f"image {k}, shift ({dy[k]}, {dx[k]})")
+    assert set(dy[applied]) == set(dx[applied]) == set(range(-4, 5))
+    assert abs(applied.mean() - 0.8) < 0.09  # 200 draws: 3.2 standard deviations
+    # A different input size is translated at its own resolution, then resized.
+    small = ViewPairAugmenter(dataclasses.replace(config, image_size=6), seed=6)
+    expected = np.stack([_np_resize(_np_translate_with_reflect(
+        images[k].astype(float), dy[k], dx[k]), 6) for k in range(200)]) / 255
+    np.testing.assert_allclose(small.augment(images, key), expected, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("recipe", [views.amdim_recipe(8), views.amdim_recipe(12)])
+def test_amdim_views_of_a_ragged_batch_equal_the_batch_views(recipe):
+    """Image by image (a RaggedTensor batch, streamed ImageNet), the shared flip and the
+    translation (8 px) or the crop (12 px) give the views of the dense batch, bit for bit,
+    for a share of the global batch too."""
+    augmenter = ViewPairAugmenter(recipe, seed=5)
+    images = _random_images(6, 14, seed=8)
+    ragged = tf.RaggedTensor.from_tensor(images, ragged_rank=2)
+    _assert_same_views(augmenter(ragged, batch_index=2), augmenter(images, batch_index=2))
+    _assert_same_views(augmenter(ragged[2:5], batch_index=2, rows=(2, 6)),
+                       augmenter(images[2:5], batch_index=2, rows=(2, 6)))

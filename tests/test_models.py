@@ -139,7 +139,9 @@ def images(shape, seed=0):
 
 
 # ------------------------------------------------------------------ shapes and sizes
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+# amdim_large (111M parameters) takes several seconds to build on a loaded 2-core CPU; its
+# layout is amdim_small's, tested at full size in tests/test_amdim_encoder.py.
+@pytest.mark.parametrize("name", sorted(set(ENCODERS) - {"amdim_large"}))
 def test_output_width_matches_registry(name):
     encoder = build_encoder(name, (32, 32, 3))
     h = encoder(images((2, 32, 32, 3)), training=False)

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from nac_tf.config import LARS_RULES
-from nac_tf.optim import (LARS, WarmupCosineSchedule, lars_rule_arguments,
-                          scaled_learning_rate)
+from nac_tf.optim import (LARS, AdamL2, WarmupCosineSchedule, WarmupStepSchedule,
+                          lars_rule_arguments, scaled_learning_rate)
 
 # float32 Keras vs float64 NumPy after several steps: relative 1e-6, plus an absolute floor
 # for entries that are (nearly) zero, far below the per-step updates (>= 1e-3, checked).
@@ -215,7 +215,16 @@ def test_exclusion_is_by_path_not_short_name():
     assert not no_decay.uses_weight_decay(encoder_kernel)
 
 
-def test_mirrored_strategy_equals_single_device(two_replica_strategy):
+_OPTIMIZERS = {
+    "lars": lambda: LARS(WarmupCosineSchedule(0.3, 10, 1), weight_decay=1e-2,
+                         trust_coefficient=0.05),
+    "adam_l2": lambda: AdamL2(WarmupStepSchedule(0.05, 10, 1, [3]), beta_1=0.8,
+                              weight_decay=1e-2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_OPTIMIZERS))
+def test_mirrored_strategy_equals_single_device(two_replica_strategy, name):
     """Two replicas with half the batch each and loss / num_replicas (Keras all-reduces the
     gradients by SUM) must give the single-device full-batch result."""
     rng = np.random.default_rng(1)
@@ -229,8 +238,7 @@ def test_mirrored_strategy_equals_single_device(two_replica_strategy):
                                       keras.layers.ReLU(), keras.layers.Dense(3, name="d2")],
                                      name="net")
             model.set_weights(initial)
-            optimizer = LARS(WarmupCosineSchedule(0.3, 10, 1), weight_decay=1e-2,
-                             trust_coefficient=0.05)
+            optimizer = _OPTIMIZERS[name]()
             optimizer.build(model.trainable_variables)
 
         def replica_step(xb, yb):
@@ -255,7 +263,9 @@ def test_mirrored_strategy_equals_single_device(two_replica_strategy):
     for a, b, start in zip(single.trainable_variables, mirrored.trainable_variables, initial):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
         assert np.abs(a.numpy() - start).max() > 1e-3, a.path
-    for slot in optimizer.momentums:  # the per-device slot copies stay in sync
+    slots = optimizer.momentums if name == "lars" else \
+        optimizer.first_moments + optimizer.second_moments
+    for slot in slots:  # the per-device slot copies stay in sync
         first, second = slot.value.values
         np.testing.assert_array_equal(first.numpy(), second.numpy())
         assert np.abs(first.numpy()).max() > 0
@@ -389,3 +399,140 @@ def test_scaled_learning_rate():
         scaled_learning_rate(1.0, 10, "log")
     with pytest.raises(ValueError, match="batch_size"):
         scaled_learning_rate(1.0, 0, "linear")
+
+
+# ----------------------------------------------------------------------------- Adam (AMDIM)
+def _reference_torch_adam(weights, grads_per_step, lrs, beta_1, beta_2, eps, weight_decay):
+    """torch.optim.Adam's documented update (amsgrad off, maximize off), float64:
+    g += wd * w; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), t = 1, 2, ..."""
+    w = [x.astype(np.float64) for x in weights]
+    m = [np.zeros_like(x) for x in w]
+    v = [np.zeros_like(x) for x in w]
+    for t, (grads, lr) in enumerate(zip(grads_per_step, lrs), start=1):
+        for i, g in enumerate(grads):
+            g = g.astype(np.float64) + weight_decay * w[i]
+            m[i] = beta_1 * m[i] + (1 - beta_1) * g
+            v[i] = beta_2 * v[i] + (1 - beta_2) * g * g
+            m_hat = m[i] / (1 - beta_1 ** t)
+            v_hat = v[i] / (1 - beta_2 ** t)
+            w[i] = w[i] - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return w
+
+
+@pytest.mark.parametrize("use_tf_function", [False, True], ids=["eager", "tf_function"])
+def test_adam_l2_matches_torch_adam_float64_reference(use_tf_function):
+    """AdamL2 on the warm-up + step schedule equals torch's Adam with coupled weight decay,
+    for gradients of order 1 and of order 1e-8 (where epsilon's place matters), BatchNorm
+    and bias variables decayed like every other."""
+    rng = np.random.default_rng(4)
+    paths = ["net/dense/kernel", "net/dense/bias", "net/stem_bn/gamma", "net/tiny/kernel"]
+    shapes = [(5, 4), (4,), (4,), (3, 3)]
+    grad_scales = [1.0, 0.3, 1.0, 1e-8]
+    initial = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    variables = [_variable(path, value) for path, value in zip(paths, initial)]
+    hyper = dict(beta_1=0.8, beta_2=0.999, epsilon=1e-8, weight_decay=1e-5)
+    schedule = WarmupStepSchedule(0.01, total_steps=6, warmup_steps=2, decay_steps=[4],
+                                  decay_factor=0.2)
+    optimizer = AdamL2(schedule, **hyper)
+
+    def apply(grads):
+        optimizer.apply_gradients(zip(grads, variables))
+
+    if use_tf_function:
+        apply = tf.function(apply)
+    grads_per_step = []
+    for _ in range(6):
+        grads = [(scale * rng.normal(size=s)).astype(np.float32)
+                 for s, scale in zip(shapes, grad_scales)]
+        grads_per_step.append(grads)
+        apply([tf.constant(g) for g in grads])
+    lrs = [0.0, 0.005, 0.01, 0.01, 0.002, 0.002]
+    np.testing.assert_allclose([float(schedule(s)) for s in range(6)], lrs, rtol=1e-6)
+    expected = _reference_torch_adam(
+        initial, grads_per_step, lrs, hyper["beta_1"], hyper["beta_2"], hyper["epsilon"],
+        hyper["weight_decay"])
+    assert int(optimizer.iterations.numpy()) == 6
+    for variable, start, want in zip(variables, initial, expected):
+        # float32 against float64 over 6 steps; every weight moved by >= 1e-3 (checked), so
+        # a wrong step (moments, bias correction, epsilon, decay) shows far above this.
+        np.testing.assert_allclose(variable.numpy(), want, rtol=1e-5, atol=1e-6,
+                                   err_msg=variable.path)
+        assert np.abs(want - start).min() > 1e-3, variable.path
+    # Keras' own Adam adds epsilon before the bias correction of v (torch's epsilon divided
+    # by sqrt(1 - beta_2^t), 32x larger at t = 1): on the 1e-8 gradients its first step is
+    # ~16x smaller than torch's (observed), which the reference above tells apart.
+    keras_variable = keras.Variable(initial[3])
+    keras_adam = keras.optimizers.Adam(0.01, beta_1=0.8, epsilon=1e-8)
+    keras_adam.apply_gradients([(tf.constant(grads_per_step[1][3]), keras_variable)])
+    torch_step = _reference_torch_adam([initial[3]], [[grads_per_step[1][3]]], [0.01], 0.8,
+                                       0.999, 1e-8, 0.0)[0] - initial[3]
+    keras_step = keras_variable.numpy() - initial[3]
+    assert np.abs(keras_step).mean() < 0.5 * np.abs(torch_step).mean()
+
+
+def test_adam_l2_checkpoint_and_config_round_trip(tmp_path):
+    rng = np.random.default_rng(5)
+    start = rng.normal(size=(4, 3)).astype(np.float32)
+    grad = tf.constant(rng.normal(size=(4, 3)).astype(np.float32))
+
+    def make():
+        variable = _variable("net/dense/kernel", start)
+        optimizer = AdamL2(WarmupStepSchedule(0.1, 10, 1, [5]), beta_1=0.8, weight_decay=1e-3)
+        optimizer.build([variable])
+        return variable, optimizer
+
+    variable, optimizer = make()
+    for _ in range(3):
+        optimizer.apply_gradients([(grad, variable)])
+    path = tf.train.Checkpoint(v=variable, optimizer=optimizer).save(str(tmp_path / "ckpt"))
+    other_variable, other = make()
+    tf.train.Checkpoint(v=other_variable, optimizer=other).restore(path).assert_consumed()
+    optimizer.apply_gradients([(grad, variable)])
+    other.apply_gradients([(grad, other_variable)])  # restored moments and step count
+    np.testing.assert_array_equal(other_variable.numpy(), variable.numpy())
+    config = optimizer.get_config()
+    clone = AdamL2.from_config(copy.deepcopy(config))
+    assert clone.get_config() == config and clone.weight_decay is None
+    assert (clone.beta_1, clone.l2_weight_decay) == (0.8, 1e-3)
+    assert config["learning_rate"]["config"]["decay_steps"] == [5]
+
+
+def test_step_schedule_closed_form_values():
+    schedule = WarmupStepSchedule(1.0, total_steps=100, warmup_steps=10,
+                                  decay_steps=[50, 80], decay_factor=0.2)
+    steps = np.arange(0, 120)
+    want = [min(1.0, s / 10) * 0.2 ** (int(s >= 50) + int(s >= 80)) for s in steps]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(schedule(steps)), want, rtol=1e-6)
+    iteration = tf.Variable(85, dtype=tf.int64)
+    np.testing.assert_allclose(float(tf.function(lambda: schedule(iteration))()), 0.04,
+                               rtol=1e-6)
+    # A boundary inside the warm-up scales the warm-up; no warm-up starts at the peak.
+    early = WarmupStepSchedule(1.0, 10, 4, [2], 0.5)
+    np.testing.assert_allclose([float(early(s)) for s in range(6)],
+                               [0.0, 0.25, 0.25, 0.375, 0.5, 0.5], rtol=1e-6)
+    assert float(WarmupStepSchedule(2.0, 10, 0)(0)) == 2.0
+    # Two boundaries on one step (fractions of a short run rounded together) decay twice.
+    np.testing.assert_allclose(float(WarmupStepSchedule(1.0, 10, 0, [5, 5], 0.5)(5)), 0.25)
+    assert WarmupStepSchedule.from_config(schedule.get_config()).get_config() == \
+        schedule.get_config()
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    ({"beta_1": 1.0}, "beta_1"), ({"beta_2": -0.1}, "beta_2"), ({"epsilon": 0.0}, "epsilon"),
+    ({"weight_decay": -1.0}, "weight_decay"),
+])
+def test_adam_l2_rejects_bad_arguments(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        AdamL2(0.1, **kwargs)
+
+
+@pytest.mark.parametrize("args, argument", [
+    ((1.0, 10, 0, [0]), "decay_steps"), ((1.0, 10, 0, [11]), "decay_steps"),
+    ((1.0, 10, 0, [6, 5]), "decay_steps"),
+    ((1.0, 10, 0, [5], 0.0), "decay_factor"), ((1.0, 10, 0, [5], 1.5), "decay_factor"),
+    ((1.0, 10, 11), "warmup_steps"), ((0.0, 10, 0), "peak_learning_rate"),
+])
+def test_step_schedule_rejects_bad_arguments(args, argument):
+    with pytest.raises(ValueError, match=argument):
+        WarmupStepSchedule(*args)

@@ -1,4 +1,4 @@
-"""nac-train: pretrains NAC, NAC-MQ, SimCLR or MoCo-v2 (`nac_tf.training.pretrain`).
+"""nac-train: pretrains NAC, NAC-MQ, SimCLR, MoCo-v2 or AMDIM (`nac_tf.training.pretrain`).
 
     nac-train --config=NAME [--flag=value ...]
     nac-train --flagfile=path/to/file.flags [--flag=value ...]
@@ -29,7 +29,8 @@ from nac_tf.cli.configs import available_configs, expand_config_args
 from nac_tf.config import ConfigError, PretrainConfig, validate_config
 
 _HELP = {
-    "method": "Pretraining method: nac, nac_mq, simclr or moco_v2.",
+    "method": "Pretraining method: nac, nac_mq, simclr, moco_v2 or amdim (needs an amdim_* "
+              "encoder).",
     "dataset": "digits (bundled with scikit-learn), cifar10 / imagenet2012 (TFDS), npz "
                "(archive with x_train, y_train, x_test, y_test), image_folder (root/<class>/), "
                "cifar10_hashing (CIFAR-10 retrieval split: trains on 500 images per class, "
@@ -43,10 +44,13 @@ _HELP = {
     "on_corrupt": "Image files that cannot be decoded (image_folder, flickr25k): skip (left "
                   "out, counted in the log and in results.json as num_skipped_images) or "
                   "raise (stop with the file's name).",
-    "encoder": "resnet18, resnet34, resnet50, resnet_tiny, vgg16_bn, vgg16 or small_cnn. "
+    "encoder": "resnet18, resnet34, resnet50, resnet_tiny, vgg16_bn, vgg16, small_cnn, "
+               "amdim_small, amdim_large or amdim_xs. "
                "vgg16 is keras.applications' VGG16 without BatchNorm (its layer names and "
                "weight shapes, its preprocessing: RGB -> BGR and ImageNet mean subtraction "
-               "whatever the dataset), for --init_weights with its ImageNet weights.",
+               "whatever the dataset), for --init_weights with its ImageNet weights. The "
+               "amdim_* encoders (AMDIM paper Sec. 3.6; ndf/nrkhs/ndepth 128/1024/10, "
+               "256/2048/10, 32/256/2) take 32, 64 or 128 px images only.",
     "init_weights": "A Keras weights file to initialise the encoder of a new run from "
                     "(ignored on resume: the checkpoint has the weights): .weights.h5 written "
                     "by save_weights, or a Keras 2 .h5 such as keras.applications' "
@@ -69,9 +73,26 @@ _HELP = {
     "train_steps": "Total optimizer steps; 0: epochs x steps per epoch.",
     "learning_rate": "Peak learning rate before scaling.",
     "learning_rate_scaling": "none, linear (x batch/256) or sqrt (x sqrt(batch)).",
-    "warmup_epochs": "Linear warm-up length in epochs (per-step), then cosine decay to 0.",
-    "weight_decay": "LARS coupled weight decay (BatchNorm parameters and biases excluded "
-                    "under --lars_rule=simclr).",
+    "warmup_epochs": "Linear warm-up length in epochs (per-step), then the --lr_schedule.",
+    "weight_decay": "Coupled (L2) weight decay, added to the gradient: LARS's (BatchNorm "
+                    "parameters and biases excluded under --lars_rule=simclr) or Adam's "
+                    "(every variable, as torch.optim.Adam's weight_decay; the AMDIM "
+                    "authors: 1e-5).",
+    "optimizer": "lars (LARS on the trust ratio, --lars_*) or adam (torch.optim.Adam's "
+                 "update with coupled L2 weight decay, epsilon 1e-8, --adam_beta1/2; the "
+                 "AMDIM authors' optimizer).",
+    "adam_beta1": "Adam's first-moment decay beta_1 (--optimizer=adam; the AMDIM authors: "
+                  "0.8).",
+    "adam_beta2": "Adam's second-moment decay beta_2 (--optimizer=adam).",
+    "lr_schedule": "warmup_cosine (linear warm-up over --warmup_epochs, then cosine decay to "
+                   "0) or warmup_step (linear warm-up, then constant, multiplied by "
+                   "--lr_decay_factor at each of --lr_decay_fractions; the AMDIM authors').",
+    "lr_decay_fractions": "--lr_schedule=warmup_step: comma-separated fractions of the "
+                          "training steps at which the learning rate is multiplied by "
+                          "--lr_decay_factor, e.g. 0.8333333,0.9333333 (epochs 250 and 280 "
+                          "of 300); empty: no decay.",
+    "lr_decay_factor": "--lr_schedule=warmup_step: the factor of each decay (the AMDIM "
+                       "authors: 0.2).",
     "lars_momentum": "LARS momentum.",
     "lars_trust_coefficient": "LARS trust coefficient eta.",
     "lars_rule": "Which variables LARS adapts: simclr (BatchNorm parameters and biases get raw "
@@ -92,6 +113,20 @@ _HELP = {
     "momentum": "EMA decay of the momentum networks (nac_mq, moco_v2).",
     "l2_weight": "lambda of the ||z||^2 term of NAC-MQ (Eq. 20).",
     "temperature": "Softmax temperature of SimCLR / MoCo-v2.",
+    "amdim_regularization_weight": "AMDIM: weight lambda of the squared-score regulariser "
+                                   "(the paper's 4e-2; the authors' code computes 5e-2).",
+    "amdim_clip_value": "AMDIM: soft clipping c of the NCE scores, c tanh(s / c) (20).",
+    "amdim_mixture_components": "AMDIM: mixture components k of the mixture-based 1->7 task "
+                                "(paper Sec. 3.7); 0: off (the plain 1->7 task).",
+    "amdim_mixture_entropy_weight": "AMDIM with mixture components: the entropy weight alpha "
+                                    "of the paper's Eq. 6 (q = softmax(s_nce / alpha)).",
+    "augmentation": "The view recipe: simclr (set by --crop_area_min, --flip, "
+                    "--jitter_strength, --jitter_prob, --grayscale_prob, --blur_prob: the "
+                    "CIFAR and MoCo-v2 recipes) or amdim (the AMDIM authors': a flip shared "
+                    "by both views, then per view a reflect-filled translation by up to 4 px "
+                    "with p = 0.8 up to 32 px, a random-resized crop (0.3-1) above, colour "
+                    "jitter 0.4/0.4/0.4 and hue 0.2 (0.1 above 64 px) with p = 0.8, grayscale "
+                    "p = 0.25; those six flags must then stay at their defaults).",
     "crop_area_min": "Smallest random-resized-crop area fraction (0.08 CIFAR, 0.2 MoCo-v2).",
     "flip": "Random horizontal flips.",
     "jitter_strength": "Scales colour jitter (0.4, 0.4, 0.4, 0.1).",

@@ -1,6 +1,7 @@
 """Two independently augmented views of every image, in plain TensorFlow ops.
 
-The recipes are the torchvision pipelines the NAC authors used. SimCLR's, for CIFAR:
+The recipes are the torchvision pipelines the authors used (`cifar_recipe`,
+`imagenet_recipe`; AMDIM's: `amdim_recipe`). SimCLR's, for CIFAR:
 RandomResizedCrop(scale=(0.08, 1)), RandomHorizontalFlip(), RandomApply([ColorJitter(0.4,
 0.4, 0.4, 0.1)], p=0.8), RandomGrayscale(p=0.2). MoCo-v2's, for ImageNet: the same with
 scale=(0.2, 1) and RandomApply([GaussianBlur(σ ∈ [0.1, 2])], p=0.5) after the grayscale,
@@ -33,7 +34,15 @@ all per pixel or, for the blur, mirror-symmetric):
    the whole image). The box is resized to S × S by bilinear interpolation on torch's grid
    (`interpolate(align_corners=False)`: half-pixel centres, source positions clamped to the
    crop's own border), as a row pass and a column pass of gathers and lerps.
-2. RandomHorizontalFlip (p = 1/2): the crop's columns are sampled right to left.
+   Or, with `max_translation` = m > 0 (the AMDIM authors' CIFAR recipe), their
+   RandomApply([RandomTranslateWithReflect(m)], p): the image shifted by whole pixels
+   (dy, dx) ~ U{-m, ..., m}^2 with reflection filling the border, i.e. the window at
+   (m - dy, m - dx) of the image reflect-padded by m (`_translation_windows`), through the
+   same sampling (an exact copy when the image already has the view's size).
+2. RandomHorizontalFlip (p = 1/2): the crop's columns are sampled right to left. With
+   `shared_flip` (AMDIM: one flip of the image before both views are made), a flip drawn
+   from a key both views share (`shared_key`); a crop of the flipped image is the mirrored
+   window of the image, reversed, so it folds into the crop the same way (`_flips`).
 3. RandomApply([ColorJitter(b, c, s, h)], p). Factors b, c, s ~ U[1 - x, 1 + x] (x the
    strength), hue shift ~ U[-h, h] of a turn, and the four operations in a random order
    per image (torchvision's `randperm(4)`; here the argsort of four uniforms). The
@@ -114,6 +123,15 @@ class AugmentationConfig:
     grayscale_prob: probability of converting an image to grayscale (3 equal channels).
     blur_prob: probability of a Gaussian blur; kernel ≈ 10 % of image_size (odd).
     blur_sigma: range of the blur's standard deviation, in pixels.
+    shared_flip: random horizontal flip with probability 1/2 applied to the image before
+      its two views are made, so both views are flipped or neither (AMDIM's recipe; with
+      `flip` too, a view's own flip comes on top).
+    max_translation: 0 (default): the RandomResizedCrop above. m > 0: instead of it, the
+      AMDIM authors' CIFAR translation: with probability `translation_prob`, the image
+      shifted by whole pixels dy, dx ~ U{-m, ..., m}, the uncovered border filled by
+      reflection (edge pixel not repeated); then resized to image_size if its size differs.
+      Needs images larger than m in both dimensions. crop_area and aspect_ratio are unused.
+    translation_prob: probability of the translation (max_translation > 0).
     """
 
     image_size: int
@@ -125,6 +143,9 @@ class AugmentationConfig:
     grayscale_prob: float = 0.2
     blur_prob: float = 0.0
     blur_sigma: Tuple[float, float] = (0.1, 2.0)
+    shared_flip: bool = False
+    max_translation: int = 0
+    translation_prob: float = 0.8
 
     def __post_init__(self):
         # Flags arrive as lists; store tuples so the config stays hashable and comparable.
@@ -155,8 +176,10 @@ class AugmentationConfig:
         if not 0.0 < low <= high:
             raise ValueError(f"`aspect_ratio` must satisfy 0 < min <= max; received "
                              f"{self.aspect_ratio}")
-        if not isinstance(self.flip, (bool, np.bool_)):
-            raise ValueError(f"`flip` must be True or False; received {self.flip!r}")
+        for name in ("flip", "shared_flip"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"`{name}` must be True or False; received "
+                                 f"{getattr(self, name)!r}")
         brightness, contrast, saturation, hue = self.jitter_strength
         for name, value, limit in (("brightness", brightness, 1.0),
                                    ("contrast", contrast, 1.0),
@@ -164,7 +187,12 @@ class AugmentationConfig:
             if not 0.0 <= value <= limit:
                 raise ValueError(f"`jitter_strength` {name} must be in [0, {limit}]; "
                                  f"received {value} in {self.jitter_strength}")
-        for name in ("jitter_prob", "grayscale_prob", "blur_prob"):
+        if isinstance(self.max_translation, bool) or not isinstance(
+                self.max_translation, (int, np.integer)) or self.max_translation < 0:
+            raise ValueError(f"`max_translation` must be a non-negative integer (pixels); "
+                             f"received {self.max_translation!r}")
+        object.__setattr__(self, "max_translation", int(self.max_translation))
+        for name in ("jitter_prob", "grayscale_prob", "blur_prob", "translation_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must be a probability in [0, 1]; received {value}")
@@ -188,6 +216,29 @@ def cifar_recipe(image_size=32):
                               grayscale_prob=0.2, blur_prob=0.0)
 
 
+def amdim_recipe(image_size=32):
+    """AMDIM's recipe (the authors' code, Philip-Bachman/amdim-public; paper Sec. 4,
+    Table 3): a horizontal flip shared by both views, then per view RandomResizedCrop with
+    scale (0.3, 1) and ratio (0.7, 1.4), colour jitter 0.4/0.4/0.4 with hue 0.2 (0.1 for
+    ImageNet) with p = 0.8, grayscale p = 0.25, no blur.
+
+    The size picks the authors' dataset recipe: up to 32 px their CIFAR one, whose crop
+    stage is instead a reflect-filled translation by up to 4 px with p = 0.8
+    (`max_translation`); up to 64 px STL10's (the crop, hue 0.2); above, ImageNet's (the
+    crop, hue 0.1).
+
+    Deviations besides the module's: their crops resize with PIL's bicubic filter
+    (interpolation=3), ours bilinearly; the recipe is the authors' basic augmentation, not
+    the Fast AutoAugment policy of their strongest results (paper Table 3, "+strong aug").
+    """
+    hue = 0.2 if image_size <= 64 else 0.1
+    return AugmentationConfig(
+        image_size=image_size, crop_area=(0.3, 1.0), aspect_ratio=(0.7, 1.4), flip=False,
+        shared_flip=True, jitter_strength=(0.4, 0.4, 0.4, hue), jitter_prob=0.8,
+        grayscale_prob=0.25, blur_prob=0.0, max_translation=4 if image_size <= 32 else 0,
+        translation_prob=0.8)
+
+
 def imagenet_recipe(image_size=224):
     """MoCo-v2's recipe (ImageNet, FLICKR-25K): crop 0.2–1, same jitter and grayscale,
     Gaussian blur σ ∈ [0.1, 2] with p=0.5, flip."""
@@ -204,7 +255,7 @@ def imagenet_recipe(image_size=224):
 # (the hue shift is drawn signed); it keeps its place so that the ids after it stay put.
 _STREAMS = ("crop_area", "aspect_ratio", "crop_y", "crop_x", "apply_jitter", "brightness",
             "contrast", "saturation", "hue", "hue_sign", "apply_grayscale", "apply_blur",
-            "blur_sigma", "flip", "jitter_order")
+            "blur_sigma", "flip", "jitter_order", "shared_flip", "apply_translation")
 _STREAM_ID = {name: i for i, name in enumerate(_STREAMS)}
 
 # Positions of the jitter's operations in a draw of the order (torchvision's fn_idx).
@@ -307,6 +358,30 @@ def _crop_windows(draws, height, width, crop_area, aspect_ratio):
     top = tf.where(found, tf.minimum(top, height_f - crop_h), tf.floor((height_f - crop_h) / 2))
     left = tf.where(found, tf.minimum(left, width_f - crop_w), tf.floor((width_f - crop_w) / 2))
     return tuple(draws.rows(tf.cast(v, tf.int32)) for v in (top, left, crop_h, crop_w))
+
+
+def _translation_windows(draws, height, width, max_translation, probability):
+    """The AMDIM authors' RandomApply([RandomTranslateWithReflect(m)], p) as windows
+    (top, left, height, width) [size] of the image reflect-padded by m on every side: a
+    shift by (dy, dx) ~ U{-m, ..., m}^2 is the window at (m - dy, m - dx); not applied, the
+    window at (m, m), the image itself. `height`, `width`: scalars or this share's [size].
+    The offsets use the crop's streams "crop_y" / "crop_x" (the crop is not drawn then)."""
+    positions = 2 * max_translation + 1
+    offsets = [tf.cast(tf.minimum(tf.floor(draws.uniform(stream) * positions), positions - 1),
+                       tf.int32) for stream in ("crop_y", "crop_x")]
+    if probability < 1:
+        applied = draws.coin("apply_translation", probability)
+        offsets = [tf.where(applied, offset, max_translation) for offset in offsets]
+    ones = tf.ones([draws.size], tf.int32)
+    return (offsets[0], offsets[1], ones * tf.cast(height, tf.int32),
+            ones * tf.cast(width, tf.int32))
+
+
+def _reflect_pad(images, pad):
+    """[n, H, W, C] (or one image [H, W, C]) reflect-padded by `pad` in H and W."""
+    spatial = [[pad, pad], [pad, pad], [0, 0]]
+    return tf.pad(images, spatial if images.shape.rank == 3 else [[0, 0]] + spatial,
+                  mode="REFLECT")
 
 
 def _sample_grid(start, length, size, reverse=None):
@@ -538,16 +613,39 @@ class ViewPairAugmenter:
             int(np.random.SeedSequence(seed).generate_state(1)[0]))
 
     # ------------------------------------------------------------------ stages
-    def _crop(self, images, draws):
-        """RandomResizedCrop, with the horizontal flip folded into the column sampling;
-        colour planes."""
+    def _flips(self, draws, shared, windows, width):
+        """(windows, column reversal [size] or None): the view's own flip and the shared
+        flip (`shared`: the draws both views of an image share). The shared flip happens
+        before the crop (AMDIM flips the image, then makes the views); a crop of the flipped
+        image at (top, left) is the crop of the image at (top, width - left - w), reversed,
+        so it becomes a mirrored window and a reversal like the view's own flip.
+        `width`: the images' width, scalar or [size]."""
+        c = self.config
+        flip = draws.coin("flip", 0.5) if c.flip else None
+        if c.shared_flip:
+            mirrored = shared.coin("shared_flip", 0.5)
+            top, left, crop_h, crop_w = windows
+            windows = (top, tf.where(mirrored, width - left - crop_w, left), crop_h, crop_w)
+            flip = mirrored if flip is None else tf.not_equal(flip, mirrored)
+        return windows, flip
+
+    def _crop(self, images, draws, shared):
+        """RandomResizedCrop (or the translation, `max_translation`), with the horizontal
+        flips folded into the column sampling; colour planes."""
         c = self.config
         shape = tf.shape(images)
-        windows = _crop_windows(draws, shape[1], shape[2], c.crop_area, c.aspect_ratio)
-        flip = draws.coin("flip", 0.5) if c.flip else None
+        if c.max_translation:
+            windows = _translation_windows(draws, shape[1], shape[2], c.max_translation,
+                                           c.translation_prob)
+            images = _reflect_pad(images, c.max_translation)
+            width = shape[2] + 2 * c.max_translation
+        else:
+            windows = _crop_windows(draws, shape[1], shape[2], c.crop_area, c.aspect_ratio)
+            width = shape[2]
+        windows, flip = self._flips(draws, shared, windows, width)
         return _resized_crop(images, windows, c.image_size, flip)
 
-    def _crop_each(self, images, draws):
+    def _crop_each(self, images, draws, shared):
         """`_crop` of a RaggedTensor batch [n, (H), (W), 3] of images of different sizes:
         the windows of all rows at once (each row's own size), then each image resampled on
         its own; float32 views [n, S, S, 3]."""
@@ -560,15 +658,21 @@ class ViewPairAugmenter:
         def whole_batch(sizes):  # this share's sizes in the rows of the whole batch
             return tf.tensor_scatter_nd_update(tf.ones([draws.total], tf.int32), share, sizes)
 
-        windows = _crop_windows(draws, whole_batch(heights), whole_batch(widths),
-                                c.crop_area, c.aspect_ratio)
-        flip = draws.coin("flip", 0.5) if c.flip else None
+        pad = c.max_translation
+        if pad:
+            windows = _translation_windows(draws, heights, widths, pad, c.translation_prob)
+        else:
+            windows = _crop_windows(draws, whole_batch(heights), whole_batch(widths),
+                                    c.crop_area, c.aspect_ratio)
+        windows, flip = self._flips(draws, shared, windows, widths + 2 * pad)
 
         def crop(i):
             # Cut the window out first and resample it from its own corner: the same pixels
             # and weights as sampling inside the whole image, at the cost of the crop only.
             top, left, height, width = (w[i] for w in windows)
             image = tf.reshape(images[i].flat_values, [heights[i], widths[i], 3])
+            if pad:
+                image = _reflect_pad(image, pad)
             window = image[top:top + height, left:left + width][None]
             zero = tf.zeros([1], tf.int32)
             return _resized_crop(window, (zero, zero, height[None], width[None]), c.image_size,
@@ -672,22 +776,29 @@ class ViewPairAugmenter:
         return _Draws(seed, offset, size, total)
 
     # ------------------------------------------------------------------ views
-    def augment(self, images, seed=None, rows=None):
+    def augment(self, images, seed=None, rows=None, shared_seed=None):
         """One augmented view, float32 in [0, 1].
 
         seed: stateless key [2] of this view's draws (None: a fresh one, see the class).
         rows: (offset, total): `images` are rows [offset, offset + B) of a batch of `total`.
+        shared_seed: key [2] of the draws the two views of an image share (the shared
+          flip; `shared_key`); None: `seed` (a lone view then flips with probability 1/2).
         """
         images = self._check(images)
         if seed is None:
             seed = fold_in(self._key, self._next_index())
+        if shared_seed is None:
+            shared_seed = seed
         if isinstance(images, tf.RaggedTensor):
-            return self.colour_stage(*self.crop_stage(images, seed, rows), static_shapes=False)
+            return self.colour_stage(*self.crop_stage(images, seed, rows, shared_seed),
+                                     static_shapes=False)
         draws = self._draws(images, seed, rows)
-        return self._colour(self._crop(images, draws), self._colour_parameters(draws))
+        shared = self._draws(images, shared_seed, rows)
+        return self._colour(self._crop(images, draws, shared), self._colour_parameters(draws))
 
-    def crop_stage(self, images, seed, rows=None):
-        """`augment` up to the crop: (crops, parameters). `seed` and `rows` as for `augment`.
+    def crop_stage(self, images, seed, rows=None, shared_seed=None):
+        """`augment` up to the crop: (crops, parameters). `seed`, `rows` and `shared_seed`
+        as for `augment`.
 
         crops: the resized crops (flip included), float32 [B, S, S, 3] in [0, 1], not yet
           clamped. float32, not uint8: a bilinear crop is not a whole number of levels.
@@ -697,8 +808,9 @@ class ViewPairAugmenter:
         """
         images = self._check(images)
         draws = self._draws(images, seed, rows)
-        crops = (self._crop_each(images, draws) if isinstance(images, tf.RaggedTensor) else
-                 self._crop(images, draws).images())
+        shared = self._draws(images, seed if shared_seed is None else shared_seed, rows)
+        crops = (self._crop_each(images, draws, shared) if isinstance(images, tf.RaggedTensor)
+                 else self._crop(images, draws, shared).images())
         return crops, self._colour_parameters(draws)
 
     def colour_stage(self, crops, parameters, static_shapes=True):
@@ -727,18 +839,27 @@ class ViewPairAugmenter:
         key = fold_in(self._key, batch_index)
         return fold_in(key, 1), fold_in(key, 2)
 
+    def shared_key(self, batch_index):
+        """The key [2] of the draws both views of global batch `batch_index` share (the
+        shared flip): 0 in the place of the view numbers 1 and 2 of `view_keys`."""
+        return fold_in(self._key, batch_index, 0)
+
     def __call__(self, images, batch_index=None, rows=None):
         """(view1, view2) of `images`; see the class docstring for `batch_index` and `rows`."""
         index = self._next_index() if batch_index is None else batch_index
         key1, key2 = self.view_keys(index)
-        return self.augment(images, key1, rows), self.augment(images, key2, rows)
+        shared = self.shared_key(index)
+        return (self.augment(images, key1, rows, shared),
+                self.augment(images, key2, rows, shared))
 
     def crop_pair(self, images, batch_index, rows=None):
         """The CropPair of `images`: `__call__` cut after the crop (augment_on="device": the
         input pipeline's part). Arguments as for `__call__`, `batch_index` required."""
         key1, key2 = self.view_keys(batch_index)
-        (crop1, parameters1), (crop2, parameters2) = (self.crop_stage(images, key1, rows),
-                                                      self.crop_stage(images, key2, rows))
+        shared = self.shared_key(batch_index)
+        (crop1, parameters1), (crop2, parameters2) = (
+            self.crop_stage(images, key1, rows, shared),
+            self.crop_stage(images, key2, rows, shared))
         return CropPair(crop1, crop2, parameters1, parameters2)
 
     def colour_pair(self, pair, static_shapes=True):

@@ -1,4 +1,5 @@
-"""Pretraining methods: NAC, NAC-MQ and the SimCLR / MoCo-v2 baselines on one base class.
+"""Pretraining methods: NAC, NAC-MQ, the SimCLR / MoCo-v2 baselines and AMDIM on one base
+class.
 
 A method is built from an encoder, the `MethodConfig` every method shares, and its own
 hyperparameters:
@@ -14,13 +15,15 @@ hyperparameters:
 from collections.abc import Mapping
 
 from nac_tf.config import METHODS
+from nac_tf.methods.amdim import AMDIM
 from nac_tf.methods.base import MethodConfig, PairLoss, TwoViewMethod
 from nac_tf.methods.moco import MoCoV2
 from nac_tf.methods.nac import NAC
 from nac_tf.methods.nac_mq import NACMQ
 from nac_tf.methods.simclr import SimCLR
 
-METHOD_CLASSES = {"nac": NAC, "nac_mq": NACMQ, "simclr": SimCLR, "moco_v2": MoCoV2}
+METHOD_CLASSES = {"nac": NAC, "nac_mq": NACMQ, "simclr": SimCLR, "moco_v2": MoCoV2,
+                  "amdim": AMDIM}
 
 __all__ = ["METHOD_CLASSES", "MethodConfig", "PairLoss", "TwoViewMethod", "build_method",
            "hyperparameters_of", "method_class"]

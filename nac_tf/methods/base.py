@@ -92,6 +92,9 @@ class TwoViewMethod(keras.Model):
     """
 
     HYPERPARAMETERS = ()
+    # True for a method without projection head whose objective scores the features h
+    # themselves (AMDIM): its hash codes are sgn(h) (`nac_tf.export`).
+    CODES_FROM_FEATURES = False
 
     def __init__(self, encoder, config: MethodConfig, **kwargs):
         super().__init__(**kwargs)

@@ -1,13 +1,18 @@
 """Encoders f (images -> representation h) and the MLP heads g and phi (paper Sec. 3.5).
 
+`MixtureFeatures` is AMDIM's mixture network m_k (AMDIM Sec. 3.7).
+
 Every encoder is a functional keras.Model: float32 images in the network's input range
-[N, H, W, C] -> h [N, F], the global-average-pooled last feature map. Its first layer
+[N, H, W, C] -> h [N, F], the global-average-pooled last feature map (the AMDIM encoders,
+`nac_tf.models.amdim`: their 1x1 map f1, flattened). Its first layer
 optionally normalises each channel, (x - mean) / std, so preprocessing travels with the
 model and exported SavedModels take raw pixels. Convolutions are He-normal initialised and
 followed by BatchNorm (momentum 0.9 = PyTorch's 0.1, epsilon 1e-5) and ReLU; the exception
 is `vgg16`, keras.applications' VGG16 without BatchNorm, whose input statistics are fixed
 to keras' VGG16 preprocessing (`encoder_input_statistics`) so its ImageNet weights load
-(`load_encoder_weights`, the `init_weights` setting; paper Sec. 4.3, Table 4).
+(`load_encoder_weights`, the `init_weights` setting; paper Sec. 4.3, Table 4), and the AMDIM
+encoders, which follow the authors' unpadded layout, initialisation and optional BatchNorm
+(AMDIM paper Sec. 3.6).
 
 Variable path convention (LARS selects what to exclude from weight decay by path):
   * paths are "<model name>/<layer name>/<variable>", e.g.
@@ -21,16 +26,19 @@ Variable path convention (LARS selects what to exclude from weight decay by path
     they prefix every path, and a looser pattern such as r"_bn\\d*/" would then match all
     weights. Hence `vgg16_bn` names its model "vgg16" by default.
 """
+from nac_tf.models.amdim import AMDIMEmbedding, amdim_feature_channels, amdim_feature_maps
 from nac_tf.models.cloning import clone_encoder, clone_head
 from nac_tf.models.heads import ProjectionHead
 from nac_tf.models.layers import (
     BATCH_NORM_EPSILON, BATCH_NORM_PATH_PATTERN, DEFAULT_BATCH_NORM_MOMENTUM)
+from nac_tf.models.mixture import MixtureFeatures
 from nac_tf.models.registry import (
     ENCODER_BUILDERS, build_encoder, encoder_input_statistics, encoder_output_dim)
 from nac_tf.models.weights_file import load_encoder_weights
 
 __all__ = [
-    "BATCH_NORM_EPSILON", "BATCH_NORM_PATH_PATTERN", "DEFAULT_BATCH_NORM_MOMENTUM",
-    "ENCODER_BUILDERS", "ProjectionHead", "build_encoder", "clone_encoder", "clone_head",
-    "encoder_input_statistics", "encoder_output_dim", "load_encoder_weights",
+    "AMDIMEmbedding", "BATCH_NORM_EPSILON", "BATCH_NORM_PATH_PATTERN",
+    "DEFAULT_BATCH_NORM_MOMENTUM", "amdim_feature_channels", "amdim_feature_maps",
+    "ENCODER_BUILDERS", "MixtureFeatures", "ProjectionHead", "build_encoder", "clone_encoder",
+    "clone_head", "encoder_input_statistics", "encoder_output_dim", "load_encoder_weights",
 ]

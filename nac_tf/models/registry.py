@@ -1,4 +1,5 @@
 """Encoders by name (the names: `nac_tf.config.ENCODERS`)."""
+from nac_tf.models.amdim import amdim_large, amdim_small, amdim_xs
 from nac_tf.models.layers import DEFAULT_BATCH_NORM_MOMENTUM
 from nac_tf.models.resnet import resnet18, resnet34, resnet50, resnet_tiny
 from nac_tf.models.small_cnn import small_cnn
@@ -12,6 +13,9 @@ ENCODER_BUILDERS = {
     "vgg16_bn": vgg16_bn,
     "vgg16": vgg16,
     "small_cnn": small_cnn,
+    "amdim_small": amdim_small,
+    "amdim_large": amdim_large,
+    "amdim_xs": amdim_xs,
 }
 
 # Width F of the representation h of each encoder (tested against the built models).
@@ -23,6 +27,9 @@ _OUTPUT_DIMS = {
     "vgg16_bn": 512,
     "vgg16": 512,
     "small_cnn": 128,
+    "amdim_small": 1024,
+    "amdim_large": 2048,
+    "amdim_xs": 256,
 }
 # Encoders whose inputs are fixed by the weights they are meant to load, not by the dataset:
 # (mean, std) of [0, 1] pixels. The others normalise with the dataset's statistics.
