@@ -486,6 +486,21 @@ def _clipped_nce_terms(scores, positive_index, clip_value):
     return positive - log_denominator, regulariser
 
 
+def _source_nce_terms(sources, targets, positive_index, clip_value, layout):
+    """(nce, regulariser, dtype) of `_clipped_nce_terms` for sources [n, D] or [n, k, D]
+    (`layout` names the expected shape) against targets [M, L, D]: nce is [n, L] or
+    [n, k, L]."""
+    dtype = _compute_dtype(sources)
+    sources = _as_float(sources, dtype)
+    targets = _as_float(targets, dtype)
+    _check_rank("sources", sources, layout.count(",") + 1, layout)
+    positive_index = _checked_positive_index(sources, targets, positive_index, layout)
+    scores = ops.einsum("n...d,mld->n...ml", sources, targets) * _inverse_sqrt_width(
+        sources, dtype)
+    nce, regulariser = _clipped_nce_terms(scores, positive_index, clip_value)
+    return nce, regulariser, dtype
+
+
 def amdim_nce_loss(sources, targets, positive_index, clip_value=20.0):
     """AMDIM's NCE loss (AMDIM Eq. 2, 5) of sources against consequent maps; minimise it.
 
@@ -508,13 +523,8 @@ def amdim_nce_loss(sources, targets, positive_index, clip_value=20.0):
       the unclipped scores, both scalars in the dtype of `sources`.
     """
     _check_positive("clip_value", clip_value)
-    dtype = _compute_dtype(sources)
-    sources = _as_float(sources, dtype)
-    targets = _as_float(targets, dtype)
-    _check_rank("sources", sources, 2, "[n, D]")
-    positive_index = _checked_positive_index(sources, targets, positive_index, "[n, D]")
-    scores = ops.einsum("nd,mld->nml", sources, targets) * _inverse_sqrt_width(sources, dtype)
-    nce, regulariser = _clipped_nce_terms(scores, positive_index, clip_value)
+    nce, regulariser, _ = _source_nce_terms(sources, targets, positive_index, clip_value,
+                                            "[n, D]")
     return -ops.mean(nce), regulariser
 
 
@@ -555,13 +565,8 @@ def amdim_mixture_nce_loss(sources, targets, positive_index, entropy_weight, cli
     else:
         _check_non_negative("entropy_weight", entropy_weight)
         _check_positive("temperature", temperature)
-    dtype = _compute_dtype(sources)
-    sources = _as_float(sources, dtype)
-    targets = _as_float(targets, dtype)
-    _check_rank("sources", sources, 3, "[n, k mixture components, D]")
-    positive_index = _checked_positive_index(sources, targets, positive_index, "[n, k, D]")
-    scores = ops.einsum("nkd,mld->nkml", sources, targets) * _inverse_sqrt_width(sources, dtype)
-    nce, regulariser = _clipped_nce_terms(scores, positive_index, clip_value)  # [n, k, L]
+    nce, regulariser, dtype = _source_nce_terms(sources, targets, positive_index, clip_value,
+                                                "[n, k mixture components, D]")  # [n, k, L]
 
     alpha = _scalar(entropy_weight, dtype)
     tau = 1.0 / alpha if temperature is None else _scalar(temperature, dtype)

@@ -305,6 +305,20 @@ def _check_int(argument, value, minimum):
     return int(value)
 
 
+def _checked_warmup(peak_learning_rate, total_steps, warmup_steps):
+    """(peak, total, warm-up) of a warm-up schedule, checked: peak > 0, 0 <= warm-up <=
+    total, total >= 1."""
+    if (isinstance(peak_learning_rate, bool) or not isinstance(peak_learning_rate, numbers.Real)
+            or not peak_learning_rate > 0):
+        raise ValueError(f"peak_learning_rate must be a number > 0; got {peak_learning_rate!r}")
+    total_steps = _check_int("total_steps", total_steps, 1)
+    warmup = _check_int("warmup_steps", warmup_steps, 0)
+    if warmup > total_steps:
+        raise ValueError(f"warmup_steps must be <= total_steps={total_steps}; got "
+                         f"{warmup_steps!r}")
+    return float(peak_learning_rate), total_steps, warmup
+
+
 @keras.saving.register_keras_serializable(package="nac_tf")
 class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Per-step linear warm-up from 0 to the peak, then cosine decay to 0 (NAC Sec. 4.1,
@@ -320,17 +334,8 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, peak_learning_rate, total_steps, warmup_steps):
-        if (isinstance(peak_learning_rate, bool)
-                or not isinstance(peak_learning_rate, numbers.Real)
-                or not peak_learning_rate > 0):
-            raise ValueError(f"peak_learning_rate must be a number > 0; got "
-                             f"{peak_learning_rate!r}")
-        self.peak_learning_rate = float(peak_learning_rate)
-        self.total_steps = _check_int("total_steps", total_steps, 1)
-        self.warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
-        if self.warmup_steps > self.total_steps:
-            raise ValueError(f"warmup_steps must be <= total_steps={self.total_steps}; got "
-                             f"{warmup_steps!r}")
+        self.peak_learning_rate, self.total_steps, self.warmup_steps = _checked_warmup(
+            peak_learning_rate, total_steps, warmup_steps)
 
     def __call__(self, step):
         # float32 counts steps exactly up to 2**24 (16.7 M), far beyond any run here.
@@ -368,17 +373,8 @@ class WarmupStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, peak_learning_rate, total_steps, warmup_steps, decay_steps=(),
                  decay_factor=0.2):
-        if (isinstance(peak_learning_rate, bool)
-                or not isinstance(peak_learning_rate, numbers.Real)
-                or not peak_learning_rate > 0):
-            raise ValueError(f"peak_learning_rate must be a number > 0; got "
-                             f"{peak_learning_rate!r}")
-        self.peak_learning_rate = float(peak_learning_rate)
-        self.total_steps = _check_int("total_steps", total_steps, 1)
-        self.warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
-        if self.warmup_steps > self.total_steps:
-            raise ValueError(f"warmup_steps must be <= total_steps={self.total_steps}; got "
-                             f"{warmup_steps!r}")
+        self.peak_learning_rate, self.total_steps, self.warmup_steps = _checked_warmup(
+            peak_learning_rate, total_steps, warmup_steps)
         self.decay_steps = tuple(_check_int("decay_steps", step, 1) for step in decay_steps)
         # Non-decreasing: two fractions of a short run may round to one step, which then
         # decays twice.

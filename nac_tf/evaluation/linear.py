@@ -129,7 +129,15 @@ class LinearEvalConfig(ProbeConfig):
 
 
 class _Predictions:
-    """predict / accuracy of a trained classifier from its `logits(features)` (NumPy)."""
+    """logits / predict / accuracy of a trained classifier from the logits of one chunk of
+    features, `_chunk_logits(features [n, D]) -> [n, C]` (NumPy float32)."""
+
+    def logits(self, features, chunk_size=8192):
+        """[N, C] float32 logits, computed in chunks to bound memory."""
+        features = np.asarray(features, np.float32)
+        # range(0, max(N, 1)): an empty input still gives one (empty) chunk, [0, C].
+        return np.concatenate([self._chunk_logits(features[start:start + chunk_size])
+                               for start in range(0, max(features.shape[0], 1), chunk_size)])
 
     def predict(self, features):
         """Predicted class ids [N]; -1 where the logits are not finite (always wrong).
@@ -160,13 +168,8 @@ class LinearClassifier(_Predictions):
     epoch_losses: Tuple[float, ...]  # mean training cross-entropy of each epoch run
     eval_top1: Optional[float] = None  # accuracy on (eval_features, eval_labels), if given
 
-    def logits(self, features, chunk_size=8192):
-        """[N, C] float32 logits, computed in chunks to bound memory."""
-        features = np.asarray(features, np.float32)
-        out = np.empty((features.shape[0], self.bias.shape[0]), np.float32)
-        for start in range(0, features.shape[0], chunk_size):
-            out[start:start + chunk_size] = features[start:start + chunk_size] @ self.kernel
-        return out + self.bias
+    def _chunk_logits(self, features):
+        return features @ self.kernel + self.bias
 
     @property
     def feature_dim(self):

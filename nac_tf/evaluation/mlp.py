@@ -98,18 +98,12 @@ class MLPClassifier(_Predictions):
     epoch_losses: Tuple[float, ...]  # mean training cross-entropy of each epoch run
     eval_top1: Optional[float] = None  # accuracy on (eval_features, eval_labels), if given
 
-    def logits(self, features, chunk_size=8192):
-        """[N, C] float32 logits, computed in chunks to bound memory."""
-        features = np.asarray(features, np.float32)
+    def _chunk_logits(self, features):
         # BatchNorm folded into one scale and shift of the hidden pre-activations.
         scale = self.gamma / np.sqrt(self.moving_variance + np.float32(self.epsilon))
         shift = self.beta - self.moving_mean * scale
-        out = np.empty((features.shape[0], self.output_bias.shape[0]), np.float32)
-        for start in range(0, features.shape[0], chunk_size):
-            hidden = features[start:start + chunk_size] @ self.hidden_kernel
-            hidden = np.maximum(hidden * scale + shift, np.float32(0.0))
-            out[start:start + chunk_size] = hidden @ self.output_kernel
-        return out + self.output_bias
+        hidden = np.maximum(features @ self.hidden_kernel * scale + shift, np.float32(0.0))
+        return hidden @ self.output_kernel + self.output_bias
 
     @property
     def feature_dim(self):
