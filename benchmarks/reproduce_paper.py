@@ -65,7 +65,9 @@ METHOD_SETTINGS = {
     "amdim": dict(method="amdim", encoder="amdim_xs", optimizer="adam", learning_rate=2e-4,
                   adam_beta1=0.8, adam_beta2=0.999, weight_decay=1e-5,
                   lr_schedule="warmup_step", lr_decay_fractions="0.8333333,0.9333333",
-                  lr_decay_factor=0.2, augmentation="amdim"),
+                  lr_decay_factor=0.2, augmentation="amdim",
+                  # AMDIM's second protocol too (results/linear/runs/amdim_*.json).
+                  mlp_eval_epochs=100),
 }
 LABELS = {"nac_p0.4": "NAC (p = 0.4)", "nac_p0.1": "NAC (p = 0.1)", "nac_mq": "NAC-MQ (p = 0.1)",
           "simclr": "SimCLR (sign codes)", "moco_v2": "MoCo-v2 (sign codes)",
