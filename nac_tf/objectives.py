@@ -423,19 +423,26 @@ def _check_index_range(name, x, upper, what):
             f"`{name}` must hold {what} in [0, {upper}); received out-of-range values {bad}.")
 
 
+def _index_vector(name, values, upper, what, layout, rows, rows_what):
+    """`values` as an int32 vector `layout` of `rows` entries in [0, `upper`) (range checked
+    when the values are static; `what` and `rows_what` name them in errors)."""
+    _check_index_range(name, values, upper, what)
+    values = ops.cast(ops.convert_to_tensor(values), "int32")
+    if len(values.shape) != 1:
+        raise ValueError(f"`{name}` must be a vector {layout}; received shape "
+                         f"{tuple(values.shape)}.")
+    _check_dim(name, values, 0, rows, rows_what)
+    return values
+
+
 def _checked_positive_index(sources, targets, positive_index, sources_layout):
     """Checks `targets` against `sources` and returns `positive_index` as an int32 tensor."""
     _check_rank("targets", targets, 3, "[M images, L locations, D]")
     _check_dim("targets", targets, 2, _static_dim(sources, -1), "the width D of `sources`")
-    _check_index_range("positive_index", positive_index, _static_dim(targets, 0),
-                       "image indices of `targets`")
-    positive_index = ops.cast(ops.convert_to_tensor(positive_index), "int32")
-    if len(positive_index.shape) != 1:
-        raise ValueError(
-            f"`positive_index` must be a vector [n] (one positive image per source row); "
-            f"received shape {tuple(positive_index.shape)}.")
-    _check_dim("positive_index", positive_index, 0, _static_dim(sources, 0),
-               f"the number of rows n of `sources` {sources_layout}")
+    positive_index = _index_vector(
+        "positive_index", positive_index, _static_dim(targets, 0), "image indices of `targets`",
+        "[n] (one positive image per source row)", _static_dim(sources, 0),
+        f"the number of rows n of `sources` {sources_layout}")
     return positive_index
 
 
@@ -659,15 +666,11 @@ def amdim_loss(f1, f5, f7, source_locations, targets5=None, targets7=None, image
     _check_feature_map("f5", f5, rows, width)
     _check_feature_map("f7", f7, rows, width)
     height5, breadth5 = _static_dim(f5, 1), _static_dim(f5, 2)
-    _check_index_range("source_locations", source_locations,
-                       None if height5 is None or breadth5 is None else height5 * breadth5,
-                       "locations of the f5 map")
-    source_locations = ops.cast(ops.convert_to_tensor(source_locations), "int32")
-    if len(source_locations.shape) != 1:
-        raise ValueError(
-            f"`source_locations` must be a vector [2k] (one f5 location per row); received "
-            f"shape {tuple(source_locations.shape)}.")
-    _check_dim("source_locations", source_locations, 0, rows, "the number of rows 2k of `f1`")
+    source_locations = _index_vector(
+        "source_locations", source_locations,
+        None if height5 is None or breadth5 is None else height5 * breadth5,
+        "locations of the f5 map", "[2k] (one f5 location per row)", rows,
+        "the number of rows 2k of `f1`")
 
     if (targets5 is None) != (targets7 is None):
         raise ValueError(
