@@ -245,21 +245,15 @@ def run_linear(args, seeds):
                 model_dir=registry.model_dir(name), **METHOD_SETTINGS[key])
             records.setdefault(key, []).append(
                 registry.run(name, config, retrain_missing=key in args.retrain_missing))
-    rows = [["random init (NAC network)",
-             mean_and_spread([r["results"]["random_init_linear_top1"]
-                              for r in records["nac_p0.1"]]),
-             mean_and_spread([r["results"]["random_init_knn_top1"]
-                              for r in records["nac_p0.1"]]), ""]]
-    if "amdim" in records:
-        rows.append(["random init (AMDIM network)",
-                     mean_and_spread([r["results"]["random_init_linear_top1"]
-                                      for r in records["amdim"]]),
-                     mean_and_spread([r["results"]["random_init_knn_top1"]
-                                      for r in records["amdim"]]), ""])
+    def accuracies(runs, prefix=""):
+        return [mean_and_spread([r["results"][f"{prefix}{metric}"] for r in runs])
+                for metric in ("linear_top1", "knn_top1")]
+
+    # The random networks of the two architectures first, then every method.
+    rows = [[f"random init ({network} network)", *accuracies(records[key], "random_init_"), ""]
+            for key, network in (("nac_p0.1", "NAC"), ("amdim", "AMDIM"))]
     for key, runs in records.items():
-        rows.append([LABELS[key].replace(" (sign codes)", ""),
-                     mean_and_spread([r["results"]["linear_top1"] for r in runs]),
-                     mean_and_spread([r["results"]["knn_top1"] for r in runs]),
+        rows.append([LABELS[key].replace(" (sign codes)", ""), *accuracies(runs),
                      " / ".join(f"{r['wall_seconds'] / 60:.0f}" for r in runs)])
     table = markdown_table(["method", "linear top-1 (%)", "kNN top-1 (%)",
                             "wall minutes per run"], rows)

@@ -84,10 +84,7 @@ class AMDIM(TwoViewMethod):
         same location whatever the number of replicas, fresh every step, reproducible after
         a resume. Integers from Philox, which XLA draws alike.
         """
-        optimizer = getattr(self, "optimizer", None)
-        step = tf.cast(optimizer.iterations, tf.int32) if optimizer is not None else tf.constant(0)
-        seed = tf.random.experimental.stateless_fold_in(
-            tf.stack([tf.constant(self.method_config.seed, tf.int32), step]), _LOCATION_STREAM)
+        seed = tf.random.experimental.stateless_fold_in(self.step_seed(), _LOCATION_STREAM)
         global_rows = rows * distribute.num_replicas_in_context()
         drawn = tf.random.stateless_uniform([global_rows], seed=seed, minval=0,
                                             maxval=locations, dtype=tf.int32, alg="philox")

@@ -161,6 +161,14 @@ class TwoViewMethod(keras.Model):
         return self.forward_views(lambda images: encoder(images, training=training),
                                   view1, view2)
 
+    def step_seed(self):
+        """The stateless seed [2] (run seed, optimizer step) of this step's per-row draws:
+        fresh every step, the same on every replica, again after a resume (step 0 before the
+        optimizer exists)."""
+        optimizer = getattr(self, "optimizer", None)
+        step = tf.cast(optimizer.iterations, tf.int32) if optimizer is not None else tf.constant(0)
+        return tf.stack([tf.constant(self.method_config.seed, tf.int32), step])
+
     def flip_signs(self, shape, flip_prob):
         """Channel noise m in {-1, +1}, P(m = -1) = `flip_prob`, for this replica's rows at
         this step.
@@ -173,12 +181,10 @@ class TwoViewMethod(keras.Model):
         independent across rows, and reproducible after a resume with no extra random state.
         The global mask is tiny (2K x D), so every replica drawing all of it costs nothing.
         """
-        optimizer = getattr(self, "optimizer", None)
-        step = tf.cast(optimizer.iterations, tf.int32) if optimizer is not None else tf.constant(0)
         shape = tf.convert_to_tensor(shape, tf.int32)
         replicas = distribute.num_replicas_in_context()
         global_shape = tf.concat([shape[:1] * replicas, shape[1:]], axis=0)
-        seed = tf.stack([tf.constant(self.method_config.seed, tf.int32), step])
+        seed = self.step_seed()
         # Integers, not floats: Philox gives the same bits with and without XLA, but the
         # float conversion differs between TensorFlow's CPU/GPU kernels and XLA, so float
         # uniforms would make jit_compile=True draw other masks. u ~ U{0..2^24-1} and
