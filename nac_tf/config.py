@@ -177,20 +177,31 @@ class PretrainConfig:
         return self.method in ("nac_mq", "moco_v2")
 
 
-# Fields whose change makes an existing run directory a different experiment; the rest
-# (logging cadence, evaluation, strategy, ...) can differ between a run and its resume.
-RUN_DEFINING_FIELDS = (
-    "method", "dataset", "data_dir", "image_size", "encoder", "stem", "init_weights",
-    "code_dim", "head_hidden_dim", "head_batch_norm", "head_scale_by_sqrt_dim", "batch_size",
-    "epochs", "train_steps", "learning_rate", "learning_rate_scaling", "warmup_epochs",
-    "weight_decay", "lars_momentum", "lars_trust_coefficient", "lars_rule", "optimizer",
-    "adam_beta1", "adam_beta2", "lr_schedule", "lr_decay_fractions", "lr_decay_factor",
-    "head_init", "queue_init_scale", "mq_negatives", "flip_prob", "queue_size", "momentum",
-    "l2_weight", "temperature", "amdim_regularization_weight", "amdim_clip_value",
+# A run directory keeps the settings it was started with (flags.json); resuming it with other
+# values of these fields would mix two experiments, so they are refused
+# (nac_tf.run_directory.check_run_directory). The rest (logging, evaluation, strategy, ...)
+# may differ between a run and its resume.
+# Fields that the checkpoint's variables or the run's meaning depend on (architecture,
+# method and objective, data, views, batch and seed, precision, optimizer kind): never
+# changed on resume, even with allow_flag_changes.
+FIXED_RUN_FIELDS = (
+    "method", "dataset", "image_size", "encoder", "stem", "init_weights", "code_dim",
+    "head_hidden_dim", "head_batch_norm", "head_scale_by_sqrt_dim", "head_init", "batch_norm",
+    "batch_size", "optimizer", "queue_size", "queue_init_scale", "mq_negatives", "flip_prob",
+    "momentum", "l2_weight", "temperature", "amdim_regularization_weight", "amdim_clip_value",
     "amdim_mixture_components", "amdim_mixture_entropy_weight", "augmentation",
     "crop_area_min", "flip", "jitter_strength", "jitter_prob", "grayscale_prob", "blur_prob",
-    "seed", "batch_norm", "precision",
+    "seed", "precision",
 )
+# Fields a checkpoint can be resumed with under new values (the length of training, the
+# learning-rate schedule and the optimizer's hyperparameters; where the data lies): changed
+# only with allow_flag_changes, which records the change in flags.json.
+RESUMABLE_RUN_FIELDS = (
+    "data_dir", "epochs", "train_steps", "learning_rate", "learning_rate_scaling",
+    "warmup_epochs", "weight_decay", "lars_momentum", "lars_trust_coefficient", "lars_rule",
+    "adam_beta1", "adam_beta2", "lr_schedule", "lr_decay_fractions", "lr_decay_factor",
+)
+RUN_DEFINING_FIELDS = FIXED_RUN_FIELDS + RESUMABLE_RUN_FIELDS
 
 
 # The fields of augmentation="simclr" (nac_tf.training.augmentation_config).

@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from nac_tf.data.pipeline import evaluation_images
-from nac_tf.run_directory import (check_export_dir, latest_checkpoint, read_run_config,
+from nac_tf.run_directory import (check_export_dir, intact_checkpoint, read_run_config,
                                   restore_pretrained_method)
 
 SIGNATURES = ("features", "serving_default", "hash_codes", "codes")
@@ -183,7 +183,8 @@ def build_export_module(method, image_size, input_statistics=None):
 
 
 def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
-    """Exports the run in `model_dir` (latest or given checkpoint) to `export_dir`.
+    """Exports the run in `model_dir` (its newest intact checkpoint, `intact_checkpoint`,
+    or the given one) to `export_dir`.
 
     Refuses a non-empty `export_dir` unless `overwrite`; even then only a previous
     SavedModel is replaced, never another directory. The export is written beside
@@ -193,6 +194,9 @@ def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
     export_dir = os.path.abspath(export_dir)
     check_export_dir(export_dir, overwrite)
     _, statistics = read_run_config(model_dir)
+    checkpoint = intact_checkpoint(model_dir, checkpoint)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{model_dir!r} has no checkpoint to export")
     _, method = restore_pretrained_method(model_dir, checkpoint)
     module = build_export_module(method, statistics["image_size"], statistics)
 
@@ -201,7 +205,7 @@ def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         metadata = dict(module.metadata, model_dir=os.path.abspath(model_dir),
-                        checkpoint=os.path.abspath(checkpoint or latest_checkpoint(model_dir)))
+                        checkpoint=os.path.abspath(checkpoint))
         metadata_path = os.path.join(staging, METADATA_FILE)
         with open(metadata_path, "w") as f:
             json.dump(metadata, f, indent=2, sort_keys=True)

@@ -54,9 +54,11 @@ from nac_tf.optim import (LARS, AdamL2, WarmupCosineSchedule, WarmupStepSchedule
                           lars_rule_arguments, scaled_learning_rate)
 from nac_tf.precision import resolve_precision
 from nac_tf.run_directory import (
-    CHECKPOINT_DIR, INPUT_STATISTICS_FILE, RANDOM_INIT_EVAL_FILE, RESULTS_FILE, TENSORBOARD_DIR,
-    TRAJECTORY_FILE, latest_checkpoint, path_in, prepare_run_directory, read_json,
-    read_trajectory, write_json)
+    CHECKPOINT_DIR, FLAGS_FILE, INPUT_STATISTICS_FILE, RANDOM_INIT_EVAL_FILE, RESULTS_FILE,
+    TENSORBOARD_DIR, TRAJECTORY_FILE, check_run_directory, checkpoint_step, checkpoint_steps,
+    error_reason, intact_checkpoint, latest_checkpoint, path_in, read_json, read_run_json,
+    read_trajectory, remove_partial_checkpoints, write_checkpoint_state, write_json,
+    write_run_settings)
 from nac_tf.summaries import (PROBE_SIZE, CodeHistogram, write_final_metrics,
                               write_view_pairs)
 
@@ -72,6 +74,12 @@ CPU_XLA_WARNING = (
 class NonFiniteLossError(RuntimeError):
     """The loss or the weights became NaN or infinite; the last good checkpoint is kept and
     nothing after it is written."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (full disk, I/O error); what it left half-written
+    is removed, the earlier checkpoints are intact and the same command resumes from the
+    newest of them once the cause is fixed."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -354,39 +362,64 @@ def worker_role(strategy):
 
 
 class _CheckpointWriter:
-    """CheckpointManager on the chief; on other workers, saves to a temporary directory that
-    is emptied after every save (they must take part in saving, not keep the files)."""
+    """Saves the run's checkpoints: a CheckpointManager on the chief; on other workers a
+    write to a scratch directory that exists only during the save (all workers must take
+    part in saving; only the chief keeps the files).
 
-    def __init__(self, checkpoint, model_dir, keep, role):
+    `latest`: the checkpoint the run resumed from (`intact_checkpoint`), then the last one
+    saved. On the chief, the directories of interrupted writes are removed first and
+    TensorFlow's state file is rewritten when it does not name `latest` (missing, or naming
+    a damaged checkpoint), so that the manager keeps and deletes the right files.
+    """
+
+    def __init__(self, checkpoint, model_dir, keep, role, latest=None):
         self.model_dir = model_dir
         self.directory = path_in(model_dir, CHECKPOINT_DIR)
         self.role = role
+        self.latest = latest
         self._checkpoint = checkpoint
         self._manager = None
-        self._scratch = None
         if role.is_chief:
+            remove_partial_checkpoints(model_dir)
+            if latest is not None and tf.train.latest_checkpoint(self.directory) != latest:
+                self._repair_state_file(latest)
             self._manager = tf.train.CheckpointManager(checkpoint, self.directory,
                                                        max_to_keep=keep)
-        else:
-            self._scratch = tempfile.mkdtemp(prefix=f"nac_tf_worker{role.task_id}_")
 
-    @property
-    def latest(self):
-        """The latest checkpoint of the run (the chief's), or None."""
-        return latest_checkpoint(self.model_dir)
+    def _repair_state_file(self, latest):
+        """Names `latest` and the complete checkpoints before it in the state file."""
+        step = checkpoint_step(latest)
+        older = [prefix for s, (prefix, problem) in sorted(checkpoint_steps(self.model_dir).items())
+                 if problem is None and s < step]
+        write_checkpoint_state(self.model_dir, older + [latest])
 
     def save(self, step):
-        if self._manager is not None:
-            return self._manager.save(checkpoint_number=step)
-        self._checkpoint.write(os.path.join(self._scratch, f"ckpt-{step}"))
-        for name in os.listdir(self._scratch):
-            path = os.path.join(self._scratch, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        return None
-
-    def close(self):
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+        """Writes the checkpoint of `step`; CheckpointWriteError (nothing half-written left,
+        `latest` unchanged) when the disk refuses it."""
+        scratch = None
+        try:
+            if self._manager is not None:
+                self.latest = self._manager.save(checkpoint_number=step)
+            else:
+                scratch = tempfile.mkdtemp(prefix=f"nac_tf_worker{self.role.task_id}_")
+                self._checkpoint.write(os.path.join(scratch, f"ckpt-{step}"))
+        except (OSError, tf.errors.OpError) as error:
+            if self._manager is None:
+                raise
+            for name in os.listdir(self.directory):  # what the failed write left behind
+                if name.startswith(f"ckpt-{step}.") or name == f"ckpt-{step}_temp":
+                    path = os.path.join(self.directory, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            # TensorFlow's reason is "<file>; <cause>": the cause is what the user needs.
+            cause = error_reason(error).rsplit("; ", 1)[-1]
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of step {step} to {self.directory} "
+                f"({cause}); the newest checkpoint is "
+                f"{self.latest or 'none'}: fix the cause (free disk space) and run the same "
+                "command again to resume from it") from error
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _load_source(config, log):
@@ -437,18 +470,30 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
     if config.jit_compile and cpu_only:
         log(CPU_XLA_WARNING)
     role = worker_role(strategy)
-    prepare_run_directory(config, write=role.is_chief)  # flags.json keeps precision="auto"
+    # Nothing is written before the directory is known to take this run and its checkpoint
+    # to restore: a refused or damaged directory is left exactly as it was.
+    changed = check_run_directory(config)
+    latest = intact_checkpoint(config.model_dir)
+    new_run = latest is None
     keras.utils.set_random_seed(config.seed)
+    run_config = config
     config = _with_resolved_precision(config, log)
 
     source = _load_source(config, log)
     image_size = config.image_size or source.image_shape[0]
     steps_per_epoch, total_steps, warmup_steps = schedule_lengths(config, source.num_train)
+    evaluates = config.evaluate and source.has_arrays
+    finished = _finished_results(config.model_dir, latest, total_steps, evaluates)
+    if finished is not None and not changed:
+        log(f"{config.model_dir} finished this run already (step {finished['steps']}); "
+            f"nothing to do. Its results ({RESULTS_FILE}):")
+        return finished
+    if new_run and role.is_chief:
+        # Once the data is known to be usable (a refused data_dir leaves no run behind to
+        # refuse the corrected command); a resumed run writes its settings once restored.
+        write_run_settings(run_config, changed)  # flags.json keeps precision="auto"
     input_statistics = input_statistics_of(config, source, image_size)
-    if role.is_chief:
-        write_json(path_in(config.model_dir, INPUT_STATISTICS_FILE), input_statistics)
     # A new run starts from init_weights (when set); a resumed one from its checkpoint.
-    new_run = latest_checkpoint(config.model_dir) is None
     with strategy.scope():
         method = method_from_config(config, input_statistics, replicas,
                                     load_init_weights=new_run, log=log)
@@ -458,65 +503,70 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
     input_position = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_position")
     checkpoint = tf.train.Checkpoint(method=method, optimizer=optimizer,
                                      input_position=input_position)
-    writer = _CheckpointWriter(checkpoint, config.model_dir, config.keep_checkpoints, role)
+    if latest:
+        _restore(checkpoint, latest, input_position, optimizer)
+        log(f"Resumed from {latest} at step {int(optimizer.iterations.numpy())}")
+        if role.is_chief:
+            write_run_settings(run_config, changed, int(optimizer.iterations.numpy()))
+    if role.is_chief:
+        write_json(path_in(config.model_dir, INPUT_STATISTICS_FILE), input_statistics)
+    writer = _CheckpointWriter(checkpoint, config.model_dir, config.keep_checkpoints, role,
+                               latest)
     evaluation = None
-    try:
-        initial_eval_path = path_in(config.model_dir, RANDOM_INIT_EVAL_FILE)
-        latest = writer.latest
-        if latest:
-            checkpoint.restore(latest).assert_existing_objects_matched()
-            if not any(name.startswith("input_position")
-                       for name, _ in tf.train.list_variables(latest)):
-                # Written before the input position was saved: no skipped steps then.
-                input_position.assign(tf.cast(optimizer.iterations, tf.int64))
-            log(f"Resumed from {latest} at step {int(optimizer.iterations.numpy())}")
-        elif config.evaluate and source.has_arrays and role.is_chief:
-            # The same networks at their initialisation: the baseline to beat (with
-            # init_weights, the file's encoder under random heads; keys stay random_init_).
-            log("Evaluating the networks at their initialisation" +
-                (" (encoder from init_weights)" if config.init_weights else " (random)"))
-            write_json(initial_eval_path, evaluate_method(
-                method, source, input_statistics, config, prefix="random_init_"))
+    initial_eval_path = path_in(config.model_dir, RANDOM_INIT_EVAL_FILE)
+    stopping = stop_requested or (lambda: False)
+    if evaluates and role.is_chief and int(optimizer.iterations.numpy()) == 0 and \
+            not os.path.exists(initial_eval_path) and not stopping():
+        # The same networks at their initialisation: the baseline to beat (with
+        # init_weights, the file's encoder under random heads; keys stay random_init_).
+        log("Evaluating the networks at their initialisation" +
+            (" (encoder from init_weights)" if config.init_weights else " (random)"))
+        write_json(initial_eval_path, evaluate_method(
+            method, source, input_statistics, config, prefix="random_init_"))
 
-        if role.is_chief:
-            evaluation = _training_evaluation(config, method, source, input_statistics,
-                                              int(optimizer.iterations.numpy()), log)
-        augmenter = view_augmenter(config, image_size)
-        use_view_stage(config, method, augmenter)
-        start_batch = int(input_position.numpy())
-        dataset = strategy.distribute_datasets_from_function(
-            lambda context: make_pretrain_dataset(
-                source, input_augmentation(config, augmenter), config.batch_size, context,
-                seed=config.seed, start_batch=start_batch))
-        summaries = _summary_writer(config, role)
-        code_histogram = None
-        if role.is_chief:
-            code_histogram = CodeHistogram(method, image_size,
-                                           first_training_images(source, PROBE_SIZE))
-            if int(optimizer.iterations.numpy()) == 0:
-                # A new run: what it starts from (resumed runs wrote these already).
-                with summaries.as_default(step=0):
-                    # The whole augmenter: with augment_on="device" too, these are the views
-                    # the step makes (the same numbers, tests/test_data.py).
-                    write_view_pairs(source, augmenter, config.batch_size, config.seed)
-                    code_histogram.write()
+    if role.is_chief:
+        evaluation = _training_evaluation(config, method, source, input_statistics,
+                                          int(optimizer.iterations.numpy()), log)
+    augmenter = view_augmenter(config, image_size)
+    use_view_stage(config, method, augmenter)
+    start_batch = int(input_position.numpy())
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: make_pretrain_dataset(
+            source, input_augmentation(config, augmenter), config.batch_size, context,
+            seed=config.seed, start_batch=start_batch))
+    summaries = _summary_writer(config, role)
+    code_histogram = None
+    if role.is_chief:
+        code_histogram = CodeHistogram(method, image_size,
+                                       first_training_images(source, PROBE_SIZE))
+        if int(optimizer.iterations.numpy()) == 0:
+            # A new run: what it starts from (resumed runs wrote these already).
+            with summaries.as_default(step=0):
+                # The whole augmenter: with augment_on="device" too, these are the views
+                # the step makes (the same numbers, tests/test_data.py).
+                write_view_pairs(source, augmenter, config.batch_size, config.seed)
+                code_histogram.write()
 
-        log(f"{config.method} on {config.dataset}: encoder {config.encoder}, {replicas} "
-            f"replica(s), global batch {config.batch_size}, {total_steps} steps "
-            f"({steps_per_epoch}/epoch), {config.optimizer}, peak lr {peak_lr:g}, warm-up "
-            f"{warmup_steps} steps, {config.lr_schedule}")
+    log(f"{config.method} on {config.dataset}: encoder {config.encoder}, {replicas} "
+        f"replica(s), global batch {config.batch_size}, {total_steps} steps "
+        f"({steps_per_epoch}/epoch), {config.optimizer}, peak lr {peak_lr:g}, warm-up "
+        f"{warmup_steps} steps, {config.lr_schedule}")
 
-        metrics, train_seconds = _train_loop(
-            config, strategy, method, optimizer, dataset, writer, input_position,
-            total_steps, log, stop_requested or (lambda: False), summaries, code_histogram,
-            # Every worker stops at the evaluation steps; only the chief evaluates.
-            eval_every_steps=config.eval_every_steps if source.has_arrays else 0,
-            on_eval=evaluation if evaluation is not None and evaluation.monitor else None)
-    finally:
-        writer.close()
+    metrics, train_seconds = _train_loop(
+        config, strategy, method, optimizer, dataset, writer, input_position,
+        total_steps, log, stopping, summaries, code_histogram,
+        # Every worker stops at the evaluation steps; only the chief evaluates.
+        eval_every_steps=config.eval_every_steps if source.has_arrays else 0,
+        on_eval=evaluation if evaluation is not None and evaluation.monitor else None)
 
+    results_path = path_in(config.model_dir, RESULTS_FILE)
+    if not metrics and os.path.exists(results_path):
+        # Nothing trained in this session (it resumed at the last step, e.g. to evaluate):
+        # the last step's metrics are those the earlier session recorded.
+        metrics = read_run_json(config.model_dir, RESULTS_FILE).get("final_metrics", {})
     results = {"method": config.method, "dataset": config.dataset,
                "encoder": config.encoder, "steps": int(optimizer.iterations.numpy()),
+               "total_steps": total_steps, "evaluated": False,
                "train_seconds_this_session": round(train_seconds, 2),
                "num_skipped_images": source.num_skipped,
                "final_metrics": metrics}
@@ -526,8 +576,11 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
         return results
     if evaluation.monitor is not None or evaluation.entries:
         results["trajectory"] = evaluation.entries
-    if config.evaluate and source.has_arrays:
-        if stop_requested is not None and stop_requested():
+    # Written before the final evaluation too, so that a session that dies in it keeps the
+    # training's results and the same command only evaluates.
+    write_json(results_path, results)
+    if evaluates:
+        if stopping():
             raise TrainingInterrupted(
                 "stop requested after training, before the final evaluation; run the same "
                 "command again to evaluate", results["steps"], writer.latest)
@@ -536,11 +589,44 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
         if os.path.exists(initial_eval_path):
             results.update(read_json(initial_eval_path))
         log(summary_table(results))
+        results["evaluated"] = True
         with summaries.as_default(step=results["steps"]):
             write_final_metrics(results)
         summaries.flush()
-    write_json(path_in(config.model_dir, RESULTS_FILE), results)
+        write_json(results_path, results)
     return results
+
+
+def _finished_results(model_dir, latest, total_steps, evaluates):
+    """The stored results (results.json) of a run in `model_dir` that has done all that a
+    run of `total_steps` steps asks, evaluation included when `evaluates`: written at the
+    step of its newest intact checkpoint `latest`, that step being `total_steps`. Else
+    None (there is training or evaluation left to do, or no flags.json to say that these
+    results are of this run's settings)."""
+    if latest is None or not all(os.path.exists(path_in(model_dir, name))
+                                 for name in (RESULTS_FILE, FLAGS_FILE)):
+        return None
+    results = read_run_json(model_dir, RESULTS_FILE)
+    done = results.get("steps") == checkpoint_step(latest) == total_steps
+    # Results of earlier versions have no "evaluated": their metrics tell.
+    evaluated = results.get("evaluated", any(name in results for name in SUMMARY_METRICS))
+    return results if done and (evaluated or not evaluates) else None
+
+
+def _restore(checkpoint, path, input_position, optimizer):
+    """Restores the run's state from the checkpoint `path`; ConfigError naming model_dir
+    when its variables do not match the networks these settings build (a flags.json
+    edited by hand or lost, a checkpoint copied from another run)."""
+    try:
+        checkpoint.restore(path).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise ConfigError("model_dir", f"checkpoint {path} does not match the networks of "
+                          f"this run's settings ({error_reason(error)});"
+                          " use the settings it was written with, or a new model_dir"
+                          ) from None
+    if not any(name.startswith("input_position") for name, _ in tf.train.list_variables(path)):
+        # Written before the input position was saved: no skipped steps then.
+        input_position.assign(tf.cast(optimizer.iterations, tf.int64))
 
 
 def _all_finite(variables):

@@ -1,6 +1,7 @@
-"""Exact resume: a run killed with SIGKILL, or stopped with SIGTERM (preemption), and started
-again with the same command ends with the weights, optimizer state, momentum networks and
-queue of an uninterrupted run of the same command (NAC and NAC-MQ).
+"""Exact resume: a run killed with SIGKILL, or stopped with SIGTERM (preemption) or Ctrl-C
+(SIGINT), and started again with the same command ends with the weights, optimizer state,
+momentum networks and queue of an uninterrupted run of the same command (NAC stopped by
+SIGTERM, NAC-MQ by Ctrl-C).
 
 Integer state (steps, input position, queue pointer) must be equal. Float state is almost
 always bit-identical too, but not always: in 2 of about 20 runs on the 2-core machines
@@ -92,20 +93,24 @@ def _run(command, logs, name, signal_after=None, sig=None):
         return process.returncode, out.read(), err.read()
 
 
+STOP_SIGNALS = {"nac": signal.SIGTERM, "nac_mq": signal.SIGINT}
+
+
 def _interrupted(method, model_dir, logs):
-    """SIGKILL after the first checkpoint, SIGTERM after the next one, then to the end."""
+    """SIGKILL after the first checkpoint, the method's stop signal (STOP_SIGNALS) after
+    the next one, then to the end."""
+    stop = STOP_SIGNALS[method]
     command = _command(method, model_dir)
     code, _, err = _run(command, logs, f"{method}-1", signal_after=0, sig=signal.SIGKILL)
     assert code == -signal.SIGKILL, err
     killed_at = _latest_step(model_dir)
     assert killed_at < TOTAL_STEPS, "the run finished before SIGKILL"
 
-    code, out, err = _run(command, logs, f"{method}-2", signal_after=killed_at,
-                          sig=signal.SIGTERM)
+    code, out, err = _run(command, logs, f"{method}-2", signal_after=killed_at, sig=stop)
     assert f"Resumed from {model_dir}/checkpoints/ckpt-{killed_at} at step {killed_at}" in out
-    assert code == 128 + signal.SIGTERM, err
-    stopped = re.search(r"SIGTERM: stop requested at step (\d+)/30: checkpoint (\S+) written; "
-                        r"run the same command again to resume from it", err)
+    assert code == 128 + stop, err
+    stopped = re.search(rf"{stop.name}: stop requested at step (\d+)/30: checkpoint (\S+) "
+                        r"written; run the same command again to resume from it", err)
     assert stopped, err
     stopped_at = int(stopped.group(1))
     assert stopped.group(2) == f"{model_dir}/checkpoints/ckpt-{stopped_at}"

@@ -66,8 +66,11 @@ def main(argv):
     tf = common.import_tensorflow()
     from nac_tf.export import SIGNATURES, export_saved_model, read_export_metadata
 
-    path = export_saved_model(model_dir, export_dir, checkpoint=checkpoint,
-                              overwrite=FLAGS.overwrite)
+    try:
+        path = export_saved_model(model_dir, export_dir, checkpoint=checkpoint,
+                                  overwrite=FLAGS.overwrite)
+    except ConfigError as error:  # a damaged checkpoint, found once read
+        common.exit_with_flag_error(error)
     metadata = read_export_metadata(path)
     print(f"Exported {metadata['method']} from {metadata['checkpoint']} (training image "
           f"size {metadata['image_size']}, {metadata['code_dim']}-bit codes)")

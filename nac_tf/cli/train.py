@@ -10,14 +10,20 @@ Its flags are inlined where --config stands, so later flags override them. Flags
 into a PretrainConfig (the only place they are read), every value is validated before any
 graph is built, and the run goes to --model_dir (run the same command again to resume).
 
-Exit codes: 0 trained (and evaluated); 1 the loss or the weights became non-finite (the last
-good checkpoint is kept); 2 a flag or the data behind --data_dir is unusable (one line
-`error: --flag: ...` on stderr, no traceback); 143 (128 + SIGTERM) stopped by SIGTERM, e.g.
-on preemption, after writing a checkpoint of the current step: run the same command again
-to resume.
+Running the command of a finished run again changes nothing and prints its stored results;
+see README "Robustness" for what survives which fault.
+
+Exit codes: 0 trained (and evaluated), or finished already; 1 a fault during training: the
+loss or the weights became non-finite, or a checkpoint or result could not be written (full
+disk): the last good checkpoint is kept; 2 a flag, the data behind --data_dir or the run
+directory is unusable (one line `error: --flag: ...` on stderr, no traceback, nothing
+written); 130 (128 + SIGINT) stopped by Ctrl-C and 143 (128 + SIGTERM) stopped by SIGTERM,
+e.g. on preemption: both after writing a checkpoint of the current step (run the same
+command again to resume); a second Ctrl-C exits at once with 130, without one.
 """
 import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
@@ -191,7 +197,10 @@ _HELP = {
                         "the quickstart (digits, 2 CPU cores): 0.04-0.5 s per evaluation.",
     "eval_num_queries": "Queries (a fixed, seeded subset of the retrieval queries) of the "
                         "mAP of --eval_every_steps.",
-    "allow_flag_changes": "Resume a model_dir even if its flags.json differs.",
+    "allow_flag_changes": "Resume a model_dir whose flags.json differs in the length of "
+    "training, the learning-rate schedule, the optimizer's hyperparameters or data_dir "
+    "(config.RESUMABLE_RUN_FIELDS; recorded in flag_changes.json). Changes to the networks, "
+    "method, objective, data, views, batch, seed or precision are refused even so.",
 }
 
 
@@ -229,8 +238,36 @@ def config_from_args(args):
     return config_from_flags(flag_values)
 
 
+class _StopOnSignal:
+    """SIGTERM and Ctrl-C (SIGINT) ask the training loop to checkpoint the current step and
+    stop (`requested`, polled between steps); a second Ctrl-C exits at once."""
+
+    def __init__(self):
+        self.signal = None
+        self._event = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def requested(self):
+        return self._event.is_set()
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self._event.is_set():
+            print("Ctrl-C again: exiting at once, without a checkpoint of the current step",
+                  file=sys.stderr, flush=True)
+            os._exit(128 + signal.SIGINT)
+        self.signal = self.signal or signal.Signals(signum)
+        self._event.set()
+        if signum == signal.SIGINT:
+            print("Ctrl-C: stopping after the current step with a checkpoint (Ctrl-C again "
+                  "exits at once)", file=sys.stderr, flush=True)
+
+
 def main(argv):
     common.reject_arguments(argv)
+    # Before anything else: a stop requested while TensorFlow loads is honoured at the
+    # first step boundary, not answered with a KeyboardInterrupt traceback.
+    stop = _StopOnSignal()
     config = config_from_flags()
     # Before validate_config: checking the encoder and strategy names imports Keras, and
     # with it TensorFlow.
@@ -239,22 +276,25 @@ def main(argv):
         validate_config(config)
     except ConfigError as error:
         common.exit_with_flag_error(error)
-    from nac_tf.training import NonFiniteLossError, TrainingInterrupted, pretrain
+    from nac_tf.training import (CheckpointWriteError, NonFiniteLossError,
+                                 TrainingInterrupted, pretrain)
 
-    # SIGTERM (preemption, `kill`, a scheduler's time limit) only sets a flag: the training
-    # loop checkpoints at the end of the current step and stops cleanly.
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
-        results = pretrain(config, stop_requested=stop.is_set)
+        results = pretrain(config, stop_requested=stop.requested)
     except ConfigError as error:
         common.exit_with_flag_error(error)
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, CheckpointWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except OSError as error:  # a result or log file the disk refused (full, read-only)
+        print(f"error: cannot write {error.filename or config.model_dir} "
+              f"({error.strerror or error}); the newest checkpoint in {config.model_dir} is "
+              "intact: fix the cause and run the same command again to resume",
+              file=sys.stderr)
+        sys.exit(1)
     except TrainingInterrupted as error:
-        print(f"SIGTERM: {error}", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+        print(f"{stop.signal.name if stop.signal else 'stopped'}: {error}", file=sys.stderr)
+        sys.exit(128 + (stop.signal or signal.SIGTERM))
     print(json.dumps(results, indent=2, sort_keys=True))
 
 
