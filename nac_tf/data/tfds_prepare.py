@@ -33,7 +33,8 @@ def ensure_prepared(builder, manual_dir=None, instead=None):
     naming data_dir and what to do; `instead` (e.g. "dataset='npz' with ...") is offered as
     the other way out.
     """
-    if builder.is_prepared():
+    # is_prepared() logs a warning for a dataset folder that does not exist yet.
+    if os.path.isdir(os.fspath(builder.data_path)) and builder.is_prepared():
         return
     files = TFDS_SOURCE_FILES[builder.name]
     source_dir = _directory_holding(files, (manual_dir, _downloads(builder, "manual")))
