@@ -241,14 +241,22 @@ def check_in_range(field, value, low, high, low_open=False, high_open=False):
     return value
 
 
+# The datasets read through TFDS, and the files TFDS prepares each from, under the names TFDS
+# gives them (tests check them against its builders). When data_dir holds them, the dataset is
+# prepared from them without a download: CIFAR-10 copied by hand onto a machine without
+# internet, ImageNet always (TFDS cannot download it; data_dir is its manual directory).
+TFDS_SOURCE_FILES = {
+    "cifar10": ("cifar-10-binary.tar.gz",),
+    "imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+}
 # What data_dir must hold, for the datasets that need one.
 DATA_DIR_NEEDS = {
     "npz": "the path of the .npz archive (x_train, y_train, x_test, y_test)",
     "image_folder": "the root directory of class folders (root/<class>/<image>)",
     "flickr25k": "the directory holding mirflickr/ (im1.jpg ... im25000.jpg) and "
                  "mirflickr25k_annotations_v080/ (MIRFLICKR-25000 is not in TFDS)",
-    "imagenet2012": "the TFDS manual directory holding ILSVRC2012_img_train.tar and "
-                    "ILSVRC2012_img_val.tar",
+    "imagenet2012": "the TFDS manual directory holding "
+                    + " and ".join(TFDS_SOURCE_FILES["imagenet2012"]),
 }
 
 

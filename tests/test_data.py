@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from nac_tf.config import TFDS_SOURCE_FILES
 from nac_tf.data import catalog, pipeline, sources, splits, views
 from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter
 
@@ -183,6 +184,10 @@ def test_image_folder_source_raise_mode_names_the_file(tmp_path):
 
 def test_tfds_sources_with_mock_data(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
+    # mock_data makes download_and_prepare a no-op but not is_prepared(): with (empty) source
+    # files in data_dir the loaders go on to prepare, without trying the network first.
+    for name in TFDS_SOURCE_FILES["cifar10"] + TFDS_SOURCE_FILES["imagenet2012"]:
+        (tmp_path / name).write_bytes(b"")
     with tfds.testing.mock_data(num_examples=6):
         cifar = catalog.load_source("cifar10", data_dir=str(tmp_path))
         imagenet = sources.load_tfds_source("imagenet2012", data_dir=str(tmp_path),

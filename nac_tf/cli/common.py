@@ -142,7 +142,7 @@ def define_evaluation_data_flags(flag_values, dataset_help, image_size_help, see
 
     define("string", "saved_model", "", "SavedModel directory written by nac-export.")
     define("string", "dataset", "", dataset_help)
-    define("string", "data_dir", "", "Where the dataset is (see nac_tf.data.sources."
+    define("string", "data_dir", "", "Where the dataset is (see nac_tf.data.catalog."
            "load_source); unused for digits, optional for cifar10(_hashing).")
     define("integer", "image_size", 0, image_size_help)
     define("integer", "seed", 0, seed_help)

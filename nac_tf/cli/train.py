@@ -32,7 +32,7 @@ from absl import flags
 
 from nac_tf.cli import common
 from nac_tf.cli.configs import available_configs, expand_config_args
-from nac_tf.config import ConfigError, PretrainConfig, validate_config
+from nac_tf.config import ConfigError, PretrainConfig, TFDS_SOURCE_FILES, validate_config
 
 _HELP = {
     "method": "Pretraining method: nac, nac_mq, simclr, moco_v2 or amdim (needs an amdim_* "
@@ -42,10 +42,13 @@ _HELP = {
                "cifar10_hashing (CIFAR-10 retrieval split: trains on 500 images per class, "
                "1000 queries per class) or flickr25k (MIRFLICKR-25000 from --data_dir: trains "
                "on 5000 images, 2000 queries).",
-    "data_dir": "npz: the .npz file; image_folder: the root; imagenet2012: the TFDS manual dir; "
-                "cifar10: optional TFDS data_dir; cifar10_hashing: optional .npz archive or "
-                "TFDS data_dir; flickr25k: the dir holding mirflickr/ and "
-                "mirflickr25k_annotations_v080/.",
+    "data_dir": "npz: the .npz file; image_folder: the root; imagenet2012: the TFDS manual dir "
+                f"holding {' and '.join(TFDS_SOURCE_FILES['imagenet2012'])}; cifar10: "
+                "optional TFDS data_dir; cifar10_hashing: optional .npz archive or TFDS "
+                "data_dir; flickr25k: the dir holding mirflickr/ and "
+                "mirflickr25k_annotations_v080/. A TFDS data_dir holding "
+                f"{' and '.join(TFDS_SOURCE_FILES['cifar10'])} (copied by hand, no internet "
+                "needed) prepares CIFAR-10 from it; else TFDS downloads it.",
     "image_size": "Training resolution; 0 keeps the dataset's native size.",
     "on_corrupt": "Image files that cannot be decoded (image_folder, flickr25k): skip (left "
                   "out, counted in the log and in results.json as num_skipped_images) or "

@@ -1,7 +1,8 @@
 """Datasets, view-pair augmentation and input pipelines.
 
 - `sources`: where images come from (digits, .npz archives, image folders, TFDS) as
-  `ImageSource`s; `flickr25k`: the FLICKR-25K loader.
+  `ImageSource`s; `flickr25k`: the FLICKR-25K loader; `tfds_prepare`: preparing a TFDS
+  dataset from local files or its download, or saying in one line why it cannot be.
 - `catalog`: datasets by name (`load_source`, their resolution and input statistics).
 - `views`: `ViewPairAugmenter`, two augmented views per image (torchvision's SimCLR and
   MoCo-v2 recipes in plain TensorFlow ops).

@@ -56,6 +56,13 @@ def load_source(dataset, data_dir=None, image_size=None, seed=0, on_corrupt="ski
       too); cifar10: an optional TFDS data directory; cifar10_hashing: an optional .npz
       archive or TFDS data directory; flickr25k: the directory holding mirflickr/ and
       mirflickr25k_annotations_v080/; digits: unused.
+      A TFDS dataset (cifar10, cifar10_hashing, imagenet2012) not prepared in data_dir yet
+      is prepared there from its source files (nac_tf.config.TFDS_SOURCE_FILES) when
+      data_dir, or TFDS's manual directory data_dir/downloads/manual, holds them:
+      cifar-10-binary.tar.gz as downloaded from the CIFAR-10 site (for machines without
+      internet), ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar; else CIFAR-10 is
+      downloaded (or taken from an earlier download in data_dir/downloads). When that cannot
+      work, FileNotFoundError (ValueError for a file that is not TFDS's) says so in one line.
     image_size: size to resize to for digits, image_folder, imagenet2012 and flickr25k
       (defaults in DATASET_DEFAULTS); cifar10, cifar10_hashing and npz keep their native
       size.
@@ -71,7 +78,9 @@ def load_source(dataset, data_dir=None, image_size=None, seed=0, on_corrupt="ski
     if dataset == "digits":
         return sources.load_digits_source(image_size=size, seed=seed)
     if dataset == "cifar10":
-        return sources.load_tfds_source("cifar10", data_dir=data_dir or None)
+        return sources.load_tfds_source(
+            "cifar10", data_dir=data_dir or None, manual_dir=data_dir or None,
+            instead=f"dataset='npz' with data_dir = {DATA_DIR_NEEDS['npz']}")
     if dataset == "cifar10_hashing":
         if data_dir and not os.path.exists(data_dir):
             raise FileNotFoundError(f"data_dir={data_dir!r} does not exist; dataset "

@@ -26,11 +26,11 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from nac_tf.config import ON_CORRUPT
+from nac_tf.config import ON_CORRUPT, TFDS_SOURCE_FILES
 from nac_tf.data.splits import (class_balanced_retrieval_split, contiguous_order,
                                 stratified_split)
 
-TFDS_DATASETS = ("cifar10", "imagenet2012")
+TFDS_DATASETS = tuple(TFDS_SOURCE_FILES)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -445,26 +445,31 @@ def load_image_folder_source(root, image_size, test_fraction=0.2, seed=0, on_cor
                             num_skipped=skipped)
 
 
-def load_tfds_source(name, data_dir=None, manual_dir=None, image_size=None):
+def load_tfds_source(name, data_dir=None, manual_dir=None, image_size=None, instead=None):
     """CIFAR-10 or ImageNet-2012 through TensorFlow Datasets.
 
+    data_dir: TFDS's data directory (None: its default), where the prepared dataset is read,
+      or written first: from its source files when `manual_dir` holds them, else by TFDS's
+      download (`tfds_prepare.ensure_prepared`, which raises FileNotFoundError / ValueError
+      of one line when neither works, offering `instead` as another way).
     cifar10: materialised as arrays at its native 32×32 (`image_size` is ignored: the
-      augmenter and the evaluation pipeline resize). TFDS downloads it if `data_dir` does
-      not hold it yet.
+      augmenter and the evaluation pipeline resize).
     imagenet2012: streamed and decoded lazily; training images keep their own size (the
       views crop them at their resolution), test images are resized to `image_size`²
-      (default 224). TFDS cannot download ImageNet: `manual_dir` must hold
-      ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar; the prepared files go to
-      `data_dir`. Its test split is the 50 000-image validation set.
+      (default 224). TFDS cannot download ImageNet: `manual_dir` must hold its source files.
+      Its test split is the 50 000-image validation set.
     """
     import tensorflow_datasets as tfds
 
+    from nac_tf.data import tfds_prepare
+
     if name not in TFDS_DATASETS:
         raise ValueError(f"`name` must be one of {', '.join(TFDS_DATASETS)}; received {name!r}")
+    if data_dir and os.path.isfile(data_dir):
+        raise ValueError(f"data_dir={data_dir!r} is a file; dataset {name!r} takes a TFDS data "
+                         f"directory, or one holding {' and '.join(TFDS_SOURCE_FILES[name])}")
     builder = tfds.builder(name, data_dir=data_dir)
-    download_config = (tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir
-                       else None)
-    builder.download_and_prepare(download_config=download_config)
+    tfds_prepare.ensure_prepared(builder, manual_dir=manual_dir, instead=instead)
     label_feature = builder.info.features["label"]
     if name == "cifar10":
         (x_train, y_train), (x_test, y_test) = (
@@ -523,15 +528,17 @@ def load_cifar10_hashing_source(data_dir=None, seed=0, queries_per_class=1000,
     """`cifar10_hashing_source` on CIFAR-10 read from `data_dir`: an .npz archive with
     x_train, y_train, x_test, y_test (a local copy of the archive, for machines without
     internet; if its test images were JPEG-degraded, the pooling spreads them over
-    queries and database alike), or else a TFDS data directory (None: TFDS's
-    default; TFDS downloads CIFAR-10 if it is not there yet)."""
+    queries and database alike), or else a TFDS data directory as for `load_tfds_source`
+    (None: TFDS's default), which may hold CIFAR-10's source file instead."""
     if data_dir and os.path.isfile(data_dir):
         if not data_dir.endswith(".npz"):
             raise ValueError(f"data_dir={data_dir!r}: dataset 'cifar10_hashing' takes an .npz "
                              f"archive with keys {', '.join(NPZ_KEYS)} or a TFDS data directory")
         cifar = load_npz_source(data_dir)
     else:
-        cifar = load_tfds_source("cifar10", data_dir=data_dir or None)
+        cifar = load_tfds_source(
+            "cifar10", data_dir=data_dir or None, manual_dir=data_dir or None,
+            instead=f"data_dir = an .npz archive with keys {', '.join(NPZ_KEYS)}")
     return cifar10_hashing_source(cifar.train_images, cifar.train_labels, cifar.test_images,
                                   cifar.test_labels, seed=seed,
                                   queries_per_class=queries_per_class,
