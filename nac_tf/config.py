@@ -11,7 +11,9 @@ its list from here (and tests check the two agree). It imports neither TensorFlo
 so a command line can validate its settings before paying for them.
 """
 import dataclasses
+import errno
 import os
+import stat
 from typing import Optional, Tuple
 
 METHODS = ("nac", "nac_mq", "simclr", "moco_v2", "amdim")  # nac_tf.methods.METHOD_CLASSES
@@ -241,15 +243,82 @@ DATA_DIR_NEEDS = {
 }
 
 
+def _os_reason(error, path):
+    """The OS's reason of `error` (an OSError without Python's "[Errno N]", naming the file
+    when it is not `path`), or the first line of any other error or text."""
+    strerror = getattr(error, "strerror", None)
+    if not strerror:
+        lines = (getattr(error, "message", None) or str(error)).strip().splitlines()
+        return lines[0] if lines else type(error).__name__
+    filename = getattr(error, "filename", None)
+    return strerror if filename in (None, path) else f"{strerror}: {filename!r}"
+
+
+def cannot_read(path, error):
+    """The words for `error` met reading `path`: "cannot read 'path' (<the OS's reason>)"."""
+    return f"cannot read {path!r} ({_os_reason(error, path)})"
+
+
+def cannot_write(path, error):
+    """The words for `error` (or a reason, as text) met writing `path`: "cannot write 'path'
+    (<the OS's reason>)"."""
+    return f"cannot write {path!r} ({_os_reason(error, path)})"
+
+
+def read_problem(path):
+    """Why `path` cannot be read, or None: "'path' does not exist", or `cannot_read`'s words
+    (a file is opened, a directory listed and checked for search permission; nothing read).
+
+    os.path.exists alone says False also for a path it may not look up (a parent without
+    search permission), which would blame a path that is there."""
+    try:
+        if os.path.isdir(path):
+            os.listdir(path)
+            if not os.access(path, os.X_OK):  # listed, but its entries cannot be opened
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        else:
+            # O_NONBLOCK: a FIFO would otherwise block until a writer appears.
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except FileNotFoundError:
+        return f"{path!r} does not exist"
+    except OSError as error:
+        return cannot_read(path, error)
+    return None
+
+
+def write_problem(path):
+    """Why `path` (a file or directory to create, or to replace) cannot be written, in
+    `cannot_write`'s words, or None: its nearest existing ancestor directory must let this
+    process create entries (missing directories in between are created by the writer).
+    Nothing is written."""
+    path = os.path.abspath(path)
+    existing = os.path.dirname(path)
+    while True:
+        try:
+            mode = os.stat(existing).st_mode
+            break
+        except OSError:  # missing, below a file, or not searchable: ask its parent
+            existing = os.path.dirname(existing)
+    if not stat.S_ISDIR(mode):
+        code = errno.ENOTDIR
+    elif os.access(existing, os.W_OK | os.X_OK):
+        return None
+    else:
+        code = errno.EROFS if os.statvfs(existing).f_flag & os.ST_RDONLY else errno.EACCES
+    return cannot_write(path, OSError(code, os.strerror(code), existing))
+
+
 def validate_data_settings(dataset, data_dir):
     """ConfigError for an unknown `dataset` or a `data_dir` it cannot use (no I/O beyond
-    existence checks, no TensorFlow: the evaluation commands call it before importing it)."""
+    checking that it can be read, no TensorFlow: the evaluation commands call it before
+    importing it)."""
     _one_of("dataset", dataset, DATASETS)
     needs = DATA_DIR_NEEDS.get(dataset)
     if needs and not data_dir:
         raise ConfigError("data_dir", f"dataset={dataset!r} needs a data_dir: {needs}")
-    if data_dir and not os.path.exists(data_dir):
-        raise ConfigError("data_dir", f"{data_dir!r} does not exist")
+    problem = read_problem(data_dir) if data_dir else None
+    if problem:
+        raise ConfigError("data_dir", problem)
     if dataset == "npz" and not os.path.isfile(data_dir):
         raise ConfigError("data_dir", f"dataset='npz' needs a .npz file ({needs}); "
                           f"{data_dir!r} is not a file")

@@ -36,12 +36,14 @@ Wrong inputs, as observed with TensorFlow 2.21:
 """
 import json
 import os
+import re
 import shutil
 import tempfile
 
 import numpy as np
 import tensorflow as tf
 
+from nac_tf.config import ConfigError, cannot_write
 from nac_tf.data.pipeline import evaluation_images
 from nac_tf.run_directory import (check_export_dir, latest_checkpoint, read_run_config,
                                   restore_pretrained_method)
@@ -188,20 +190,25 @@ def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
     Refuses a non-empty `export_dir` unless `overwrite`; even then only a previous
     SavedModel is replaced, never another directory. The export is written beside
     `export_dir` first and moved into place, so a failure leaves no half-written export.
-    Returns the export path.
+    Returns the export path. ConfigError("checkpoint") for a checkpoint that does not fit
+    the run or cannot be read, ConfigError("export_dir") when the export cannot be written.
     """
     export_dir = os.path.abspath(export_dir)
     check_export_dir(export_dir, overwrite)
     _, statistics = read_run_config(model_dir)
-    _, method = restore_pretrained_method(model_dir, checkpoint)
+    path = checkpoint or latest_checkpoint(model_dir)
+    method = _restored_method(model_dir, path)
     module = build_export_module(method, statistics["image_size"], statistics)
 
     parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    except OSError as error:  # e.g. the directory became read-only since the check
+        raise ConfigError("export_dir", cannot_write(export_dir, error)) from None
     try:
         metadata = dict(module.metadata, model_dir=os.path.abspath(model_dir),
-                        checkpoint=os.path.abspath(checkpoint or latest_checkpoint(model_dir)))
+                        checkpoint=os.path.abspath(path))
         metadata_path = os.path.join(staging, METADATA_FILE)
         with open(metadata_path, "w") as f:
             json.dump(metadata, f, indent=2, sort_keys=True)
@@ -212,9 +219,67 @@ def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
         if os.path.exists(export_dir):
             shutil.rmtree(export_dir)  # empty, or a SavedModel when overwrite (checked above)
         os.replace(saved, export_dir)
+    except (OSError, tf.errors.OpError) as error:  # a full disk, a quota, ...
+        raise ConfigError("export_dir", cannot_write(export_dir, _write_cause(error))) \
+            from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return export_dir
+
+
+def _restored_method(model_dir, checkpoint):
+    """`restore_pretrained_method`, with ConfigError("checkpoint") when the checkpoint does
+    not fit the run or cannot be read.
+
+    What TensorFlow 2.21 raises there: a variable of another shape (a run with another
+    code_dim or encoder), ValueError "Received incompatible tensor with shape ..."; a
+    damaged file, tf.errors.OpError (DataLossError for the .index) or IndexError ("Read less
+    bytes than requested", a truncated .data file). Variables the checkpoint lacks raise
+    nothing (the restore is partial, the optimizer's slots being left out on purpose), so
+    the exported networks are checked again, strictly: without that, a checkpoint of
+    something else would export randomly initialised weights.
+    """
+    def refuse(error, words):
+        return ConfigError("checkpoint", f"{checkpoint!r} {words} ({_first_sentence(error)})")
+
+    try:
+        _, method = restore_pretrained_method(model_dir, checkpoint)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise refuse(error, f"does not match the run in model_dir {model_dir!r}") from None
+    except (IndexError, tf.errors.OpError) as error:
+        raise refuse(error, "cannot be read") from None
+    networks = {"encoder": method.encoder}
+    if getattr(method, "projection_head", None) is not None:
+        networks["projection_head"] = method.projection_head
+    # The same object path as in the run's checkpoints: method/encoder/...
+    status = tf.train.Checkpoint(method=tf.train.Checkpoint(**networks)).restore(checkpoint)
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        raise refuse(error, f"does not match the run in model_dir {model_dir!r}") from None
+    return method
+
+
+def _write_cause(error):
+    """Why writing the export failed, without the path of the staging file (removed by
+    then): an OSError's reason, or TensorFlow's (its messages read "{{function_node ...}}
+    <file>; File too large [Op:SaveV2]")."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]\s*$", "", error.message)
+    return message.strip().splitlines()[0].rpartition("; ")[2] if message.strip() \
+        else type(error).__name__
+
+
+def _first_sentence(error, limit=200):
+    """The first sentence of `error`'s message, at most `limit` characters: TensorFlow's
+    checkpoint errors go on to list every unmatched object with its values."""
+    text = (getattr(error, "message", None) or str(error)).strip()
+    sentence = text.splitlines()[0].split(". ")[0].rstrip(".") if text \
+        else type(error).__name__
+    return sentence if len(sentence) <= limit else sentence[:limit - 3] + "..."
 
 
 def read_export_metadata(export_dir):

@@ -19,7 +19,8 @@ import dataclasses
 import json
 import os
 
-from nac_tf.config import RUN_DEFINING_FIELDS, ConfigError, PretrainConfig
+from nac_tf.config import (RUN_DEFINING_FIELDS, ConfigError, PretrainConfig,
+                           write_problem)
 
 FLAGS_FILE = "flags.json"
 INPUT_STATISTICS_FILE = "input_statistics.json"
@@ -121,7 +122,11 @@ def read_trajectory(model_dir, up_to_step=None):
 
 
 def check_export_dir(export_dir, overwrite=False):
-    """Raises FileExistsError if exporting to `export_dir` would clobber something."""
+    """Raises ConfigError("export_dir") if the export could not be written there (e.g. a
+    parent is a file, or not writable), FileExistsError if it would clobber something."""
+    problem = write_problem(export_dir)
+    if problem:
+        raise ConfigError("export_dir", problem)
     if not os.path.exists(export_dir):
         return
     if not os.path.isdir(export_dir):
