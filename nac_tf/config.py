@@ -14,6 +14,8 @@ import dataclasses
 import os
 from typing import Optional, Tuple
 
+from nac_tf.errors import read_problem
+
 METHODS = ("nac", "nac_mq", "simclr", "moco_v2", "amdim")  # nac_tf.methods.METHOD_CLASSES
 DATASETS = ("digits", "cifar10", "imagenet2012", "npz", "image_folder", "cifar10_hashing",
             "flickr25k")  # loaders: nac_tf.data.catalog.load_source
@@ -262,13 +264,15 @@ DATA_DIR_NEEDS = {
 
 def validate_data_settings(dataset, data_dir):
     """ConfigError for an unknown `dataset` or a `data_dir` it cannot use (no I/O beyond
-    existence checks, no TensorFlow: the evaluation commands call it before importing it)."""
+    checking that it can be read, no TensorFlow: the evaluation commands call it before
+    importing it)."""
     _one_of("dataset", dataset, DATASETS)
     needs = DATA_DIR_NEEDS.get(dataset)
     if needs and not data_dir:
         raise ConfigError("data_dir", f"dataset={dataset!r} needs a data_dir: {needs}")
-    if data_dir and not os.path.exists(data_dir):
-        raise ConfigError("data_dir", f"{data_dir!r} does not exist")
+    problem = read_problem(data_dir) if data_dir else None
+    if problem:
+        raise ConfigError("data_dir", problem)
     if dataset == "npz" and not os.path.isfile(data_dir):
         raise ConfigError("data_dir", f"dataset='npz' needs a .npz file ({needs}); "
                           f"{data_dir!r} is not a file")

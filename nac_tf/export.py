@@ -42,6 +42,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from nac_tf.config import ConfigError
+from nac_tf.errors import cannot_write, failure_cause
 from nac_tf.data.pipeline import evaluation_images
 from nac_tf.run_directory import (check_export_dir, intact_checkpoint, read_run_config,
                                   restore_pretrained_method)
@@ -189,7 +191,8 @@ def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
     Refuses a non-empty `export_dir` unless `overwrite`; even then only a previous
     SavedModel is replaced, never another directory. The export is written beside
     `export_dir` first and moved into place, so a failure leaves no half-written export.
-    Returns the export path.
+    Returns the export path. ConfigError("checkpoint") for a checkpoint that does not fit
+    the run or cannot be read, ConfigError("export_dir") when the export cannot be written.
     """
     export_dir = os.path.abspath(export_dir)
     check_export_dir(export_dir, overwrite)
@@ -201,8 +204,11 @@ def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
     module = build_export_module(method, statistics["image_size"], statistics)
 
     parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    except OSError as error:  # e.g. the directory became read-only since the check
+        raise ConfigError("export_dir", cannot_write(export_dir, error)) from None
     try:
         metadata = dict(module.metadata, model_dir=os.path.abspath(model_dir),
                         checkpoint=os.path.abspath(checkpoint))
@@ -216,6 +222,9 @@ def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
         if os.path.exists(export_dir):
             shutil.rmtree(export_dir)  # empty, or a SavedModel when overwrite (checked above)
         os.replace(saved, export_dir)
+    except (OSError, tf.errors.OpError) as error:  # a full disk, a quota, ...
+        raise ConfigError("export_dir", cannot_write(export_dir, failure_cause(error))) \
+            from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return export_dir

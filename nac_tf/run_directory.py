@@ -32,6 +32,7 @@ import shutil
 
 from nac_tf.config import (FIXED_RUN_FIELDS, RESUMABLE_RUN_FIELDS, ConfigError,
                            PretrainConfig)
+from nac_tf.errors import cannot_write, error_reason, write_problem
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +75,6 @@ def write_json(path, payload):
 def read_json(path):
     with open(path) as f:
         return json.load(f)
-
-
-def error_reason(error):
-    """What went wrong in `error`, in one short line: an OSError's strerror, else the first
-    line of its message without TensorFlow's op decorations ("{{function_node ...}} path;
-    No space left on device [Op:SaveV2]" -> "path; No space left on device")."""
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    text = re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]$", "", text)
-    return text[:200]
 
 
 def read_run_json(model_dir, name):
@@ -152,8 +142,7 @@ def write_run_settings(config: PretrainConfig, changed=None, step=0):
             write_json(history_path, history)
         write_json(path, config.to_dict())
     except OSError as error:
-        raise ConfigError("model_dir", f"cannot write {error.filename or path} "
-                          f"({error_reason(error)})") from None
+        raise ConfigError("model_dir", cannot_write(error.filename or path, error)) from None
 
 
 def prepare_run_directory(config: PretrainConfig, write=True):
@@ -324,7 +313,11 @@ def read_trajectory(model_dir, up_to_step=None):
 
 
 def check_export_dir(export_dir, overwrite=False):
-    """Raises FileExistsError if exporting to `export_dir` would clobber something."""
+    """Raises ConfigError("export_dir") if the export could not be written there (e.g. a
+    parent is a file, or not writable), FileExistsError if it would clobber something."""
+    problem = write_problem(export_dir)
+    if problem:
+        raise ConfigError("export_dir", problem)
     if not os.path.exists(export_dir):
         return
     if not os.path.isdir(export_dir):
@@ -341,7 +334,14 @@ def check_export_dir(export_dir, overwrite=False):
 
 def restore_pretrained_method(model_dir, checkpoint=None):
     """(PretrainConfig, method) of a run directory, the method with the weights of its
-    newest intact (or the given) checkpoint (`intact_checkpoint`)."""
+    newest intact (or the given) checkpoint (`intact_checkpoint`).
+
+    ConfigError naming `checkpoint` (or model_dir, for the run's own) when the checkpoint
+    does not hold this run's networks: a variable of another shape (another code_dim or
+    encoder) or one it lacks. The optimizer's slots are left out on purpose, so the restore
+    is partial; the encoder and head are then checked again, strictly: without that, a
+    checkpoint of something else would leave them randomly initialised, silently.
+    """
     import tensorflow as tf
 
     from nac_tf.methods.from_config import method_from_config
@@ -351,6 +351,16 @@ def restore_pretrained_method(model_dir, checkpoint=None):
     if path is None:
         raise FileNotFoundError(f"{model_dir!r} has no checkpoint in {CHECKPOINT_DIR}/")
     method = method_from_config(config, statistics)
-    # expect_partial: the optimizer slots in the checkpoint are not needed here.
-    tf.train.Checkpoint(method=method).restore(path).expect_partial()
+    networks = {"encoder": method.encoder}
+    if getattr(method, "projection_head", None) is not None:
+        networks["projection_head"] = method.projection_head
+    try:
+        tf.train.Checkpoint(method=method).restore(path).expect_partial()
+        # The same object path as in the run's checkpoints: method/encoder/...
+        tf.train.Checkpoint(method=tf.train.Checkpoint(**networks)).restore(
+            path).assert_existing_objects_matched()
+    except (AssertionError, ValueError) as error:
+        raise ConfigError("checkpoint" if checkpoint else "model_dir",
+                          f"{path!r} does not match the run in model_dir {model_dir!r} "
+                          f"({error_reason(error)})") from None
     return config, method

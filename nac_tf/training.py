@@ -52,11 +52,12 @@ from nac_tf.methods.from_config import method_from_config
 from nac_tf.models import encoder_input_statistics
 from nac_tf.optim import (LARS, AdamL2, WarmupCosineSchedule, WarmupStepSchedule,
                           lars_rule_arguments, scaled_learning_rate)
+from nac_tf.errors import error_reason, failure_cause
 from nac_tf.precision import resolve_precision
 from nac_tf.run_directory import (
     CHECKPOINT_DIR, FLAGS_FILE, INPUT_STATISTICS_FILE, RANDOM_INIT_EVAL_FILE, RESULTS_FILE,
     TENSORBOARD_DIR, TRAJECTORY_FILE, check_run_directory, checkpoint_step, checkpoint_steps,
-    error_reason, intact_checkpoint, latest_checkpoint, path_in, read_json, read_run_json,
+    intact_checkpoint, latest_checkpoint, path_in, read_json, read_run_json,
     read_trajectory, remove_partial_checkpoints, write_checkpoint_state, write_json,
     write_run_settings)
 from nac_tf.summaries import (PROBE_SIZE, CodeHistogram, write_final_metrics,
@@ -410,8 +411,7 @@ class _CheckpointWriter:
                 if name.startswith(f"ckpt-{step}.") or name == f"ckpt-{step}_temp":
                     path = os.path.join(self.directory, name)
                     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-            # TensorFlow's reason is "<file>; <cause>": the cause is what the user needs.
-            cause = error_reason(error).rsplit("; ", 1)[-1]
+            cause = failure_cause(error)
             raise CheckpointWriteError(
                 f"could not write the checkpoint of step {step} to {self.directory} "
                 f"({cause}); the newest checkpoint is "

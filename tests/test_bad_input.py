@@ -1,23 +1,90 @@
 """Bad data and numerics: a non-finite loss stops the run and keeps the last good checkpoint;
-corrupt images are skipped and counted or stop the run (--on_corrupt); broken .npz archives
-and unreadable images stop the CLI with exit code 2 and one line naming the file."""
+corrupt images are skipped and counted or stop the run (--on_corrupt); broken, empty or
+unreadable .npz archives, unreadable folders and unreadable images stop the CLI with exit
+code 2 and one line naming the file (and the key of an archive, or the OS's reason).
+
+Root reads every file whatever its mode, and the tests run as root: permission cases run
+their command through `unprivileged`, which drops the capabilities that let root bypass file
+permissions (a real permission check, no mocking). Dropping to another user is not an
+option here: the interpreter lives under /root (mode 0700)."""
 import functools
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from nac_tf.config import ConfigError
+from nac_tf.errors import read_problem
 from nac_tf.data import flickr25k
+from nac_tf.data.sources import ArrayImageSource, load_npz_source
 from nac_tf.training import NonFiniteLossError, pretrain
 
 from test_training import _tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Runs `python ARGS...` without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH (prctl
+# PR_CAPBSET_DROP, then exec: a root process keeps only its bounding set's capabilities
+# across exec), so even root meets file permissions.
+_DROP_FILE_OVERRIDES = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    if libc.prctl(24, capability, 0, 0, 0):  # PR_CAPBSET_DROP
+        sys.exit("cannot drop capability %d: %s" % (capability,
+                                                    os.strerror(ctypes.get_errno())))
+os.execv(sys.executable, [sys.executable] + sys.argv[1:])
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _file_permission_problem():
+    """Why `unprivileged` cannot work here, or None: a mode-000 file must be unreadable."""
+    with tempfile.NamedTemporaryFile() as file:
+        os.chmod(file.name, 0)
+        probe = subprocess.run(
+            [sys.executable, "-c", _DROP_FILE_OVERRIDES, "-c", f"open({file.name!r})"],
+            capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0 and "PermissionError" in probe.stderr:
+        return None
+    return f"file permissions do not apply to a child process: {probe.stderr[-500:]}"
+
+
+def unprivileged(args):
+    """The command `python *args`, run so that file permissions apply to it (root drops
+    its overrides first, `_DROP_FILE_OVERRIDES`); skips the test where that fails."""
+    if os.geteuid() != 0:
+        return [sys.executable, *args]
+    problem = _file_permission_problem()
+    if problem:
+        pytest.skip(problem)
+    return [sys.executable, "-c", _DROP_FILE_OVERRIDES, *args]
+
+
+def _run_concurrently(commands, timeout=240, **kwargs):
+    """{name: (exit code, stderr)} of the commands {name: argv}, run at once."""
+    processes = {name: subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, **kwargs)
+                 for name, command in commands.items()}
+    results = {}
+    try:
+        for name, process in processes.items():
+            _, stderr = process.communicate(timeout=timeout)
+            results[name] = (process.returncode, stderr)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return results
+
+
+def _error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
 
 
 def _checkpoint_steps(model_dir):
@@ -178,3 +245,83 @@ def test_cli_stops_bad_data_and_non_finite_loss_with_one_clear_line(tmp_path):
     assert ("error: loss is nan at step" in stderr
             or "error: the weights became non-finite" in stderr), stderr
     assert "the last good checkpoint is" in stderr
+
+
+# ============================================================================ bad archives
+def test_npz_loader_names_the_key_that_holds_no_images_or_a_bad_label(tmp_path):
+    images = np.zeros((6, 8, 8), np.uint8)
+    labels = np.arange(6) % 2
+    good = dict(x_train=images, y_train=labels, x_test=images, y_test=labels)
+    cases = {
+        "x_train holds no images": dict(good, x_train=images[:0], y_train=labels[:0]),
+        # Every evaluation scores x_test: an empty one would fail after the training.
+        "x_test holds no images": dict(good, x_test=images[:0], y_test=labels[:0]),
+        "y_train holds class id -1; class ids must be >= 0": dict(
+            good, y_train=np.where(labels == 1, -1, 0)),
+        "y_test holds class id 2, but key class_names names 2 classes (ids 0..1)": dict(
+            good, y_test=labels * 2, class_names=np.array(["cat", "dog"])),
+    }
+    for expected, arrays in cases.items():
+        path = _write_npz(tmp_path / "archive.npz", **arrays)
+        with pytest.raises(ValueError) as error:
+            load_npz_source(path)
+        assert str(error.value).startswith(f"{path}: key {expected}"), str(error.value)
+    with pytest.raises(ValueError, match=r"^cannot read '.*' \(Is a directory\)$"):
+        load_npz_source(str(tmp_path))
+    # The trainer reports the archive, not the batch size that an empty split cannot fill.
+    path = _write_npz(tmp_path / "empty.npz", **cases["x_train holds no images"])
+    with pytest.raises(ConfigError) as error:
+        pretrain(_tiny(tmp_path, dataset="npz", data_dir=path), log=lambda *_: None)
+    assert error.value.field == "data_dir" and "key x_train holds no images" in str(error.value)
+    # Class ids of a source with a given class count must be below it.
+    with pytest.raises(ValueError, match=r"^test_labels holds class id 3; with num_classes=2 "
+                                         r"class ids must be < 2$"):
+        ArrayImageSource("s", images, labels, images, labels + 2, num_classes=2)
+
+
+def test_read_problem_says_why_a_path_cannot_be_read(tmp_path):
+    file = tmp_path / "file"
+    file.write_bytes(b"")
+    assert read_problem(str(file)) is None and read_problem(str(tmp_path)) is None
+    assert read_problem(str(tmp_path / "none")) == f"{str(tmp_path / 'none')!r} does not exist"
+    # Below a regular file: there, but not a directory (root meets this one too).
+    below = str(file / "x.npz")
+    assert read_problem(below) == f"cannot read {below!r} (Not a directory)"
+
+
+def test_cli_says_which_file_it_cannot_read_and_why(tmp_path):
+    images = np.zeros((16, 8, 8), np.uint8)
+    labels = np.arange(16) % 2
+    arrays = dict(x_train=images, y_train=labels, x_test=images, y_test=labels)
+    locked = _write_npz(tmp_path / "locked.npz", **arrays)
+    os.chmod(locked, 0)
+    os.makedirs(tmp_path / "hidden")
+    hidden = _write_npz(tmp_path / "hidden" / "in.npz", **arrays)
+    os.chmod(tmp_path / "hidden", 0o600)  # listable, but no file in it can be opened
+    folder = _write_image_folder(str(tmp_path / "folder"))
+    os.chmod(os.path.join(folder, "dogs"), 0)
+    flickr = _write_flickr(str(tmp_path / "flickr"), corrupt=())
+    animals = os.path.join(flickr, flickr25k.ANNOTATION_DIR, "animals.txt")
+    os.chmod(animals, 0)
+    base = ["-m", "nac_tf.train", "--method=nac", "--encoder=small_cnn", "--image_size=8",
+            "--batch_size=8", "--train_steps=1", "--code_dim=16", "--head_hidden_dim=32",
+            "--evaluate=false", "--flip=false", "--jitter_prob=0", "--grayscale_prob=0"]
+    runs = {
+        "locked": (["--dataset=npz", f"--data_dir={locked}"], f"{locked!r}"),
+        "hidden": (["--dataset=npz", f"--data_dir={hidden}"], f"{hidden!r}"),
+        "folder": (["--dataset=image_folder", f"--data_dir={folder}"],
+                   repr(os.path.join(folder, "dogs"))),
+        "flickr": (["--dataset=flickr25k", f"--data_dir={flickr}"], repr(animals)),
+    }
+    results = _run_concurrently({
+        name: unprivileged([*base, *extra, f"--model_dir={tmp_path / ('run_' + name)}"])
+        for name, (extra, _) in runs.items()})
+    for name, (_, path) in runs.items():
+        code, stderr = results[name]
+        assert code == 2 and "Traceback" not in stderr, (name, stderr[-3000:])
+        assert _error_lines(stderr) == [f"error: --data_dir: cannot read {path} "
+                                        "(Permission denied)"], (name, stderr[-3000:])
+    # The up-front checks stop these two before anything is written (the other two fail
+    # while loading, after the trainer has written flags.json).
+    assert not os.path.exists(tmp_path / "run_locked")
+    assert not os.path.exists(tmp_path / "run_hidden")

@@ -26,6 +26,8 @@ from nac_tf.export import (METADATA_FILE, export_saved_model, load_exported_mode
                            read_export_metadata)
 from nac_tf.training import pretrain
 
+from test_bad_input import _error_lines, _run_concurrently, unprivileged
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINEAR_EVAL = "nac_tf.cli.linear_eval"
 HASH_RETRIEVAL = "nac_tf.cli.hash_retrieval"
@@ -326,6 +328,15 @@ BAD_FLAGS = {
                                           "digits"], "unexpected arguments 'digits'"),
     "missing flagfile": (LINEAR_EVAL, ["--flagfile={tmp}/none.flags"],
                          "--flagfile: '{tmp}/none.flags' is not a file"),
+    # bare/saved_model.pb is a regular file: nothing can be written below it.
+    "output below a file": (LINEAR_EVAL, ["--saved_model={export}", "--dataset=digits",
+                                          "--output={tmp}/bare/saved_model.pb/report.json"],
+                            "--output: cannot write '{tmp}/bare/saved_model.pb/report.json' "
+                            "(Not a directory: '{tmp}/bare/saved_model.pb')"),
+    "plot below a file": (HASH_RETRIEVAL, ["--saved_model={export}", "--dataset=digits",
+                                           "--plot={tmp}/bare/saved_model.pb/pr.png"],
+                          "--plot: cannot write '{tmp}/bare/saved_model.pb/pr.png' "
+                          "(Not a directory: '{tmp}/bare/saved_model.pb')"),
 }
 
 
@@ -342,3 +353,21 @@ def test_bad_flags_exit_2_naming_the_flag(case, fake_export, tmp_path):
     assert not any(line.rstrip().endswith("| tensorflow") for line in
                    result.stderr.splitlines()), "TensorFlow imported before the flag check"
     assert sorted(os.listdir(fake_export)) == ["assets", "saved_model.pb"]  # no report
+
+
+def test_unwritable_report_paths_exit_2_before_the_evaluation(fake_export, tmp_path):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o555)
+    commands = {
+        module: unprivileged(["-X", "importtime", "-m", module, f"--saved_model={fake_export}",
+                              "--dataset=digits", f"--output={read_only / 'report.json'}"])
+        for module in (LINEAR_EVAL, HASH_RETRIEVAL)}
+    results = _run_concurrently(commands, timeout=120, env=SUBPROCESS_ENV)
+    for module, (code, stderr) in results.items():
+        assert code == 2, (module, stderr[-2000:])
+        assert _error_lines(stderr) == [
+            f"error: --output: cannot write {str(read_only / 'report.json')!r} (Permission "
+            f"denied: {str(read_only)!r})"], (module, stderr[-2000:])
+        assert not any(line.rstrip().endswith("| tensorflow") for line in
+                       stderr.splitlines()), "TensorFlow imported before the flag check"
+    assert os.listdir(read_only) == []

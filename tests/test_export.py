@@ -11,14 +11,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nac_tf.config import PretrainConfig
+from nac_tf.config import ConfigError, PretrainConfig
+from nac_tf.errors import write_problem
 from nac_tf.data.pipeline import make_eval_dataset
 from nac_tf.export import (IMAGE_FORMAT, METADATA_FILE, export_saved_model,
                            load_exported_model, pack_bits, read_export_metadata)
 from nac_tf.methods.from_config import method_from_config
-from nac_tf.run_directory import (INPUT_STATISTICS_FILE, prepare_run_directory,
-                                  restore_pretrained_method)
+from nac_tf.run_directory import (INPUT_STATISTICS_FILE, check_export_dir,
+                                  prepare_run_directory, restore_pretrained_method)
 from nac_tf.training import pretrain
+
+from test_bad_input import _error_lines, _run_concurrently, unprivileged
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT = [sys.executable, "-m", "nac_tf.cli.export"]  # nac-export
@@ -43,14 +46,15 @@ def _tiny_config(tmp_path, method="nac", train_steps=3):
         model_dir=str(tmp_path / f"run_{method}"))
 
 
-def _perturbed_run(tmp_path, method):
+def _perturbed_run(tmp_path, method, **changes):
     """A run directory whose checkpoint holds random weights, without training (cheap).
 
     Every variable is moved by its own noise, so the momentum copies differ from the online
     networks and BatchNorm has non-trivial moving statistics: exporting the wrong networks,
-    or BatchNorm in training mode, would change the outputs.
+    or BatchNorm in training mode, would change the outputs. `changes`: fields of the
+    run's config (a second run needs its own model_dir).
     """
-    config = _tiny_config(tmp_path, method)
+    config = _tiny_config(tmp_path, method).replace(**changes)
     prepare_run_directory(config)
     statistics = {"image_size": IMAGE_SIZE, "mean": [0.3, 0.4, 0.5], "std": [0.2, 0.3, 0.4]}
     with open(os.path.join(config.model_dir, INPUT_STATISTICS_FILE), "w") as f:
@@ -262,6 +266,105 @@ def test_command_refuses_a_missing_model_dir(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "error: --model_dir: is required" in result.stderr
     assert not os.path.exists(missing)
+
+
+# ----------------------------------------------------------------------------- bad flags
+# Runs `python ARGS...` with the size of any file it writes limited to LIMIT bytes: a real
+# write failure in the middle of the export, as a full disk gives (SIGXFSZ ignored, so the
+# write fails with EFBIG instead of killing the process).
+_FILE_SIZE_LIMIT = """
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+os.execv(sys.executable, [sys.executable] + sys.argv[2:])
+"""
+
+
+def _leftovers(directory):
+    """The staging directories of exports (.export-*) left in `directory`."""
+    return [name for name in os.listdir(directory) if name.startswith(".export-")]
+
+
+def test_export_refuses_a_checkpoint_that_does_not_fit_the_run(tmp_path):
+    run = _perturbed_run(tmp_path, "nac")
+    wider = _perturbed_run(tmp_path, "nac", code_dim=2 * CODE_DIM,
+                           model_dir=str(tmp_path / "wider"))
+    foreign = tf.train.Checkpoint(x=tf.Variable(1.0)).save(str(tmp_path / "foreign" / "ckpt"))
+    damaged = str(tmp_path / "damaged" / "ckpt-1")
+    shutil.copytree(os.path.join(run, "checkpoints"), os.path.dirname(damaged))
+    data = damaged + ".data-00000-of-00001"
+    os.truncate(data, os.path.getsize(data) // 2)
+    cases = {
+        os.path.join(wider, "checkpoints", "ckpt-1"): "does not match the run in model_dir",
+        # Holds no method at all: the partial restore raises nothing, and would export
+        # randomly initialised networks.
+        foreign: "does not match the run in model_dir",
+        damaged: "cannot be read",
+    }
+    for checkpoint, words in cases.items():
+        with pytest.raises(ConfigError) as error:
+            export_saved_model(run, str(tmp_path / "export"), checkpoint=checkpoint)
+        assert error.value.field == "checkpoint"
+        reason = error.value.reason
+        assert reason.startswith(f"{checkpoint!r} {words}"), reason
+        assert "\n" not in reason and len(reason) < 500, reason
+    assert not os.path.exists(tmp_path / "export") and not _leftovers(tmp_path)
+
+
+def test_export_dir_that_cannot_be_written_is_refused_up_front(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("")
+    for export_dir in (file / "sub", file / "a" / "b"):
+        with pytest.raises(ConfigError) as error:
+            check_export_dir(str(export_dir))
+        assert error.value.field == "export_dir"
+        assert error.value.reason == (f"cannot write {str(export_dir)!r} (Not a directory: "
+                                      f"{str(file)!r})")
+    assert write_problem(str(tmp_path / "new" / "deeper" / "saved_model")) is None
+
+
+def test_command_gives_one_line_for_another_runs_checkpoint_and_unwritable_export(tmp_path):
+    run = _perturbed_run(tmp_path, "nac")
+    wider = _perturbed_run(tmp_path, "nac", code_dim=2 * CODE_DIM,
+                           model_dir=str(tmp_path / "wider"))
+    other_checkpoint = os.path.join(wider, "checkpoints", "ckpt-1")
+    file = tmp_path / "file"
+    file.write_text("")
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o555)
+    full = tmp_path / "full"
+    full.mkdir()
+    export = ["-m", "nac_tf.cli.export", f"--model_dir={run}"]
+    before_tensorflow = ["-X", "importtime", *export]  # lists every module imported
+    commands = {
+        "other run": [sys.executable, *export, f"--checkpoint={other_checkpoint}",
+                      f"--export_dir={tmp_path / 'export'}"],
+        "under a file": [sys.executable, *before_tensorflow, f"--export_dir={file / 'sub'}"],
+        "read-only": unprivileged([*before_tensorflow, f"--export_dir={read_only / 'sub'}"]),
+        "disk full": [sys.executable, "-c", _FILE_SIZE_LIMIT, "16384", *export,
+                      f"--export_dir={full / 'saved_model'}"],
+    }
+    expected = {
+        "other run": f"error: --checkpoint: {other_checkpoint!r} does not match the run in "
+                     f"model_dir {run!r} (Received incompatible tensor with shape",
+        "under a file": f"error: --export_dir: cannot write {str(file / 'sub')!r} (Not a "
+                        f"directory: {str(file)!r})",
+        "read-only": f"error: --export_dir: cannot write {str(read_only / 'sub')!r} "
+                     f"(Permission denied: {str(read_only)!r})",
+        "disk full": f"error: --export_dir: cannot write {str(full / 'saved_model')!r} (File "
+                     "too large)",
+    }
+    results = _run_concurrently(commands, timeout=300, env=SUBPROCESS_ENV)
+    for name, (code, stderr) in results.items():
+        assert code == 2 and "Traceback" not in stderr, (name, stderr[-3000:])
+        errors = _error_lines(stderr)
+        assert len(errors) == 1 and errors[0].startswith(expected[name]), (name, errors)
+    for name in ("under a file", "read-only"):  # refused before TensorFlow was imported
+        assert not any(line.rstrip().endswith("| tensorflow")
+                       for line in results[name][1].splitlines()), name
+    assert not os.path.exists(tmp_path / "export")
+    assert os.listdir(read_only) == [] and os.listdir(full) == []  # no half-written export
 
 
 # ----------------------------------------------------------------------------- TF Serving

@@ -10,6 +10,7 @@ import math
 import os
 
 from nac_tf.config import DATASETS, ConfigError, validate_data_settings
+from nac_tf.errors import write_problem
 
 # Multi-hot labels (no class ids: no top-1 accuracy).
 MULTI_LABEL_DATASETS = ("flickr25k",)
@@ -110,10 +111,11 @@ def output_path(flag, path, default):
     if os.path.isdir(path):
         raise ConfigError(flag, f"{path!r} is a directory; give a file path")
     parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
+    problem = write_problem(path)
+    if problem:
+        raise ConfigError(flag, problem)
+    if not os.path.isdir(parent):  # the reports are written into an existing directory
         raise ConfigError(flag, f"the directory {parent!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(flag, f"the directory {parent!r} is not writable")
     return path
 
 

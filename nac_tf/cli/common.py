@@ -19,6 +19,7 @@ import time
 
 from nac_tf.cli.configs import expand_config_args
 from nac_tf.config import ConfigError
+from nac_tf.errors import cannot_write
 
 FLAG_ERROR_EXIT_CODE = 2
 _SHORT_HELP = frozenset({"-h", "-?", "--help", "-help", "--helpshort", "-helpshort"})
@@ -280,14 +281,17 @@ def run_report_tool(argv, validate_flags, evaluate, print_summary, finish=None):
 
     reject_arguments(argv)
     try:
-        settings = validate_flags()
+        settings = validate_flags()  # --output among them: checked before the evaluation
         import_tensorflow()
         started = time.time()
         report = evaluate(settings)
+        report["seconds"] = round(time.time() - started, 2)
+        if finish is not None:
+            finish(report, settings)
+        try:
+            write_json(settings["output"], report)
+        except OSError as error:  # writable when checked, but e.g. the disk is full now
+            raise ConfigError("output", cannot_write(settings["output"], error)) from None
     except ConfigError as error:  # a flag, or what it names (e.g. a bad archive) once loaded
         exit_with_flag_error(error)
-    report["seconds"] = round(time.time() - started, 2)
-    if finish is not None:
-        finish(report, settings)
-    write_json(settings["output"], report)
     print_summary(report, settings["output"])

@@ -6,7 +6,8 @@
 
 Signatures: features (= serving_default), hash_codes, codes; all take uint8 images
 [N, H, W, 3]. Flags are checked before TensorFlow is imported; a bad flag exits with code 2
-and one line `error: --flag: ...`.
+and one line `error: --flag: ...`, as does a --checkpoint that turns out not to fit the run
+(or to be damaged) and an --export_dir that cannot be written (a full disk).
 """
 import os
 
@@ -69,7 +70,7 @@ def main(argv):
     try:
         path = export_saved_model(model_dir, export_dir, checkpoint=checkpoint,
                                   overwrite=FLAGS.overwrite)
-    except ConfigError as error:  # a damaged checkpoint, found once read
+    except ConfigError as error:  # a damaged checkpoint or one of another run, a full disk
         common.exit_with_flag_error(error)
     metadata = read_export_metadata(path)
     print(f"Exported {metadata['method']} from {metadata['checkpoint']} (training image "

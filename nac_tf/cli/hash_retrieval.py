@@ -27,6 +27,7 @@ from absl import flags
 
 from nac_tf.cli import checks, common
 from nac_tf.config import DATASETS
+from nac_tf.errors import cannot_write
 from nac_tf.evaluation import exported_evaluation
 
 
@@ -132,6 +133,9 @@ def draw_plot(report, path):
         exported_evaluation.plot_precision_recall(curve, path, title)
     except ImportError as error:
         print(f"No precision-recall plot: {error}")
+        return None
+    except OSError as error:  # writable when checked, but e.g. the disk is full now
+        print(f"No precision-recall plot: {cannot_write(path, error)}")
         return None
     return path
 

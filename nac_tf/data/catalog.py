@@ -82,7 +82,7 @@ def load_source(dataset, data_dir=None, image_size=None, seed=0, on_corrupt="ski
             "cifar10", data_dir=data_dir or None, manual_dir=data_dir or None,
             instead=f"dataset='npz' with data_dir = {DATA_DIR_NEEDS['npz']}")
     if dataset == "cifar10_hashing":
-        if data_dir and not os.path.exists(data_dir):
+        if data_dir and _missing(data_dir):
             raise FileNotFoundError(f"data_dir={data_dir!r} does not exist; dataset "
                                     "'cifar10_hashing' takes an optional .npz archive or TFDS "
                                     "data directory")
@@ -90,7 +90,7 @@ def load_source(dataset, data_dir=None, image_size=None, seed=0, on_corrupt="ski
     needs = DATA_DIR_NEEDS[dataset]
     if not data_dir:
         raise ValueError(f"dataset={dataset!r} needs a data_dir: {needs}")
-    if not os.path.exists(data_dir):
+    if _missing(data_dir):
         raise FileNotFoundError(f"data_dir={data_dir!r} does not exist; dataset={dataset!r} "
                                 f"needs {needs}")
     if dataset == "npz":
@@ -103,6 +103,18 @@ def load_source(dataset, data_dir=None, image_size=None, seed=0, on_corrupt="ski
                                                on_corrupt=on_corrupt)
     return sources.load_tfds_source("imagenet2012", data_dir=data_dir, manual_dir=data_dir,
                             image_size=size)
+
+
+def _missing(path):
+    """Whether `path` does not exist. A path that cannot be looked up (a parent without
+    search permission) is not reported missing: its loader says why it cannot be read."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    return False
 
 
 def dataset_statistics(dataset, source: Optional[sources.ImageSource] = None,

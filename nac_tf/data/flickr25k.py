@@ -39,8 +39,10 @@ import numpy as np
 import tensorflow as tf
 
 from nac_tf.config import ON_CORRUPT
+from nac_tf.errors import cannot_read
 from nac_tf.data.splits import RetrievalSplit, random_retrieval_split
-from nac_tf.data.sources import _check_positive_int, resize_square, retrieval_source
+from nac_tf.data.sources import (_check_positive_int, _list_directory, resize_square,
+                                 retrieval_source)
 
 FLICKR25K_LABELS = (
     "animals", "baby", "bird", "car", "clouds", "dog", "female", "flower", "food", "indoor",
@@ -63,7 +65,7 @@ def find_images(image_dir):
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"no image folder {image_dir}; {EXPECTED_LAYOUT}")
     numbers = sorted(int(match.group(1)) for match in map(_IMAGE_NAME.fullmatch,
-                                                          os.listdir(image_dir)) if match)
+                                                          _list_directory(image_dir)) if match)
     if not numbers:
         raise ValueError(f"{image_dir}: no im<n>.jpg images; {EXPECTED_LAYOUT}")
     return np.asarray(numbers, np.int64)
@@ -74,6 +76,7 @@ def read_labels(annotation_dir, image_numbers):
     row i is the image im<image_numbers[i]>.jpg, column j the label FLICKR25K_LABELS[j]."""
     if not os.path.isdir(annotation_dir):
         raise FileNotFoundError(f"no annotation folder {annotation_dir}; {EXPECTED_LAYOUT}")
+    _list_directory(annotation_dir)  # unreadable: say so, rather than "missing label files"
     missing = [f"{label}.txt" for label in FLICKR25K_LABELS
                if not os.path.isfile(os.path.join(annotation_dir, f"{label}.txt"))]
     if missing:
@@ -83,8 +86,11 @@ def read_labels(annotation_dir, image_numbers):
     labels = np.zeros((len(image_numbers), len(FLICKR25K_LABELS)), np.int64)
     for column, label in enumerate(FLICKR25K_LABELS):
         path = os.path.join(annotation_dir, f"{label}.txt")
-        with open(path) as f:
-            tokens = f.read().split()
+        try:
+            with open(path) as f:
+                tokens = f.read().split()
+        except OSError as error:  # no read permission, ...
+            raise ValueError(cannot_read(path, error)) from None
         try:
             numbers = np.asarray([int(token) for token in tokens], np.int64)
         except ValueError as error:

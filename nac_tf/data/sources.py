@@ -21,12 +21,14 @@ pixel of the original stays in the frame and the aspect ratio is not kept.
 import dataclasses
 import os
 import zipfile
+import zlib
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from nac_tf.config import ON_CORRUPT, TFDS_SOURCE_FILES
+from nac_tf.errors import cannot_read, read_problem
 from nac_tf.data.splits import (class_balanced_retrieval_split, contiguous_order,
                                 stratified_split)
 
@@ -97,7 +99,8 @@ class ArrayImageSource(ImageSource):
         if train_images.shape[1:] != test_images.shape[1:]:
             raise ValueError(f"train images are {train_images.shape[1:]} but test images are "
                              f"{test_images.shape[1:]}; a source has one image shape")
-        num_classes = _labels_num_classes(num_classes, train_labels, test_labels)
+        num_classes = _labels_num_classes(num_classes, {"train_labels": train_labels,
+                                                        "test_labels": test_labels})
         super().__init__(name, len(train_images), len(test_images), num_classes,
                          train_images.shape[1:], class_names, num_skipped)
         self.train_images, self.train_labels = train_images, train_labels
@@ -237,9 +240,11 @@ def _as_labels(labels, count, what):
     return labels.astype(np.int64)
 
 
-def _labels_num_classes(num_classes, *label_arrays):
-    """The class count that fits every label array (all class ids, or all multi-hot [N, C]
-    with one C); `num_classes` None means: infer it."""
+def _labels_num_classes(num_classes, labels_by_name):
+    """The class count that fits every label array of {name: labels} (all class ids, or all
+    multi-hot [N, C] with one C); `num_classes` None means: infer it, else every class id
+    must be below it."""
+    label_arrays = list(labels_by_name.values())
     kinds = {labels.ndim for labels in label_arrays}
     if len(kinds) > 1:
         raise ValueError("labels mix class ids [N] and multi-hot [N, C]; every split of a "
@@ -251,7 +256,11 @@ def _labels_num_classes(num_classes, *label_arrays):
                              f"width{'' if num_classes is None else f' = {num_classes}'}")
         return widths.pop()
     if num_classes is None:
-        num_classes = int(max(labels.max(initial=-1) for labels in label_arrays)) + 1
+        return int(max(labels.max(initial=-1) for labels in label_arrays)) + 1
+    for name, labels in labels_by_name.items():
+        if labels.max(initial=-1) >= num_classes:
+            raise ValueError(f"{name} holds class id {labels.max()}; with num_classes="
+                             f"{num_classes} class ids must be < {num_classes}")
     return num_classes
 
 
@@ -360,14 +369,20 @@ def load_npz_source(path):
     """A NumPy archive with x_train, y_train, x_test, y_test (optional class_names).
 
     Images uint8 [N, H, W] (grayscale, replicated to RGB), [N, H, W, 1] or [N, H, W, 3];
-    labels integer [N]. The source's name is the file name without extension.
+    labels integer class ids >= 0 [N] (< len(class_names) when the archive names its
+    classes). The source's name is the file name without extension.
+    Neither split may be empty: pretraining draws its batches from x_train, and every
+    evaluation (the trainer's at the end of a run, nac-linear-eval, nac-hash-retrieval)
+    scores x_test, so an empty test split would fail only after training.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such .npz file: {path}")
     try:
         archive = np.load(path)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: not a readable .npz archive ({error})") from error
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such .npz file: {path}") from None
+    except OSError as error:  # no permission, a directory, ...
+        raise ValueError(cannot_read(path, error)) from None
+    except (ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not a readable .npz archive ({error})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: holds a single array, not an .npz archive with keys "
                          f"{', '.join(NPZ_KEYS)}")
@@ -376,9 +391,12 @@ def load_npz_source(path):
         if missing:
             raise ValueError(f"{path}: missing key(s) {', '.join(missing)}; expected keys "
                              f"{', '.join(NPZ_KEYS)} (found: {', '.join(archive.files)})")
-        arrays = {key: archive[key] for key in NPZ_KEYS}
-        class_names = archive["class_names"].tolist() if "class_names" in archive.files \
-            else None
+        try:  # the members are read (and decompressed) only here
+            arrays = {key: archive[key] for key in NPZ_KEYS}
+            class_names = archive["class_names"].tolist() if "class_names" in archive.files \
+                else None
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+            raise ValueError(f"{path}: not a readable .npz archive ({error})") from None
     for split in ("train", "test"):
         images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
@@ -386,16 +404,27 @@ def load_npz_source(path):
                              "[N, H, W] or [N, H, W, C] with C = 1 or 3")
         if images.dtype != np.uint8:
             raise ValueError(f"{path}: key x_{split} has dtype {images.dtype}; expected uint8")
+        if not len(images):
+            raise ValueError(f"{path}: key x_{split} holds no images; both splits need "
+                             "images (pretraining draws x_train, evaluation scores x_test)")
         if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"{path}: key y_{split} has shape {labels.shape} and dtype "
                              f"{labels.dtype}; expected integer class ids of shape "
                              f"[{len(images)}]")
+        if labels.min() < 0:
+            raise ValueError(f"{path}: key y_{split} holds class id {labels.min()}; class ids "
+                             "must be >= 0")
+        if class_names is not None and labels.max() >= len(class_names):
+            raise ValueError(f"{path}: key y_{split} holds class id {labels.max()}, but key "
+                             f"class_names names {len(class_names)} classes (ids 0.."
+                             f"{len(class_names) - 1})")
     if arrays["x_train"].shape[1:3] != arrays["x_test"].shape[1:3]:
         raise ValueError(f"{path}: key x_test has images of size {arrays['x_test'].shape[1:3]};"
                          f" expected the size of x_train, {arrays['x_train'].shape[1:3]}")
     name = os.path.splitext(os.path.basename(path))[0]
     return ArrayImageSource(name, arrays["x_train"], arrays["y_train"], arrays["x_test"],
-                            arrays["y_test"], class_names=class_names)
+                            arrays["y_test"], class_names=class_names,
+                            num_classes=None if class_names is None else len(class_names))
 
 
 def load_image_folder_source(root, image_size, test_fraction=0.2, seed=0, on_corrupt="skip"):
@@ -413,14 +442,14 @@ def load_image_folder_source(root, image_size, test_fraction=0.2, seed=0, on_cor
     _check_test_fraction(test_fraction)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no such directory of class folders: {root}")
-    class_names = sorted(entry for entry in os.listdir(root)
+    class_names = sorted(entry for entry in _list_directory(root)
                          if os.path.isdir(os.path.join(root, entry)))
     if not class_names:
         raise ValueError(f"{root}: no class folders; expected the layout root/<class>/<image>")
     images, labels, skipped = [], [], 0
     for class_id, class_name in enumerate(class_names):
         folder = os.path.join(root, class_name)
-        for filename in sorted(os.listdir(folder)):
+        for filename in sorted(_list_directory(folder)):
             if not filename.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             path = os.path.join(folder, filename)
@@ -443,6 +472,15 @@ def load_image_folder_source(root, image_size, test_fraction=0.2, seed=0, on_cor
                             labels[train], images[test], labels[test],
                             num_classes=len(class_names), class_names=class_names,
                             num_skipped=skipped)
+
+
+def _list_directory(path):
+    """os.listdir, or ValueError naming the folder and why it cannot be read (`read_problem`:
+    e.g. no read or search permission)."""
+    problem = read_problem(path)
+    if problem:
+        raise ValueError(problem)
+    return os.listdir(path)
 
 
 def load_tfds_source(name, data_dir=None, manual_dir=None, image_size=None, instead=None):
