@@ -1,7 +1,7 @@
 """The words of nac_tf's errors about files and failed operations: one short line saying what
 could not be done to which path and the system's reason, whether the error came from the
 OS or from TensorFlow. Library code raises ConfigError / ValueError with these words; the
-command line prints them after `error: --flag:`. Nothing here imports TensorFlow.
+command line prints them after the name of the flag. Nothing here imports TensorFlow.
 """
 import errno
 import os
@@ -9,22 +9,32 @@ import re
 import stat
 
 
-def error_reason(error, limit=200):
+def _message_line(error):
+    """The first line of `error`'s message without TensorFlow's op decorations."""
+    text = (getattr(error, "message", None) or str(error)).strip()
+    text = text.splitlines()[0] if text else type(error).__name__
+    return re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]$", "", text)
+
+
+def _shortened(text, limit=200):
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def error_reason(error):
     """What went wrong in `error`, in one short line: an OSError's strerror, else the first
     line of its message without TensorFlow's op decorations ("{{function_node ...}} path;
     No space left on device [Op:SaveV2]" -> "path; No space left on device")."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    text = (getattr(error, "message", None) or str(error)).strip()
-    text = text.splitlines()[0] if text else type(error).__name__
-    text = re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]$", "", text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return _shortened(_message_line(error))
 
 
 def failure_cause(error):
     """The system's reason alone, without the file TensorFlow names before it ("<file>; No
     space left on device" -> "No space left on device"): for a file that was temporary."""
-    return error_reason(error).rpartition("; ")[2]
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return _shortened(_message_line(error).rpartition("; ")[2])
 
 
 def _os_reason(error, path):

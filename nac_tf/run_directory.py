@@ -255,7 +255,7 @@ def intact_checkpoint(model_dir, checkpoint=None):
     if checkpoint:
         problem = read_checkpoint_problem(checkpoint)
         if problem:
-            raise ConfigError("checkpoint", f"{checkpoint!r} cannot be restored ({problem})")
+            raise ConfigError("checkpoint", f"{checkpoint!r} cannot be read ({problem})")
         return checkpoint
     damaged = []
     for step, (prefix, problem) in sorted(checkpoint_steps(model_dir).items(), reverse=True):
