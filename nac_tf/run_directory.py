@@ -57,19 +57,23 @@ def path_in(model_dir, name):
     return os.path.join(model_dir, name)
 
 
-def write_json(path, payload):
-    """Writes `payload` as JSON to `path`: write, then rename, so a crash never leaves a
-    truncated file behind."""
+def write_text(path, text):
+    """Writes `text` to `path`: write, then rename, so a crash never leaves a truncated
+    file behind (nor, on a full disk or Ctrl-C mid-write, a half-written .tmp)."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
-    except BaseException:  # a full disk or Ctrl-C mid-write: no half-written .tmp left
+    except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_json(path, payload):
+    """Writes `payload` as JSON to `path`, atomically (`write_text`)."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path):
@@ -276,17 +280,13 @@ def write_checkpoint_state(model_dir, prefixes):
     proto) to list `prefixes`, oldest first, the last as the latest: what CheckpointManager
     reads to know which checkpoints exist and which to delete beyond its max_to_keep. Each
     gets its files' time, all after the last preserved time, so the manager manages them."""
-    directory = path_in(model_dir, CHECKPOINT_DIR)
     times = [os.path.getmtime(prefix + ".index") for prefix in prefixes]
     names = [os.path.basename(prefix) for prefix in prefixes]
     lines = [f'model_checkpoint_path: "{names[-1]}"']
     lines += [f'all_model_checkpoint_paths: "{name}"' for name in names]
     lines += [f"all_model_checkpoint_timestamps: {t!r}" for t in times]
     lines.append(f"last_preserved_timestamp: {min(times) - 1.0!r}")
-    tmp = os.path.join(directory, "checkpoint.tmp")
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, os.path.join(directory, "checkpoint"))
+    write_text(path_in(path_in(model_dir, CHECKPOINT_DIR), "checkpoint"), "\n".join(lines) + "\n")
 
 
 def remove_partial_checkpoints(model_dir):

@@ -15,10 +15,12 @@ SIGTERM) hold the model, the optimizer (slots, step, loss scale), the momentum n
 the queue, and the input position (`input_position`: global batches consumed). Every
 random draw of a run is stateless and indexed (initialisation by the seed, views and image
 order by (seed, batch index), channel noise by (seed, step)), so this is the whole state:
-the same command resumes from the latest checkpoint and, with `deterministic`, ends with
-the weights of an uninterrupted run, bit for bit in nearly every run (rare resumes have
-ended a rounding error away; tests/test_resume.py) (in-memory datasets; see
-`nac_tf.data.pipeline` for streamed ones).
+the same command resumes from the newest intact checkpoint
+(`run_directory.intact_checkpoint`) and, with `deterministic`, ends with the weights of an
+uninterrupted run, bit for bit in nearly every run (rare resumes have ended a rounding
+error away; tests/test_resume.py) (in-memory datasets; see `nac_tf.data.pipeline` for
+streamed ones). The command of a finished run returns its stored results and writes
+nothing.
 
 Multi-worker (MultiWorkerMirroredStrategy): every worker runs this function; only the chief
 writes the run directory (flags.json, input statistics, TensorBoard, checkpoints,
@@ -43,6 +45,7 @@ from nac_tf.config import DATASETS, ConfigError, PretrainConfig, validate_config
 from nac_tf.data.catalog import dataset_statistics, load_source
 from nac_tf.data.pipeline import first_training_images, make_pretrain_dataset
 from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter, amdim_recipe
+from nac_tf.errors import error_reason, failure_cause
 from nac_tf.evaluation.linear import LinearEvalConfig
 from nac_tf.evaluation.mlp import MLPEvalConfig
 from nac_tf.evaluation.monitor import TrainingMonitor
@@ -52,7 +55,6 @@ from nac_tf.methods.from_config import method_from_config
 from nac_tf.models import encoder_input_statistics
 from nac_tf.optim import (LARS, AdamL2, WarmupCosineSchedule, WarmupStepSchedule,
                           lars_rule_arguments, scaled_learning_rate)
-from nac_tf.errors import error_reason, failure_cause
 from nac_tf.precision import resolve_precision
 from nac_tf.run_directory import (
     CHECKPOINT_DIR, FLAGS_FILE, INPUT_STATISTICS_FILE, RANDOM_INIT_EVAL_FILE, RESULTS_FILE,
@@ -390,7 +392,8 @@ class _CheckpointWriter:
     def _repair_state_file(self, latest):
         """Names `latest` and the complete checkpoints before it in the state file."""
         step = checkpoint_step(latest)
-        older = [prefix for s, (prefix, problem) in sorted(checkpoint_steps(self.model_dir).items())
+        older = [prefix for s, (prefix, problem)
+                 in sorted(checkpoint_steps(self.model_dir).items())
                  if problem is None and s < step]
         write_checkpoint_state(self.model_dir, older + [latest])
 
@@ -404,6 +407,7 @@ class _CheckpointWriter:
             else:
                 scratch = tempfile.mkdtemp(prefix=f"nac_tf_worker{self.role.task_id}_")
                 self._checkpoint.write(os.path.join(scratch, f"ckpt-{step}"))
+                self.latest = path_in(self.directory, f"ckpt-{step}")  # the chief's copy
         except (OSError, tf.errors.OpError) as error:
             if self._manager is None:
                 raise
@@ -411,12 +415,11 @@ class _CheckpointWriter:
                 if name.startswith(f"ckpt-{step}.") or name == f"ckpt-{step}_temp":
                     path = os.path.join(self.directory, name)
                     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-            cause = failure_cause(error)
             raise CheckpointWriteError(
                 f"could not write the checkpoint of step {step} to {self.directory} "
-                f"({cause}); the newest checkpoint is "
-                f"{self.latest or 'none'}: fix the cause (free disk space) and run the same "
-                "command again to resume from it") from error
+                f"({failure_cause(error)}); the newest checkpoint is {self.latest or 'none'}: "
+                "fix the cause (free disk space) and run the same command again to resume "
+                "from it") from error
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
