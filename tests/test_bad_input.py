@@ -214,20 +214,9 @@ def test_cli_stops_bad_data_and_non_finite_loss_with_one_clear_line(tmp_path):
         "nan": ["--dataset=digits", "--learning_rate=1e30", "--warmup_epochs=0.2",
                 "--checkpoint_every_steps=1"],
     }
-    processes = {name: subprocess.Popen(
-        [sys.executable, "-m", "nac_tf.train", *base, *extra,
-         f"--model_dir={tmp_path / name}"], cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True) for name, extra in runs.items()}
-    results = {}
-    try:
-        for name, process in processes.items():
-            _, stderr = process.communicate(timeout=240)
-            results[name] = (process.returncode, stderr)
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    results = _run_concurrently({
+        name: [sys.executable, "-m", "nac_tf.train", *base, *extra,
+               f"--model_dir={tmp_path / name}"] for name, extra in runs.items()})
     for name, (code, stderr) in results.items():
         assert "Traceback" not in stderr, (name, stderr)
     code, stderr = results["missing"]
