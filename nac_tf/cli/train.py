@@ -12,9 +12,17 @@ graph is built, and the run goes to --model_dir (run the same command again to r
 
 Exit codes: 0 trained (and evaluated); 1 the loss or the weights became non-finite (the last
 good checkpoint is kept); 2 a flag or the data behind --data_dir is unusable (one line
-`error: --flag: ...` on stderr, no traceback); 143 (128 + SIGTERM) stopped by SIGTERM, e.g.
-on preemption, after writing a checkpoint of the current step: run the same command again
-to resume.
+`error: --flag: ...` on stderr, no traceback); 75 a worker of a multi-worker run was lost
+(one line `error: lost worker N (/job:worker/replica:0/task:N) ...` on stderr, naming the
+checkpoint that the same command on every worker resumes from: rerun them); 143 (128 +
+SIGTERM) stopped by SIGTERM, e.g. on preemption, after writing a checkpoint of the current
+step: run the same command again to resume. 75 is sysexits.h's EX_TEMPFAIL (a temporary
+failure, retry later): a job runner that retries on it gets this right, whereas retrying
+after 1 repeats the failure.
+
+A worker whose peers never start, or die before they join the cluster, waits for them as
+TensorFlow does (it cannot tell a dead peer from a late one): the chief without a limit,
+the others up to an hour.
 """
 import dataclasses
 import json
@@ -27,6 +35,8 @@ from absl import flags
 from nac_tf.cli import common
 from nac_tf.cli.configs import available_configs, expand_config_args
 from nac_tf.config import ConfigError, PretrainConfig, validate_config
+
+WORKER_LOST_EXIT_CODE = 75  # sysexits.h's EX_TEMPFAIL (see the docstring)
 
 _HELP = {
     "method": "Pretraining method: nac, nac_mq, simclr, moco_v2 or amdim (needs an amdim_* "
@@ -239,6 +249,7 @@ def main(argv):
         validate_config(config)
     except ConfigError as error:
         common.exit_with_flag_error(error)
+    from nac_tf.distribute import WorkerLostError
     from nac_tf.training import NonFiniteLossError, TrainingInterrupted, pretrain
 
     # SIGTERM (preemption, `kill`, a scheduler's time limit) only sets a flag: the training
@@ -252,6 +263,9 @@ def main(argv):
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except WorkerLostError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(WORKER_LOST_EXIT_CODE)
     except TrainingInterrupted as error:
         print(f"SIGTERM: {error}", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
