@@ -1,10 +1,12 @@
-"""tf.distribute plumbing: strategy selection and the two cross-replica operations the
-methods need (gathering negatives, assigning EMA / queue state from inside a replica).
+"""tf.distribute plumbing: strategy selection, the two cross-replica operations the
+methods need (gathering negatives, assigning EMA / queue state from inside a replica), and
+what a multi-worker run's lost worker looks like (`worker_lost_error`).
 
 Everything here also works without a strategy (the default strategy), so the methods call
 these functions unconditionally.
 """
 import os
+import re
 
 import keras
 import tensorflow as tf
@@ -50,6 +52,60 @@ def make_strategy(name, tpu_address=""):
                           f"({type(error).__name__}: {str(error).splitlines()[0][:160]})"
                           ) from error
     return tf.distribute.TPUStrategy(resolver)
+
+
+class WorkerLostError(RuntimeError):
+    """A worker of a multi-worker run stopped (killed, crashed, preempted) or cannot be
+    reached. TensorFlow then aborts the collectives of every worker, so none can go on; the
+    same command on every worker resumes from `.checkpoint` (None: the run starts over).
+    `.tasks`: the lost tasks TensorFlow's error names, e.g. ["/job:worker/replica:0/task:1"]."""
+
+    def __init__(self, message, tasks, checkpoint):
+        super().__init__(message)
+        self.tasks = tasks
+        self.checkpoint = checkpoint
+
+
+# What a worker's loss raises in the others (TensorFlow 2.21, SIGKILL of the chief or of
+# another worker during start-up, a step, a checkpoint save; tests/test_multi_worker.py): an
+# UnavailableError, its collectives aborted, naming the lost task in one of two ways:
+#   after missed heartbeats (~10 s), from the coordination service on the chief:
+#     "The following tasks are unhealthy (stopped sending heartbeats):
+#     /job:worker/replica:0/task:1"
+#   from a failed call to it (a collective's RecvBuf or CompleteInstance, a heartbeat to the
+#   chief's coordination service):
+#     "Additional GRPC error information from remote target /job:worker/replica:0/task:0 ..."
+_TASK = r"/job:([\w-]+)/replica:\d+/task:(\d+)"
+_UNHEALTHY = re.compile(r"stopped sending heartbeats\):((?:\s*" + _TASK + ")+)")
+_REMOTE = re.compile(r"remote target (" + _TASK + ")")
+_ABORTED = "Collective ops is aborted"
+
+
+def lost_tasks(message):
+    """The tasks a TensorFlow error `message` says were lost, in order, without repeats."""
+    found = [task for match in _UNHEALTHY.finditer(message) for task in match.group(1).split()]
+    found += [match.group(1) for match in _REMOTE.finditer(message)]
+    return list(dict.fromkeys(found))
+
+
+def worker_lost_error(error, checkpoint):
+    """The WorkerLostError for `error`, raised in a multi-worker run, when it says that a
+    worker was lost (None for any other error); `checkpoint`: the run's latest checkpoint,
+    which the same commands resume from."""
+    if not isinstance(error, tf.errors.UnavailableError):
+        return None
+    message = str(error)
+    tasks = lost_tasks(message)
+    if not tasks and _ABORTED not in message:
+        return None  # e.g. an unavailable storage service: no worker was lost
+    names = ", ".join("{} {} ({})".format(*re.fullmatch(_TASK, task).groups(), task)
+                      for task in tasks) or "a worker (TensorFlow's error names none)"
+    resume = (f"resumes from checkpoint {checkpoint}" if checkpoint
+              else "starts the run over (no checkpoint was written yet)")
+    return WorkerLostError(
+        f"lost {names} of the multi-worker run: it stopped or cannot be reached, so every "
+        f"worker stops. Rerunning the same command on every worker {resume}",
+        tasks, checkpoint)
 
 
 def num_replicas():

@@ -449,7 +449,8 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
     runs several pretrainings passes the same strategy to each.
     `stop_requested`: a function polled between steps (e.g. set by a SIGTERM handler); when
     it returns True the run checkpoints its current step and raises TrainingInterrupted.
-    Raises NonFiniteLossError when the loss or the weights stop being finite.
+    Raises NonFiniteLossError when the loss or the weights stop being finite, and
+    WorkerLostError (`nac_tf.distribute`) when a worker of a multi-worker run is lost.
     """
     validate_config(config)
     _check_init_weights_file(config)
@@ -457,6 +458,20 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
         # First: MultiWorkerMirroredStrategy configures the runtime's collective ops, which
         # must happen before anything else touches it.
         strategy = distribute.make_strategy(config.strategy, config.tpu)
+    try:
+        return _pretrain(config, log, strategy, stop_requested)
+    except tf.errors.OpError as error:
+        # From the initial weights' broadcast to the last step: a lost worker aborts the
+        # collectives of all the others.
+        lost = worker_role(strategy).num_workers > 1 and distribute.worker_lost_error(
+            error, latest_checkpoint(config.model_dir))
+        if not lost:
+            raise
+        raise lost from error
+
+
+def _pretrain(config, log, strategy, stop_requested):
+    """`pretrain` once the strategy is made."""
     if config.deterministic:
         # Process-wide: kernels with a nondeterministic implementation (GPU atomics, some
         # cuDNN algorithms) switch to deterministic ones or raise.

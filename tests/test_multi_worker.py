@@ -10,22 +10,34 @@ and BatchNorm statistics differ by at most 1.2e-7 (float32 rounding), because th
 setups sum in different orders (MultiWorkerMirroredStrategy's ring all-reduce over gRPC
 against MirroredStrategy's local reduction; CPU kernels blocked for the threads each
 process gives them). Tolerance: |difference| <= 1e-6 + 1e-5 |value|.
+
+When a worker is killed, the other stops (WORKER_LOST_EXIT_CODE) with one line naming the
+lost worker and the checkpoint that the same two commands resume from, and they do.
 """
+import dataclasses
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
+from nac_tf.cli.train import WORKER_LOST_EXIT_CODE
 from nac_tf.config import PretrainConfig
+from nac_tf.distribute import worker_lost_error
+from nac_tf.run_directory import latest_checkpoint
 from nac_tf.training import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
 TIMEOUT = 240  # seconds per worker; it is killed after that
+# TensorFlow notices a lost worker within about 12 s (missed heartbeats, 10 s) or at once
+# (a call to it fails); the rest is the survivor's exit.
+SURVIVOR_TIMEOUT = 60
 
 
 def _free_ports(count):
@@ -54,6 +66,13 @@ def _flags(config):
             for key, value in config.to_dict().items()]
 
 
+def _environment(cluster, index, tmpdir):
+    """Worker `index`'s environment: its TF_CONFIG, and TMPDIR `tmpdir` (to see what it leaves
+    there)."""
+    return dict(os.environ, TMPDIR=str(tmpdir), TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+
+
 def _checkpoint_values(path):
     reader = tf.train.load_checkpoint(path)
     return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
@@ -70,11 +89,10 @@ def test_two_workers_match_one_process_with_two_replicas(tmp_path, two_replica_s
         for index in range(2):
             scratch.append(tmp_path / f"tmp{index}")
             scratch[-1].mkdir()
-            env = dict(os.environ, TMPDIR=str(scratch[-1]), TF_CONFIG=json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": index}}))
             log = open(tmp_path / f"worker{index}.log", "w")
-            processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
-                                              stderr=subprocess.STDOUT))
+            processes.append(subprocess.Popen(
+                command, cwd=REPO, env=_environment(cluster, index, scratch[-1]), stdout=log,
+                stderr=subprocess.STDOUT))
             log.close()
         # Meanwhile, the same global batch on two replicas in this process.
         reference = pretrain(_config(tmp_path / "mirrored", "mirrored"), log=lambda *_: None,
@@ -105,3 +123,110 @@ def test_two_workers_match_one_process_with_two_replicas(tmp_path, two_replica_s
     assert workers.keys() == single.keys()
     for name, value in single.items():
         np.testing.assert_allclose(workers[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+# What TensorFlow 2.21 told a survivor (abridged): the chief, ~10 s after worker 1 stopped
+# sending heartbeats; worker 1, at once, when a collective's call to the killed chief failed.
+HEARTBEATS = (
+    "{{function_node __wrapped__CollectiveBcastSend_device_/job:worker/replica:0/task:0/device:"
+    "CPU:0}} Collective ops is aborted by: Error reported from /job:worker/task:1: The "
+    "following tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1"
+    "\nThe tasks have crashed. [Op:CollectiveBcastSend]")
+CALL_FAILED = (
+    "Graph execution error:\n\nCollective ops is aborted by: recvmsg:Connection reset by peer\n"
+    "Additional GRPC error information from remote target /job:worker/replica:0/task:0 while "
+    "calling /tensorflow.WorkerService/CompleteInstance:\n:UNKNOWN:Error received from peer  "
+    '{grpc_status:14, grpc_message:"recvmsg:Connection reset by peer"}')
+
+
+def test_lost_worker_errors_name_the_task_and_the_checkpoint():
+    def lost(message, checkpoint="run/checkpoints/ckpt-3", error=tf.errors.UnavailableError):
+        return worker_lost_error(error(None, None, message), checkpoint)
+
+    assert lost(HEARTBEATS).tasks == ["/job:worker/replica:0/task:1"]
+    assert str(lost(HEARTBEATS)).startswith("lost worker 1 (/job:worker/replica:0/task:1) ")
+    assert lost(CALL_FAILED).tasks == ["/job:worker/replica:0/task:0"]
+    assert str(lost(CALL_FAILED)).endswith("resumes from checkpoint run/checkpoints/ckpt-3")
+    assert "no checkpoint was written" in str(lost(CALL_FAILED, checkpoint=None))
+    # Aborted collectives naming no task: still a lost worker, unnamed.
+    assert lost("Collective ops is aborted by: ?").tasks == []
+    # Not a lost worker: another service unavailable, another error class.
+    assert lost("storage.example.com: 503 Service Unavailable") is None
+    assert lost(HEARTBEATS, error=tf.errors.InvalidArgumentError) is None
+
+
+def test_a_lost_worker_stops_the_other_and_the_same_commands_resume(tmp_path):
+    """SIGKILL the chief after its first checkpoint: worker 1 exits with WORKER_LOST_EXIT_CODE
+    and one `error:` line naming worker 0 and that checkpoint, no traceback; the same two
+    commands then resume from it and finish. No worker leaves its nac_tf_worker* scratch
+    directory."""
+    run = tmp_path / "run"
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    # 12 steps: 9 after the first checkpoint (step 3) to kill the chief in.
+    config = dataclasses.replace(_config(run, "multi_worker"), train_steps=12)
+    command = [sys.executable, "-m", "nac_tf.train", *_flags(config), "--deterministic"]
+    tmpdirs = [tmp_path / f"tmp{index}" for index in range(2)]
+    for tmpdir in tmpdirs:
+        tmpdir.mkdir()
+
+    def start(session):
+        processes = []
+        for index in range(2):
+            with open(tmp_path / f"{session}{index}.out", "w") as out, \
+                    open(tmp_path / f"{session}{index}.err", "w") as err:
+                processes.append(subprocess.Popen(
+                    command, cwd=REPO, env=_environment(cluster, index, tmpdirs[index]),
+                    stdout=out, stderr=err))
+        return processes
+
+    def output(session, index, stream):
+        return (tmp_path / f"{session}{index}.{stream}").read_text()
+
+    def scratch_left():
+        return [name for tmpdir in tmpdirs for name in os.listdir(tmpdir)
+                if name.startswith("nac_tf_worker")]
+
+    processes = start("first")
+    try:
+        deadline = time.time() + TIMEOUT
+        while latest_checkpoint(str(run)) is None:
+            if time.time() > deadline or any(p.poll() is not None for p in processes):
+                pytest.fail("no checkpoint: " + output("first", 0, "err")[-3000:])
+            time.sleep(0.01)
+        processes[0].kill()
+        try:
+            processes[1].wait(timeout=SURVIVOR_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"worker 1 still runs {SURVIVOR_TIMEOUT} s after the chief was killed")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    checkpoint = latest_checkpoint(str(run))
+    errors = output("first", 1, "err")
+    assert processes[1].returncode == WORKER_LOST_EXIT_CODE, errors
+    assert "Traceback" not in errors
+    # TensorFlow's own C++ error lines about the aborted collectives come before it.
+    lines = [line for line in errors.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, errors
+    assert lines[0].startswith("error: lost worker 0 (/job:worker/replica:0/task:0) "), errors
+    assert lines[0].endswith("Rerunning the same command on every worker resumes from "
+                             f"checkpoint {checkpoint}"), errors
+    assert not scratch_left()
+
+    processes = start("second")
+    try:
+        for process in processes:
+            process.wait(timeout=TIMEOUT)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for index, process in enumerate(processes):
+        assert process.returncode == 0, output("second", index, "err")[-3000:]
+    assert f"Resumed from {checkpoint} at step " in output("second", 0, "out")
+    with open(run / "results.json") as f:
+        assert json.load(f)["steps"] == config.train_steps
+    assert not scratch_left()

@@ -2,7 +2,7 @@
 
 Exit codes of every command: 0 done (also after `--help`); 2 a flag, or what it names, is
 unusable: one line `error: --flag: ...` on stderr, no traceback, nothing written. The
-trainer adds 1 (the loss became non-finite) and 143 (stopped by SIGTERM).
+trainer adds its own (`nac_tf.cli.train`).
 
 absl itself answers a parse error with "FATAL Flags parsing error" and exit code 1, and
 `--help` with exit code 1; `parse_flags` makes both follow the rules above. Nothing here

@@ -17,9 +17,17 @@ Exit codes: 0 trained (and evaluated), or finished already; 1 a fault during tra
 loss or the weights became non-finite, or a checkpoint or result could not be written (full
 disk): the last good checkpoint is kept; 2 a flag, the data behind --data_dir or the run
 directory is unusable (one line `error: --flag: ...` on stderr, no traceback, nothing
-written); 130 (128 + SIGINT) stopped by Ctrl-C and 143 (128 + SIGTERM) stopped by SIGTERM,
-e.g. on preemption: both after writing a checkpoint of the current step (run the same
-command again to resume); a second Ctrl-C exits at once with 130, without one.
+written); 75 a worker of a multi-worker run was lost (one line `error: lost worker N
+(/job:worker/replica:0/task:N) ...` naming the checkpoint that the same command on every
+worker resumes from: rerun them); 130 (128 + SIGINT) stopped by Ctrl-C and 143 (128 +
+SIGTERM) stopped by SIGTERM, e.g. on preemption: both after writing a checkpoint of the
+current step (run the same command again to resume); a second Ctrl-C exits at once with
+130, without one. 75 is sysexits.h's EX_TEMPFAIL (a temporary failure, retry later): a job
+runner that retries on it gets this right, whereas retrying after 1 repeats the failure.
+
+A worker whose peers never start, or die before they join the cluster, waits for them as
+TensorFlow does (it cannot tell a dead peer from a late one): the chief without a limit,
+the others up to an hour; Ctrl-C twice ends it.
 """
 import dataclasses
 import json
@@ -33,6 +41,8 @@ from absl import flags
 from nac_tf.cli import common
 from nac_tf.cli.configs import available_configs, expand_config_args
 from nac_tf.config import ConfigError, PretrainConfig, TFDS_SOURCE_FILES, validate_config
+
+WORKER_LOST_EXIT_CODE = 75  # sysexits.h's EX_TEMPFAIL (see the docstring)
 
 _HELP = {
     "method": "Pretraining method: nac, nac_mq, simclr, moco_v2 or amdim (needs an amdim_* "
@@ -243,27 +253,38 @@ def config_from_args(args):
 
 class _StopOnSignal:
     """SIGTERM and Ctrl-C (SIGINT) ask the training loop to checkpoint the current step and
-    stop (`requested`, polled between steps); a second Ctrl-C exits at once."""
+    stop (`requested`, polled between steps); a second Ctrl-C exits at once.
+
+    The signals are blocked in the main thread, and so in every thread it starts later
+    (TensorFlow's too), and taken by a thread of their own with sigwait: Python runs signal
+    handlers only between bytecodes of the main thread, which a long TensorFlow call (a
+    graph loop of many steps, a worker waiting for its cluster) keeps from them, so a
+    handler could not exit "at once".
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.signal = None
         self._event = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        threading.Thread(target=self._wait, name="nac_tf-stop-signals", daemon=True).start()
 
     def requested(self):
         return self._event.is_set()
 
-    def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self._event.is_set():
-            print("Ctrl-C again: exiting at once, without a checkpoint of the current step",
-                  file=sys.stderr, flush=True)
-            os._exit(128 + signal.SIGINT)
-        self.signal = self.signal or signal.Signals(signum)
-        self._event.set()
-        if signum == signal.SIGINT:
-            print("Ctrl-C: stopping after the current step with a checkpoint (Ctrl-C again "
-                  "exits at once)", file=sys.stderr, flush=True)
+    def _wait(self):
+        while True:
+            signum = signal.Signals(signal.sigwait(self.SIGNALS))
+            if signum == signal.SIGINT and self._event.is_set():
+                print("Ctrl-C again: exiting at once, without a checkpoint of the current "
+                      "step", file=sys.stderr, flush=True)
+                os._exit(128 + signal.SIGINT)
+            self.signal = self.signal or signum
+            self._event.set()
+            if signum == signal.SIGINT:
+                print("Ctrl-C: stopping after the current step with a checkpoint (Ctrl-C "
+                      "again exits at once)", file=sys.stderr, flush=True)
 
 
 def main(argv):
@@ -279,6 +300,7 @@ def main(argv):
         validate_config(config)
     except ConfigError as error:
         common.exit_with_flag_error(error)
+    from nac_tf.distribute import WorkerLostError
     from nac_tf.training import (CheckpointWriteError, NonFiniteLossError,
                                  TrainingInterrupted, pretrain)
 
@@ -289,6 +311,9 @@ def main(argv):
     except (NonFiniteLossError, CheckpointWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except WorkerLostError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(WORKER_LOST_EXIT_CODE)
     except OSError as error:  # a result or log file the disk refused (full, read-only)
         print(f"error: cannot write {error.filename or config.model_dir} "
               f"({error.strerror or error}); the newest checkpoint in {config.model_dir} is "
