@@ -52,6 +52,14 @@ def _free_ports(count):
             s.close()
 
 
+def _kill_running(processes):
+    """Kills those of `processes` that still run, and reaps them all."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
 def _config(model_dir, strategy):
     return PretrainConfig(
         method="nac", dataset="digits", image_size=8, encoder="small_cnn", batch_size=32,
@@ -100,10 +108,7 @@ def test_two_workers_match_one_process_with_two_replicas(tmp_path, two_replica_s
         for process in processes:
             process.wait(timeout=TIMEOUT)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        _kill_running(processes)
     logs = [(tmp_path / f"worker{index}.log").read_text() for index in range(2)]
     for process, log in zip(processes, logs):
         assert process.returncode == 0, log
@@ -199,10 +204,7 @@ def test_a_lost_worker_stops_the_other_and_the_same_commands_resume(tmp_path):
         except subprocess.TimeoutExpired:
             pytest.fail(f"worker 1 still runs {SURVIVOR_TIMEOUT} s after the chief was killed")
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+        _kill_running(processes)
     checkpoint = latest_checkpoint(str(run))
     errors = output("first", 1, "err")
     assert processes[1].returncode == WORKER_LOST_EXIT_CODE, errors
@@ -220,10 +222,7 @@ def test_a_lost_worker_stops_the_other_and_the_same_commands_resume(tmp_path):
         for process in processes:
             process.wait(timeout=TIMEOUT)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        _kill_running(processes)
     for index, process in enumerate(processes):
         assert process.returncode == 0, output("second", index, "err")[-3000:]
     assert f"Resumed from {checkpoint} at step " in output("second", 0, "out")

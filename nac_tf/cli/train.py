@@ -41,6 +41,7 @@ from absl import flags
 from nac_tf.cli import common
 from nac_tf.cli.configs import available_configs, expand_config_args
 from nac_tf.config import ConfigError, PretrainConfig, TFDS_SOURCE_FILES, validate_config
+from nac_tf.errors import cannot_write
 
 WORKER_LOST_EXIT_CODE = 75  # sysexits.h's EX_TEMPFAIL (see the docstring)
 
@@ -315,10 +316,9 @@ def main(argv):
         print(f"error: {error}", file=sys.stderr)
         sys.exit(WORKER_LOST_EXIT_CODE)
     except OSError as error:  # a result or log file the disk refused (full, read-only)
-        print(f"error: cannot write {error.filename or config.model_dir} "
-              f"({error.strerror or error}); the newest checkpoint in {config.model_dir} is "
-              "intact: fix the cause and run the same command again to resume",
-              file=sys.stderr)
+        print(f"error: {cannot_write(error.filename or config.model_dir, error)}; the "
+              f"newest checkpoint in {config.model_dir} is intact: fix the cause and run the "
+              "same command again to resume", file=sys.stderr)
         sys.exit(1)
     except TrainingInterrupted as error:
         print(f"{stop.signal.name if stop.signal else 'stopped'}: {error}", file=sys.stderr)

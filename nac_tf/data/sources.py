@@ -28,9 +28,9 @@ import numpy as np
 import tensorflow as tf
 
 from nac_tf.config import ON_CORRUPT, TFDS_SOURCE_FILES
-from nac_tf.errors import cannot_read, read_problem
 from nac_tf.data.splits import (class_balanced_retrieval_split, contiguous_order,
                                 stratified_split)
+from nac_tf.errors import cannot_read, read_problem
 
 TFDS_DATASETS = tuple(TFDS_SOURCE_FILES)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
