@@ -197,7 +197,7 @@ FIXED_RUN_FIELDS = (
 )
 # Fields a checkpoint can be resumed with under new values (the length of training, the
 # learning-rate schedule and the optimizer's hyperparameters; where the data lies): changed
-# only with allow_flag_changes, which records the change in flags.json.
+# only with allow_flag_changes, which records the change in flag_changes.json.
 RESUMABLE_RUN_FIELDS = (
     "data_dir", "epochs", "train_steps", "learning_rate", "learning_rate_scaling",
     "warmup_epochs", "weight_decay", "lars_momentum", "lars_trust_coefficient", "lars_rule",

@@ -16,7 +16,8 @@ def _message_line(error):
     return re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]$", "", text)
 
 
-def _shortened(text, limit=200):
+def shortened(text, limit=200):
+    """`text`, cut to at most `limit` characters (ending in "..." when cut)."""
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -26,7 +27,7 @@ def error_reason(error):
     No space left on device [Op:SaveV2]" -> "path; No space left on device")."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    return _shortened(_message_line(error))
+    return shortened(_message_line(error))
 
 
 def failure_cause(error):
@@ -34,7 +35,7 @@ def failure_cause(error):
     space left on device" -> "No space left on device"): for a file that was temporary."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    return _shortened(_message_line(error).rpartition("; ")[2])
+    return shortened(_message_line(error).rpartition("; ")[2])
 
 
 def _os_reason(error, path):

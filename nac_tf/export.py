@@ -45,8 +45,7 @@ import tensorflow as tf
 from nac_tf.config import ConfigError
 from nac_tf.errors import cannot_write, failure_cause
 from nac_tf.data.pipeline import evaluation_images
-from nac_tf.run_directory import (check_export_dir, intact_checkpoint, read_run_config,
-                                  restore_pretrained_method)
+from nac_tf.run_directory import check_export_dir, restore_run
 
 SIGNATURES = ("features", "serving_default", "hash_codes", "codes")
 METADATA_FILE = "nac_tf_export.json"
@@ -185,8 +184,8 @@ def build_export_module(method, image_size, input_statistics=None):
 
 
 def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
-    """Exports the run in `model_dir` (its newest intact checkpoint, `intact_checkpoint`,
-    or the given one) to `export_dir`.
+    """Exports the run in `model_dir` (its newest intact checkpoint, or the given one:
+    `restore_run`) to `export_dir`.
 
     Refuses a non-empty `export_dir` unless `overwrite`; even then only a previous
     SavedModel is replaced, never another directory. The export is written beside
@@ -196,11 +195,7 @@ def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
     """
     export_dir = os.path.abspath(export_dir)
     check_export_dir(export_dir, overwrite)
-    _, statistics = read_run_config(model_dir)
-    checkpoint = intact_checkpoint(model_dir, checkpoint)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{model_dir!r} has no checkpoint to export")
-    _, method = restore_pretrained_method(model_dir, checkpoint)
+    _, statistics, method, checkpoint = restore_run(model_dir, checkpoint)
     module = build_export_module(method, statistics["image_size"], statistics)
 
     parent = os.path.dirname(export_dir)

@@ -332,9 +332,10 @@ def check_export_dir(export_dir, overwrite=False):
                               "replace it")
 
 
-def restore_pretrained_method(model_dir, checkpoint=None):
-    """(PretrainConfig, method) of a run directory, the method with the weights of its
-    newest intact (or the given) checkpoint (`intact_checkpoint`).
+def restore_run(model_dir, checkpoint=None):
+    """(PretrainConfig, input statistics, method, checkpoint prefix) of a run directory: the
+    method with the weights of its newest intact (or the given) checkpoint
+    (`intact_checkpoint`, which reads the checkpoint once to verify it).
 
     ConfigError naming `checkpoint` (or model_dir, for the run's own) when the checkpoint
     does not hold this run's networks: a variable of another shape (another code_dim or
@@ -363,4 +364,10 @@ def restore_pretrained_method(model_dir, checkpoint=None):
         raise ConfigError("checkpoint" if checkpoint else "model_dir",
                           f"{path!r} does not match the run in model_dir {model_dir!r} "
                           f"({error_reason(error)})") from None
+    return config, statistics, method, path
+
+
+def restore_pretrained_method(model_dir, checkpoint=None):
+    """(PretrainConfig, method) of `restore_run`."""
+    config, _, method, _ = restore_run(model_dir, checkpoint)
     return config, method

@@ -32,20 +32,18 @@ assumes).
 import dataclasses
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import keras
 import tensorflow as tf
 
 from nac_tf import distribute
+from nac_tf.checkpointing import CheckpointWriter, restore_training_state
 from nac_tf.config import DATASETS, ConfigError, PretrainConfig, validate_config
 from nac_tf.data.catalog import dataset_statistics, load_source
 from nac_tf.data.pipeline import first_training_images, make_pretrain_dataset
 from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter, amdim_recipe
-from nac_tf.errors import error_reason, failure_cause
 from nac_tf.evaluation.linear import LinearEvalConfig
 from nac_tf.evaluation.mlp import MLPEvalConfig
 from nac_tf.evaluation.monitor import TrainingMonitor
@@ -57,10 +55,9 @@ from nac_tf.optim import (LARS, AdamL2, WarmupCosineSchedule, WarmupStepSchedule
                           lars_rule_arguments, scaled_learning_rate)
 from nac_tf.precision import resolve_precision
 from nac_tf.run_directory import (
-    CHECKPOINT_DIR, FLAGS_FILE, INPUT_STATISTICS_FILE, RANDOM_INIT_EVAL_FILE, RESULTS_FILE,
-    TENSORBOARD_DIR, TRAJECTORY_FILE, check_run_directory, checkpoint_step, checkpoint_steps,
-    intact_checkpoint, latest_checkpoint, path_in, read_json, read_run_json,
-    read_trajectory, remove_partial_checkpoints, write_checkpoint_state, write_json,
+    FLAGS_FILE, INPUT_STATISTICS_FILE, RANDOM_INIT_EVAL_FILE, RESULTS_FILE, TENSORBOARD_DIR,
+    TRAJECTORY_FILE, check_run_directory, checkpoint_step, intact_checkpoint,
+    latest_checkpoint, path_in, read_json, read_run_json, read_trajectory, write_json,
     write_run_settings)
 from nac_tf.summaries import (PROBE_SIZE, CodeHistogram, write_final_metrics,
                               write_view_pairs)
@@ -77,12 +74,6 @@ CPU_XLA_WARNING = (
 class NonFiniteLossError(RuntimeError):
     """The loss or the weights became NaN or infinite; the last good checkpoint is kept and
     nothing after it is written."""
-
-
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (full disk, I/O error); what it left half-written
-    is removed, the earlier checkpoints are intact and the same command resumes from the
-    newest of them once the cause is fixed."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -364,67 +355,6 @@ def worker_role(strategy):
                       task_id=int(resolver.task_id or 0), num_workers=max(num_workers, 1))
 
 
-class _CheckpointWriter:
-    """Saves the run's checkpoints: a CheckpointManager on the chief; on other workers a
-    write to a scratch directory that exists only during the save (all workers must take
-    part in saving; only the chief keeps the files).
-
-    `latest`: the checkpoint the run resumed from (`intact_checkpoint`), then the last one
-    saved. On the chief, the directories of interrupted writes are removed first and
-    TensorFlow's state file is rewritten when it does not name `latest` (missing, or naming
-    a damaged checkpoint), so that the manager keeps and deletes the right files.
-    """
-
-    def __init__(self, checkpoint, model_dir, keep, role, latest=None):
-        self.model_dir = model_dir
-        self.directory = path_in(model_dir, CHECKPOINT_DIR)
-        self.role = role
-        self.latest = latest
-        self._checkpoint = checkpoint
-        self._manager = None
-        if role.is_chief:
-            remove_partial_checkpoints(model_dir)
-            if latest is not None and tf.train.latest_checkpoint(self.directory) != latest:
-                self._repair_state_file(latest)
-            self._manager = tf.train.CheckpointManager(checkpoint, self.directory,
-                                                       max_to_keep=keep)
-
-    def _repair_state_file(self, latest):
-        """Names `latest` and the complete checkpoints before it in the state file."""
-        step = checkpoint_step(latest)
-        older = [prefix for s, (prefix, problem)
-                 in sorted(checkpoint_steps(self.model_dir).items())
-                 if problem is None and s < step]
-        write_checkpoint_state(self.model_dir, older + [latest])
-
-    def save(self, step):
-        """Writes the checkpoint of `step`; CheckpointWriteError (nothing half-written left,
-        `latest` unchanged) when the disk refuses it."""
-        scratch = None
-        try:
-            if self._manager is not None:
-                self.latest = self._manager.save(checkpoint_number=step)
-            else:
-                scratch = tempfile.mkdtemp(prefix=f"nac_tf_worker{self.role.task_id}_")
-                self._checkpoint.write(os.path.join(scratch, f"ckpt-{step}"))
-                self.latest = path_in(self.directory, f"ckpt-{step}")  # the chief's copy
-        except (OSError, tf.errors.OpError) as error:
-            if self._manager is None:
-                raise
-            for name in os.listdir(self.directory):  # what the failed write left behind
-                if name.startswith(f"ckpt-{step}.") or name == f"ckpt-{step}_temp":
-                    path = os.path.join(self.directory, name)
-                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-            raise CheckpointWriteError(
-                f"could not write the checkpoint of step {step} to {self.directory} "
-                f"({failure_cause(error)}); the newest checkpoint is {self.latest or 'none'}: "
-                "fix the cause (free disk space) and run the same command again to resume "
-                "from it") from error
-        finally:
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
-
-
 def _load_source(config, log):
     """The run's ImageSource; a loader's complaint about the data becomes a ConfigError
     naming data_dir (the command line prints it without a traceback)."""
@@ -522,13 +452,13 @@ def _pretrain(config, log, strategy, stop_requested):
     checkpoint = tf.train.Checkpoint(method=method, optimizer=optimizer,
                                      input_position=input_position)
     if latest:
-        _restore(checkpoint, latest, input_position, optimizer)
+        restore_training_state(checkpoint, latest, input_position, optimizer)
         log(f"Resumed from {latest} at step {int(optimizer.iterations.numpy())}")
         if role.is_chief:
             write_run_settings(run_config, changed, int(optimizer.iterations.numpy()))
     if role.is_chief:
         write_json(path_in(config.model_dir, INPUT_STATISTICS_FILE), input_statistics)
-    writer = _CheckpointWriter(checkpoint, config.model_dir, config.keep_checkpoints, role,
+    writer = CheckpointWriter(checkpoint, config.model_dir, config.keep_checkpoints, role,
                                latest)
     evaluation = None
     initial_eval_path = path_in(config.model_dir, RANDOM_INIT_EVAL_FILE)
@@ -629,22 +559,6 @@ def _finished_results(model_dir, latest, total_steps, evaluates):
     # Results of earlier versions have no "evaluated": their metrics tell.
     evaluated = results.get("evaluated", any(name in results for name in SUMMARY_METRICS))
     return results if done and (evaluated or not evaluates) else None
-
-
-def _restore(checkpoint, path, input_position, optimizer):
-    """Restores the run's state from the checkpoint `path`; ConfigError naming model_dir
-    when its variables do not match the networks these settings build (a flags.json
-    edited by hand or lost, a checkpoint copied from another run)."""
-    try:
-        checkpoint.restore(path).assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
-        raise ConfigError("model_dir", f"checkpoint {path} does not match the networks of "
-                          f"this run's settings ({error_reason(error)});"
-                          " use the settings it was written with, or a new model_dir"
-                          ) from None
-    if not any(name.startswith("input_position") for name, _ in tf.train.list_variables(path)):
-        # Written before the input position was saved: no skipped steps then.
-        input_position.assign(tf.cast(optimizer.iterations, tf.int64))
 
 
 def _all_finite(variables):

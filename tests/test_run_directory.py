@@ -23,7 +23,8 @@ import pytest
 from nac_tf.config import ConfigError
 from nac_tf.run_directory import (DamagedCheckpointsError, FLAG_CHANGES_FILE,
                                   check_run_directory, intact_checkpoint, latest_checkpoint)
-from nac_tf.training import CheckpointWriteError, TrainingInterrupted, pretrain
+from nac_tf.checkpointing import CheckpointWriteError
+from nac_tf.training import TrainingInterrupted, pretrain
 
 from test_training import _tiny
 

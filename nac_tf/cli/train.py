@@ -11,7 +11,7 @@ into a PretrainConfig (the only place they are read), every value is validated b
 graph is built, and the run goes to --model_dir (run the same command again to resume).
 
 Running the command of a finished run again changes nothing and prints its stored results;
-see README "Robustness" for what survives which fault.
+docs/robustness.md says what survives which fault.
 
 Exit codes: 0 trained (and evaluated), or finished already; 1 a fault during training: the
 loss or the weights became non-finite, or a checkpoint or result could not be written (full
@@ -301,9 +301,9 @@ def main(argv):
         validate_config(config)
     except ConfigError as error:
         common.exit_with_flag_error(error)
+    from nac_tf.checkpointing import CheckpointWriteError
     from nac_tf.distribute import WorkerLostError
-    from nac_tf.training import (CheckpointWriteError, NonFiniteLossError,
-                                 TrainingInterrupted, pretrain)
+    from nac_tf.training import NonFiniteLossError, TrainingInterrupted, pretrain
 
     try:
         results = pretrain(config, stop_requested=stop.requested)

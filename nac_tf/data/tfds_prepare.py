@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
 from nac_tf.config import TFDS_SOURCE_FILES
+from nac_tf.errors import shortened
 
 # Seconds to connect and to wait for the answer; a name that cannot be resolved fails at once.
 REACHABILITY_TIMEOUT = 15
@@ -106,7 +107,7 @@ def _reason(error):
         root = root.__cause__ or root.__context__
     lines = str(root).strip().splitlines()
     text = f"{type(error).__name__}: {lines[0] if lines else type(root).__name__}"
-    return text if len(text) <= _REASON_LENGTH else text[:_REASON_LENGTH - 3] + "..."
+    return shortened(text, _REASON_LENGTH)
 
 
 def _not_prepared(builder):
