@@ -88,7 +88,7 @@ class ViewPairAugmenter:
         shape = tf.shape(images)
         if c.max_translation:
             windows = translation_windows(draws, shape[1], shape[2], c.max_translation,
-                                           c.translation_prob)
+                                          c.translation_prob)
             images = reflect_pad(images, c.max_translation)
             width = shape[2] + 2 * c.max_translation
         else:
@@ -115,7 +115,7 @@ class ViewPairAugmenter:
             windows = translation_windows(draws, heights, widths, pad, c.translation_prob)
         else:
             windows = crop_windows(draws, whole_batch(heights), whole_batch(widths),
-                                    c.crop_area, c.aspect_ratio)
+                                   c.crop_area, c.aspect_ratio)
         windows, flip = self._flips(draws, shared, windows, widths + 2 * pad)
 
         def crop(i):
@@ -128,7 +128,7 @@ class ViewPairAugmenter:
             window = image[top:top + height, left:left + width][None]
             zero = tf.zeros([1], tf.int32)
             return resized_crop(window, (zero, zero, height[None], width[None]), c.image_size,
-                                 None if flip is None else flip[i:i + 1]).images()[0]
+                                None if flip is None else flip[i:i + 1]).images()[0]
 
         return tf.map_fn(crop, tf.range(draws.size), fn_output_signature=tf.TensorSpec(
             [c.image_size, c.image_size, 3], tf.float32))
@@ -192,7 +192,7 @@ class ViewPairAugmenter:
                         target += (to_mean * image_mean(gray))[:, None, None]
                 f = f[:, None, None]
                 planes = Planes(clamp(plane * f if target is None else plane * f + target)
-                                 for plane in planes)
+                                for plane in planes)
             if hue:
                 selected = (operation == _HUE) & parameters["jittered"]
                 planes = update_rows(selected, planes, lambda chosen, pick: shift_hue(

@@ -40,7 +40,7 @@ class Planes(tuple):
     def with_rows(self, rows, values):
         """These planes with the images `rows` [m] replaced by the planes `values`."""
         return Planes(tf.tensor_scatter_nd_update(plane, rows[:, None], value)
-                       for plane, value in zip(self, values))
+                      for plane, value in zip(self, values))
 
 
 def image_mean(images):

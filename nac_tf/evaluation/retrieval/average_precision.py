@@ -9,7 +9,7 @@ from nac_tf.evaluation.retrieval.distances import (BACKENDS, Distances, compiled
 from nac_tf.evaluation.retrieval.expected_ties import (expected_ap_at_k, harmonic_table,
                                                        mean_weights)
 from nac_tf.evaluation.retrieval.inputs import (EMPTY_QUERIES, TIES, Relevance, check_option,
-                                                check_top_k, codes)
+                                                codes, positive_integer_or_none)
 from nac_tf.evaluation.retrieval.scan import bucket_counts, chunk_rows, default_threads, scan
 
 
@@ -87,7 +87,7 @@ def _average_precisions(query_bits, db_bits, query_labels, db_labels, top_k, tie
                         inner_product=False):
     check_option("ties", ties, TIES)
     check_option("empty_queries", empty_queries, EMPTY_QUERIES)
-    top_k = check_top_k(top_k)
+    top_k = positive_integer_or_none("top_k", top_k)
     check_option("backend", backend, BACKENDS)
     if backend == "faiss" and inner_product:
         raise ValueError("backend='faiss' computes Hamming distances only")
@@ -128,7 +128,7 @@ def _average_precisions(query_bits, db_bits, query_labels, db_labels, top_k, tie
             inclusion[start:stop] = hits > 0
 
         scan(distances, relevance, num_queries, chunk_size, num_threads, process,
-              make_workspace=ranking.workspace)
+             make_workspace=ranking.workspace)
     else:
         harmonic = harmonic_table(num_items)
 
@@ -152,7 +152,7 @@ def _average_precisions(query_bits, db_bits, query_labels, db_labels, top_k, tie
                 flush(workspace)
 
         scan(distances, relevance, num_queries, chunk_size, num_threads, process,
-              finish=flush)
+             finish=flush)
     return _mean_of_queries(ap_or_zero, inclusion, empty_queries)
 
 

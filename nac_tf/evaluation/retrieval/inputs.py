@@ -144,13 +144,15 @@ class Relevance:
         return out
 
 
-def check_top_k(top_k):
-    if top_k is None:
+def positive_integer_or_none(name, value):
+    """`value` as an int, or None; anything else (a bool, a float, 0) is refused, naming
+    the parameter `name` (top_k, chunk_size)."""
+    if value is None:
         return None
-    if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)) \
-            or top_k < 1:
-        raise ValueError(f"top_k must be None or a positive integer, got {top_k!r}")
-    return int(top_k)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < 1:
+        raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
+    return int(value)
 
 
 def as_words(packed):

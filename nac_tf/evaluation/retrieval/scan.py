@@ -5,6 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from nac_tf.evaluation.retrieval.inputs import positive_integer_or_none
+
 
 def default_threads(num_threads):
     if num_threads is None:
@@ -20,14 +22,11 @@ def chunk_rows(chunk_size, num_items):
         # About 2^18 items per chunk: the per-chunk buffers (a few MB) stay in cache, and
         # the per-chunk Python overhead stays small next to the work.
         return int(np.clip((1 << 18) // num_items, 1, 256))
-    if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer)) \
-            or chunk_size < 1:
-        raise ValueError(f"chunk_size must be None or a positive integer, got {chunk_size!r}")
-    return int(chunk_size)
+    return positive_integer_or_none("chunk_size", chunk_size)
 
 
 def scan(distances, relevance, num_queries, chunk_size, num_threads, process_chunk,
-          make_workspace=None, finish=None):
+         make_workspace=None, finish=None):
     """Call process_chunk(start, stop, dist, rel, workspace) on every chunk of queries.
 
     Queries are split into one contiguous range per worker thread; every worker owns its
