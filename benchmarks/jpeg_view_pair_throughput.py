@@ -82,6 +82,9 @@ def main():
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     tf.get_logger().setLevel("ERROR")
     from nac_tf.data import pipeline, sources, views
+    from nac_tf.data.views.colour import Planes
+    from nac_tf.data.views.draws import Draws
+    from nac_tf.data.views.geometry import crop_windows, resized_crop
 
     recipe = views.imagenet_recipe(224)
     crop_only_recipe = views.AugmentationConfig(
@@ -123,15 +126,15 @@ def main():
 
     def view_windows(index, view, height, width):
         """One view's RandomResizedCrop window on an image of the given size."""
-        draws = views._Draws(views.fold_in(key, index, view), 0, 1, 1)
-        return [w[0] for w in views._crop_windows(draws, height, width, recipe.crop_area,
-                                                  recipe.aspect_ratio)]
+        draws = Draws(views.fold_in(key, index, view), 0, 1, 1)
+        return [w[0] for w in crop_windows(draws, height, width, recipe.crop_area,
+                                           recipe.aspect_ratio)]
 
     def resample(crop, flip):
         """The crop [h, w, 3] resampled to size x size by the views' own op."""
         shape = tf.shape(crop)
         window = (tf.zeros([1], tf.int32), tf.zeros([1], tf.int32), shape[:1], shape[1:2])
-        return views._Planes(views._resized_crop(crop[None], window, size, flip)).images()[0]
+        return Planes(resized_crop(crop[None], window, size, flip)).images()[0]
 
     def fused(index, path):
         data = tf.io.read_file(path)

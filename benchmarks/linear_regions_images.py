@@ -10,7 +10,8 @@ digits, small CNN, p = 0.1, D = 16 and D = 128, 600 steps; made by
 run's seed, as the trainer builds it before its first step (the same architecture and seed; not
 checked to be bit-identical to the run's starting weights, which no checkpoint keeps).
 
-Which layers (pre-activations in inference mode, pattern 1[a > 0], `nac_tf.linear_regions`):
+Which layers (pre-activations in inference mode, pattern 1[a > 0],
+`nac_tf.experiments.linear_regions`):
   code: the projection head's output a (D bits), the code c NAC trains (Sec. 3); the main
     number, the one Fig. 1's "last ReLU layer" corresponds to in NAC;
   head: the head as a 2-layer ReLU MLP over h (its hidden layer + the code);
@@ -68,7 +69,7 @@ def layer_pre_activations(method, images):
 
 
 def pattern_statistics(method, images):
-    from nac_tf.linear_regions import count_distinct_patterns, mean_hamming_distance
+    from nac_tf.experiments.linear_regions import count_distinct_patterns, mean_hamming_distance
 
     layers, encoder_relus = layer_pre_activations(method, images)
     sets = {"code": ["code"], "head": ["head_hidden", "code"],

@@ -15,8 +15,8 @@ per coordinate (the only augmentation that makes sense for 2-D points). Adam, ba
 points (512 rows), `--steps` steps.
 
 Measured for every seed at initialisation and after training (library:
-`nac_tf.linear_regions`): distinct activation patterns of both layers on the data (regions
-holding data) and on a 400 x 400 grid over the data's bounding box, distinct last-layer
+`nac_tf.experiments.linear_regions`): distinct activation patterns of both layers on the data
+(regions holding data) and on a 400 x 400 grid over the data's bounding box, distinct last-layer
 codewords, and the mean pairwise Hamming distance between the data's patterns. Writes
 results/linear_regions/ (results.json, results.md, fig1_linear_regions.png). Runs in about a
 minute on a CPU.
@@ -73,7 +73,7 @@ def build_nac(seed, flip_prob, head_init):
 
 
 def network_weights(method):
-    from nac_tf.linear_regions import dense_layer_weights
+    from nac_tf.experiments.linear_regions import dense_layer_weights
 
     return dense_layer_weights(method.projection_head)
 
@@ -81,7 +81,7 @@ def network_weights(method):
 def run_one(points, seed, head_init, args):
     import keras
 
-    from nac_tf.linear_regions import region_statistics
+    from nac_tf.experiments.linear_regions import region_statistics
 
     method = build_nac(seed, args.flip_prob, head_init)
     before_weights = network_weights(method)
@@ -123,8 +123,8 @@ def draw_figure(points, panels, path, resolution=300):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nac_tf.linear_regions import (activation_patterns, bounding_box, grid_points,
-                                       pre_activations)
+    from nac_tf.experiments.linear_regions import (activation_patterns, bounding_box,
+                                                   grid_points, pre_activations)
 
     box = bounding_box(points)
     grid = grid_points(box, resolution)

@@ -1,7 +1,8 @@
 """Paper Table 5: a VAE whose encoder starts from random weights or from a pretraining run,
 fine-tuned with the decoder; test-set negative ELBO, KL and importance-sampled log-likelihood.
 
-One command per row of the table (`nac_tf.vae`, protocol in docs/protocols.md section 3):
+One command per row of the table (`nac_tf.experiments.vae`, protocol in docs/protocols.md
+section 3):
 
     python benchmarks/vae_pretrained.py --init=random --model_dir=RUN [...]   # random init.
     python benchmarks/vae_pretrained.py --init=run --model_dir=RUN [...]      # pretrained
@@ -100,7 +101,7 @@ def parse_args():
 def build_model(args):
     """(VAE, image size, description of the encoder's initialisation)."""
     from nac_tf.data.catalog import DATASET_DEFAULTS, dataset_statistics, load_source
-    from nac_tf.vae import PretrainedEncoderVAE, encoder_of_run, random_encoder
+    from nac_tf.experiments.vae import PretrainedEncoderVAE, encoder_of_run, random_encoder
 
     if args.model_dir:
         encoder, statistics = encoder_of_run(args.model_dir, pretrained=args.init == "run")
@@ -128,7 +129,7 @@ def main():
 
     from nac_tf.data.catalog import load_source
     from nac_tf.data.pipeline import evaluation_images
-    from nac_tf.vae import evaluate_vae
+    from nac_tf.experiments.vae import evaluate_vae
 
     keras.utils.set_random_seed(args.seed)
     vae, image_size, described = build_model(args)

@@ -16,6 +16,8 @@ import tensorflow as tf
 from nac_tf.config import TFDS_SOURCE_FILES
 from nac_tf.data import catalog, pipeline, sources, splits, views
 from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter
+from nac_tf.data.views.draws import Draws
+from nac_tf.data.views.geometry import crop_windows, resized_crop
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data")
 MNIST_NPZ = os.path.join(SHARED_DATA, "mnist.npz")
@@ -370,7 +372,7 @@ def _view_key(seed, batch_index, view):
 
 
 def _draws(key, n):
-    return views._Draws(key, 0, n, n)
+    return Draws(key, 0, n, n)
 
 
 @pytest.mark.parametrize("field, value", [
@@ -428,8 +430,7 @@ def test_views_shapes_range_and_independence():
 def test_crop_windows_follow_torchvision_get_params(height, width, crop_area, aspect_ratio):
     n = 2000
     draws = _draws(_view_key(0, 0, 1), n)
-    windows = [v.numpy() for v in views._crop_windows(draws, height, width, crop_area,
-                                                      aspect_ratio)]
+    windows = [v.numpy() for v in crop_windows(draws, height, width, crop_area, aspect_ratio)]
     scales = draws.uniform("crop_area", *crop_area, shape=[views.CROP_ATTEMPTS]).numpy()
     log_ratios = draws.uniform("aspect_ratio", math.log(aspect_ratio[0]),
                                math.log(aspect_ratio[1]), shape=[views.CROP_ATTEMPTS]).numpy()
@@ -464,8 +465,8 @@ def test_crop_windows_use_every_position_and_differ_between_views():
     n = 4000
     config = views.cifar_recipe()
     first, second = (
-        [v.numpy() for v in views._crop_windows(_draws(_view_key(0, 0, view), n), 32, 32,
-                                                config.crop_area, config.aspect_ratio)]
+        [v.numpy() for v in crop_windows(_draws(_view_key(0, 0, view), n), 32, 32,
+                                         config.crop_area, config.aspect_ratio)]
         for view in (1, 2))
     # A crop of side h has 32 - h + 1 corners, each equally likely: full-height crops
     # start at 0 only, and the smallest crops use the whole range.
@@ -485,8 +486,7 @@ def test_resized_crop_is_torch_bilinear_with_crop_border_clamping():
     left = (rng.random(n) * (width - w + 1)).astype(int)
     flip = rng.random(n) < 0.5
     windows = tuple(tf.constant(v, tf.int32) for v in (top, left, h, w))
-    out = views._resized_crop(tf.constant(images), windows, size,
-                              tf.constant(flip)).images().numpy()
+    out = resized_crop(tf.constant(images), windows, size, tf.constant(flip)).images().numpy()
     for k in range(n):
         crop = images[k, top[k]:top[k] + h[k], left[k]:left[k] + w[k]].astype(np.float64)
         expected = _np_resize(crop, size) / 255.0

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from nac_tf import linear_regions as lr
+from nac_tf.experiments import linear_regions as lr
 
 
 def _random_layers(rng, widths, bias_scale=0.5):
@@ -64,9 +64,9 @@ def test_grid_count_of_two_layer_net_matches_loop():
     layers = _random_layers(rng, (2, 4, 4))
     box = ((-2.0, 1.5), (-1.0, 2.5))
     grid = lr.grid_points(box, 60)
-    for last_layer_only in (False, True):
-        expected = len(set(_loop_patterns(layers, grid, last_layer_only)))
-        assert lr.count_regions_on_grid(layers, box, 60, last_layer_only) == expected
+    counts = lr.region_statistics(layers, grid, box, resolution=60)
+    for last_layer_only, key in ((False, "regions_on_grid"), (True, "codewords_on_grid")):
+        assert counts[key] == len(set(_loop_patterns(layers, grid, last_layer_only)))
     # The grid spans the closed box, x fastest.
     assert grid.shape == (3600, 2)
     np.testing.assert_array_equal(grid[0], [-2.0, -1.0])
@@ -126,7 +126,9 @@ def test_one_hidden_layer_grid_count_equals_exact_arrangement_count():
         exact, separation, angle = _arrangement_regions_in_box(layer, 1.0)
         if separation < 0.15 or angle < np.radians(15):
             continue
-        assert lr.count_regions_on_grid([layer], ((-1.0, 1.0), (-1.0, 1.0)), 801) == exact
+        box = ((-1.0, 1.0), (-1.0, 1.0))
+        assert lr.region_statistics([layer], np.array(box).T, box, 801)["regions_on_grid"] \
+            == exact
         checked += 1
         exact_counts.append(exact)
     # The checked arrangements are not all trivial: some have crossings inside the box.

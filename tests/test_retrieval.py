@@ -2,8 +2,8 @@
 
 Codes are short (8-16 bits) so that many database items share a distance: tie handling is
 what these tests are about. The reference tests run on both computing backends: the NumPy
-path and the compiled Numba kernels (nac_tf.evaluation.hamming_kernels; numba is part of
-the test extra, so they run rather than skip).
+path and the compiled Numba kernels (nac_tf.evaluation.retrieval.hamming_kernels; numba is
+part of the test extra, so they run rather than skip).
 """
 import itertools
 import sys
@@ -12,10 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from nac_tf.evaluation import retrieval
+from nac_tf.evaluation.retrieval import average_precision as ap_module
+from nac_tf.evaluation.retrieval import distances as backends
 from nac_tf.evaluation.retrieval import (
     average_precisions, hamming_distances, inner_product_map, mean_average_precision,
     pack_bits, precision_recall_curve, precision_within_hamming_radius)
+from nac_tf.evaluation.retrieval.expected_ties import mean_weights
 
 # Both implementations of every metric; "auto" picks numba when it is installed.
 BACKENDS = pytest.mark.parametrize("backend", ["numpy", "numba"])
@@ -228,7 +230,7 @@ def test_wide_codes_rank_the_same_with_radix_and_comparison_sorts(monkeypatch, t
     # The compiled kernels hold these distances as uint16.
     compiled = mean_average_precision(query, database, query_labels, db_labels, top_k=top_k,
                                       backend="numba")
-    monkeypatch.setattr(retrieval, "_distance_dtype", lambda num_bits: np.uint32)
+    monkeypatch.setattr(backends, "_distance_dtype", lambda num_bits: np.uint32)
     comparison = mean_average_precision(query, database, query_labels, db_labels, top_k=top_k,
                                         backend="numpy")
     assert comparison == pytest.approx(radix, abs=1e-12)
@@ -344,10 +346,10 @@ def test_mean_weights_equal_enumeration_of_inclusion_patterns():
             if pattern.any():
                 numerator += probability * values[pattern].mean()
                 probability_any += probability
-        weights = retrieval._mean_weights(inclusion)
+        weights = mean_weights(inclusion)
         assert np.dot(weights, values) == pytest.approx(numerator / probability_any, abs=1e-12)
     # Many uncertain queries: the weights still sum to 1 (the deconvolution stays stable).
-    weights = retrieval._mean_weights(rng.random(2000))
+    weights = mean_weights(rng.random(2000))
     assert weights.sum() == pytest.approx(1.0, abs=1e-12) and (weights > 0).all()
 
 
@@ -595,18 +597,18 @@ def test_compiled_kernels_equal_the_numpy_path_bit_for_bit(num_bits, multi_label
 
 def test_auto_backend_uses_numba_for_large_problems_when_installed(monkeypatch):
     query, database, query_labels, db_labels = random_problem(62, num_items=50)
-    large = retrieval.AUTO_COMPILED_MIN_PAIRS
-    assert retrieval._resolve_backend("auto", large) == "numba"
-    assert retrieval._resolve_backend("auto", large - 1) == "numpy"  # compiling costs more
-    monkeypatch.setattr(retrieval, "AUTO_COMPILED_MIN_PAIRS", 1)
+    large = backends.AUTO_COMPILED_MIN_PAIRS
+    assert backends.resolve_backend("auto", large) == "numba"
+    assert backends.resolve_backend("auto", large - 1) == "numpy"  # compiling costs more
+    monkeypatch.setattr(backends, "AUTO_COMPILED_MIN_PAIRS", 1)
     calls = []
-    original = retrieval._compiled_ranking
-    monkeypatch.setattr(retrieval, "_compiled_ranking",
+    original = ap_module.compiled_ranking
+    monkeypatch.setattr(ap_module, "compiled_ranking",
                         lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
     compiled = mean_average_precision(query, database, query_labels, db_labels)
     assert calls  # "auto" ran the kernels
     monkeypatch.setitem(sys.modules, "numba", None)  # makes `import numba` fail
-    assert retrieval._resolve_backend("auto", large) == "numpy"
+    assert backends.resolve_backend("auto", large) == "numpy"
     assert mean_average_precision(query, database, query_labels, db_labels) == compiled
     with pytest.raises(ImportError, match=r'pip install "nac_tf\[fast\]"'):
         mean_average_precision(query, database, query_labels, db_labels, backend="numba")

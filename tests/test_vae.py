@@ -11,10 +11,10 @@ import tensorflow as tf
 from scipy.stats import multivariate_normal
 
 from nac_tf.config import PretrainConfig
-from nac_tf.evaluation import likelihood
+from nac_tf.experiments import likelihood
+from nac_tf.experiments.vae import (PretrainedEncoderVAE, build_decoder, encoder_of_run,
+                                    evaluate_vae, random_encoder)
 from nac_tf.training import pretrain
-from nac_tf.vae import (PretrainedEncoderVAE, build_decoder, encoder_of_run, evaluate_vae,
-                        random_encoder)
 
 
 def _np_log_sigmoid(x):

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nac_tf.evaluation import likelihood
+from nac_tf.experiments import likelihood
 from nac_tf.models import build_encoder
 
 _DECODER_START = 4  # the decoder's first feature map is 4 x 4, doubled to the image size

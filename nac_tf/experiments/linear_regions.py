@@ -158,13 +158,6 @@ def bounding_box(points):
     return tuple((float(points[:, k].min()), float(points[:, k].max())) for k in range(2))
 
 
-def count_regions_on_grid(layers, box, resolution, last_layer_only=False):
-    """Distinct patterns on a dense 2-D grid over `box`: the regions meeting the box, up to
-    regions thinner than the grid spacing (a lower bound that converges as the grid refines)."""
-    return count_distinct_patterns(activation_patterns(
-        layers, grid_points(box, resolution), last_layer_only=last_layer_only))
-
-
 def region_statistics(layers, points, box=None, resolution=400):
     """The Fig. 1 numbers of a ReLU MLP on data `points`:
 
