@@ -1,6 +1,6 @@
 """Preparing a TFDS dataset before it is read: from its source files when a directory holds
-them (the `tfds_source_files` of its `nac_tf.specs.datasets` record), else by TFDS's download, and an error of one line
-when it can be neither.
+them (the `tfds_source_files` of its record in `nac_tf.specs.datasets`), else by TFDS's
+download, and an error of one line when it can be neither.
 
 Without network, TFDS's downloader retries for minutes (CIFAR-10: about 200 s; the retry
 count is a constant of TFDS, not a setting) and then fails with a chain of tracebacks. So a
@@ -24,7 +24,8 @@ _REASON_LENGTH = 120
 
 
 def ensure_prepared(builder, manual_dir=None, instead=None):
-    """Prepares the dataset of the TFDS `builder` (a dataset whose spec lists `tfds_source_files`) unless it is.
+    """Prepares the dataset of the TFDS `builder` (a dataset whose spec lists
+    `tfds_source_files`) unless it is.
 
     From its source files when `manual_dir` or TFDS's own manual directory
     (<data_dir>/downloads/manual) holds them all; else from an earlier download TFDS kept;

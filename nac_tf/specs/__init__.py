@@ -19,3 +19,16 @@ def resolve(path):
     """The function named by "package.module:function", its module imported now."""
     module, _, function = path.partition(":")
     return getattr(importlib.import_module(module), function)
+
+
+def names_where(specs, predicate):
+    """The names of the records of `specs` that satisfy `predicate`, in table order."""
+    return tuple(spec.name for spec in specs if predicate(spec))
+
+
+def spec_named(specs, name, unknown):
+    """The record of `specs` called `name`; ValueError(`unknown`) when there is none."""
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise ValueError(unknown)

@@ -9,6 +9,7 @@ import dataclasses
 import os
 from typing import Optional, Tuple
 
+from nac_tf import specs
 from nac_tf.errors import read_problem
 
 # The arrays of an .npz archive of images (`nac_tf.data.sources.load_npz_source`).
@@ -105,20 +106,17 @@ DATASET_SPECS = (
                 data_dir_kind="directory", multi_label=True),
 )
 DATASETS = tuple(spec.name for spec in DATASET_SPECS)
-_BY_NAME = {spec.name: spec for spec in DATASET_SPECS}
 
 
 def names_where(predicate):
     """The dataset names whose spec satisfies `predicate`, in table order."""
-    return tuple(spec.name for spec in DATASET_SPECS if predicate(spec))
+    return specs.names_where(DATASET_SPECS, predicate)
 
 
 def dataset_spec(name):
     """The DatasetSpec of `name`; ValueError naming the accepted values otherwise."""
-    try:
-        return _BY_NAME[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"dataset={name!r} is not one of: {', '.join(DATASETS)}") from None
+    return specs.spec_named(DATASET_SPECS, name,
+                            f"dataset={name!r} is not one of: {', '.join(DATASETS)}")
 
 
 def data_dir_problem(dataset, data_dir):

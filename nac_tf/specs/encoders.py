@@ -7,6 +7,8 @@ then appears in `nac_tf.config.ENCODERS`, the accepted values of the encoder set
 import dataclasses
 from typing import Optional, Tuple
 
+from nac_tf import specs
+
 # resnet: `nac_tf.models.resnet` (CIFAR or ImageNet stem, zero_init_residual); vgg:
 # `nac_tf.models.vgg`; small_cnn: `nac_tf.models.small_cnn`; amdim: `nac_tf.models.amdim`,
 # whose 5x5 and 7x7 feature maps method="amdim" scores (AMDIM paper Sec. 3.6).
@@ -27,8 +29,9 @@ VGG16_STD = (1.0 / 255.0,) * 3
 class EncoderSpec:
     """What nac_tf knows about encoder `name` without building it.
 
-    family: one of FAMILIES; it decides which settings apply (`uses_stem`,
-      `uses_zero_init_residual`, `has_amdim_feature_maps`).
+    family: one of FAMILIES; it decides which settings apply (`uses_zero_init_residual`,
+      `has_amdim_feature_maps`; the stem setting changes only the ResNets, the other
+      builders accept and ignore it).
     builder: "module:function" of the builder, called as
       builder(input_shape, *, stem, mean, std, synchronized_batch_norm, batch_norm_momentum,
       name[, zero_init_residual]) -> keras.Model images [N, H, W, C] -> h [N, feature_dim].
@@ -49,13 +52,9 @@ class EncoderSpec:
             raise ValueError(f"family={self.family!r} is not one of {', '.join(FAMILIES)}")
 
     @property
-    def uses_stem(self):
-        """Whether the stem setting changes the network (the ResNets' CIFAR / ImageNet stem);
-        the other builders accept and ignore it."""
-        return self.family == "resnet"
-
-    @property
     def uses_zero_init_residual(self):
+        """Whether the builder takes zero_init_residual (each residual branch's last
+        BatchNorm starting at gamma = 0)."""
         return self.family == "resnet"
 
     @property
@@ -80,18 +79,14 @@ ENCODER_SPECS = (
     EncoderSpec("amdim_xs", "amdim", "nac_tf.models.amdim:amdim_xs", 256),
 )
 ENCODERS = tuple(spec.name for spec in ENCODER_SPECS)
-_BY_NAME = {spec.name: spec for spec in ENCODER_SPECS}
 
 
 def names_where(predicate):
     """The encoder names whose spec satisfies `predicate`, in table order."""
-    return tuple(spec.name for spec in ENCODER_SPECS if predicate(spec))
+    return specs.names_where(ENCODER_SPECS, predicate)
 
 
 def encoder_spec(name):
     """The EncoderSpec of `name`; ValueError naming the accepted values otherwise."""
-    try:
-        return _BY_NAME[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"encoder={name!r} is not a known encoder; accepted values: "
-                         f"{', '.join(ENCODERS)}") from None
+    return specs.spec_named(ENCODER_SPECS, name, f"encoder={name!r} is not a known encoder; "
+                            f"accepted values: {', '.join(ENCODERS)}")
