@@ -100,7 +100,8 @@ def parse_args():
 
 def build_model(args):
     """(VAE, image size, description of the encoder's initialisation)."""
-    from nac_tf.data.catalog import DATASET_DEFAULTS, dataset_statistics, load_source
+    from nac_tf.data.catalog import dataset_statistics, load_source
+    from nac_tf.specs.datasets import dataset_spec
     from nac_tf.experiments.vae import PretrainedEncoderVAE, encoder_of_run, random_encoder
 
     if args.model_dir:
@@ -110,7 +111,7 @@ def build_model(args):
     elif args.init == "run":
         raise SystemExit("--init=run needs --model_dir")
     else:
-        image_size = args.image_size or DATASET_DEFAULTS[args.dataset].image_size
+        image_size = args.image_size or dataset_spec(args.dataset).image_size
         source = load_source(args.dataset, args.data_dir or None, image_size or None)
         image_size = image_size or source.image_shape[0]
         mean, std = dataset_statistics(args.dataset, source)

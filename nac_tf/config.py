@@ -11,17 +11,16 @@ its list from here (and tests check the two agree). It imports neither TensorFlo
 so a command line can validate its settings before paying for them.
 """
 import dataclasses
-import os
 from typing import Optional, Tuple
 
-from nac_tf.errors import read_problem
+from nac_tf.specs import datasets as dataset_specs
+from nac_tf.specs import encoders as encoder_specs
 
 METHODS = ("nac", "nac_mq", "simclr", "moco_v2", "amdim")  # nac_tf.methods.METHOD_CLASSES
-DATASETS = ("digits", "cifar10", "imagenet2012", "npz", "image_folder", "cifar10_hashing",
-            "flickr25k")  # loaders: nac_tf.data.catalog.load_source
-# Builders: nac_tf.models.registry.
-ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet_tiny", "vgg16_bn", "vgg16",
-            "small_cnn", "amdim_small", "amdim_large", "amdim_xs")
+# The datasets and encoders: one record each in nac_tf.specs (loaders, builders, what they
+# need), from which these names derive.
+DATASETS = dataset_specs.DATASETS
+ENCODERS = encoder_specs.ENCODERS
 ENCODER_STEMS = ("cifar", "imagenet")  # the ResNet stems (nac_tf.models.layers)
 STEMS = ("auto",) + ENCODER_STEMS  # auto: cifar up to 64 px, imagenet above
 LR_SCALINGS = ("none", "linear", "sqrt")  # nac_tf.optim.scaled_learning_rate
@@ -243,47 +242,19 @@ def check_in_range(field, value, low, high, low_open=False, high_open=False):
     return value
 
 
-# The datasets read through TFDS, and the files TFDS prepares each from, under the names TFDS
-# gives them (tests check them against its builders). When data_dir holds them, the dataset is
-# prepared from them without a download: CIFAR-10 copied by hand onto a machine without
-# internet, ImageNet always (TFDS cannot download it; data_dir is its manual directory).
-TFDS_SOURCE_FILES = {
-    "cifar10": ("cifar-10-binary.tar.gz",),
-    "imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
-}
-# What data_dir must hold, for the datasets that need one.
-DATA_DIR_NEEDS = {
-    "npz": "the path of the .npz archive (x_train, y_train, x_test, y_test)",
-    "image_folder": "the root directory of class folders (root/<class>/<image>)",
-    "flickr25k": "the directory holding mirflickr/ (im1.jpg ... im25000.jpg) and "
-                 "mirflickr25k_annotations_v080/ (MIRFLICKR-25000 is not in TFDS)",
-    "imagenet2012": "the TFDS manual directory holding "
-                    + " and ".join(TFDS_SOURCE_FILES["imagenet2012"]),
-}
+# {TFDS dataset: the files TFDS prepares it from} (nac_tf.specs.datasets.DatasetSpec).
+TFDS_SOURCE_FILES = {spec.name: spec.tfds_source_files
+                     for spec in dataset_specs.DATASET_SPECS if spec.tfds_source_files}
 
 
 def validate_data_settings(dataset, data_dir):
     """ConfigError for an unknown `dataset` or a `data_dir` it cannot use (no I/O beyond
     checking that it can be read, no TensorFlow: the evaluation commands call it before
-    importing it)."""
+    importing it). What each dataset accepts: `nac_tf.specs.datasets.data_dir_problem`."""
     _one_of("dataset", dataset, DATASETS)
-    needs = DATA_DIR_NEEDS.get(dataset)
-    if needs and not data_dir:
-        raise ConfigError("data_dir", f"dataset={dataset!r} needs a data_dir: {needs}")
-    problem = read_problem(data_dir) if data_dir else None
+    problem = dataset_specs.data_dir_problem(dataset, data_dir)
     if problem:
         raise ConfigError("data_dir", problem)
-    if dataset == "npz" and not os.path.isfile(data_dir):
-        raise ConfigError("data_dir", f"dataset='npz' needs a .npz file ({needs}); "
-                          f"{data_dir!r} is not a file")
-    if dataset in ("image_folder", "flickr25k") and not os.path.isdir(data_dir):
-        raise ConfigError("data_dir", f"dataset={dataset!r} needs {needs}; {data_dir!r} is "
-                          "not a directory")
-    if dataset == "cifar10_hashing" and os.path.isfile(data_dir or "") \
-            and not data_dir.endswith(".npz"):
-        raise ConfigError("data_dir", "dataset='cifar10_hashing' accepts an .npz archive "
-                          "(x_train, y_train, x_test, y_test), a TFDS data directory, or "
-                          f"nothing; {data_dir!r} is a file that is not .npz")
 
 
 # The suffixes of the Keras weights files init_weights reads (nac_tf.models.weights_file).
@@ -387,10 +358,12 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
                 raise ConfigError(field, f"{getattr(config, field)!r} does not apply to "
                                   f"augmentation={config.augmentation!r}, whose recipe fixes "
                                   f"it; leave it at its default {getattr(defaults, field)!r}")
-    if config.method == "amdim" and not config.encoder.startswith("amdim_"):
+    if config.method == "amdim" \
+            and not encoder_specs.encoder_spec(config.encoder).has_amdim_feature_maps:
         raise ConfigError("encoder", f"{config.encoder!r} has no AMDIM feature maps; "
                           "method='amdim' scores the 5x5 and 7x7 maps of an AMDIM encoder: "
-                          f"{', '.join(e for e in ENCODERS if e.startswith('amdim_'))}")
+                          + ", ".join(encoder_specs.names_where(
+                              lambda spec: spec.has_amdim_feature_maps)))
     if num_replicas is not None and config.batch_size % num_replicas:
         raise ConfigError("batch_size", f"the global batch {config.batch_size} must be "
                           f"divisible by the {num_replicas} replicas of strategy="

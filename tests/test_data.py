@@ -5,6 +5,7 @@ the shared MNIST archive is used when present. Nothing is downloaded.
 """
 import colorsys
 import dataclasses
+import inspect
 import math
 import os
 
@@ -13,11 +14,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nac_tf.config import TFDS_SOURCE_FILES
-from nac_tf.data import catalog, pipeline, sources, splits, views
+from nac_tf.data import (catalog, image_folder, pipeline, sources, splits, tfds_sources,
+                         views)
 from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter
 from nac_tf.data.views.draws import Draws
 from nac_tf.data.views.geometry import crop_windows, resized_crop
+from nac_tf.specs import resolve
+from nac_tf.specs.datasets import DATASET_SPECS, dataset_spec
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data")
 MNIST_NPZ = os.path.join(SHARED_DATA, "mnist.npz")
@@ -164,7 +167,7 @@ def _write_image_folder(root, corrupt=True):
 
 def test_image_folder_source_skips_and_counts_corrupt_files(tmp_path):
     root = _write_image_folder(tmp_path / "folder")
-    source = sources.load_image_folder_source(root, image_size=8, test_fraction=0.4, seed=0)
+    source = image_folder.load_image_folder_source(root, image_size=8, test_fraction=0.4, seed=0)
     assert source.num_skipped == 1
     assert source.class_names == ("cats", "dogs") and source.num_classes == 2
     assert source.num_train + source.num_test == 10 and source.image_shape == (8, 8, 3)
@@ -172,27 +175,28 @@ def test_image_folder_source_skips_and_counts_corrupt_files(tmp_path):
     # Class ids follow the sorted folder names: cats are dark, dogs bright.
     means = source.train_images.reshape(source.num_train, -1).mean(axis=1)
     assert np.all((means > 128) == (source.train_labels == 1))
-    again = sources.load_image_folder_source(root, image_size=8, test_fraction=0.4, seed=0)
+    again = image_folder.load_image_folder_source(root, image_size=8, test_fraction=0.4, seed=0)
     np.testing.assert_array_equal(source.test_images, again.test_images)
 
 
 def test_image_folder_source_raise_mode_names_the_file(tmp_path):
     root = _write_image_folder(tmp_path / "folder")
     with pytest.raises(ValueError, match="broken.jpg"):
-        sources.load_image_folder_source(root, image_size=8, on_corrupt="raise")
+        image_folder.load_image_folder_source(root, image_size=8, on_corrupt="raise")
     with pytest.raises(ValueError, match="on_corrupt"):
-        sources.load_image_folder_source(root, image_size=8, on_corrupt="ignore")
+        image_folder.load_image_folder_source(root, image_size=8, on_corrupt="ignore")
 
 
 def test_tfds_sources_with_mock_data(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     # mock_data makes download_and_prepare a no-op but not is_prepared(): with (empty) source
     # files in data_dir the loaders go on to prepare, without trying the network first.
-    for name in TFDS_SOURCE_FILES["cifar10"] + TFDS_SOURCE_FILES["imagenet2012"]:
+    for name in (dataset_spec("cifar10").tfds_source_files
+                 + dataset_spec("imagenet2012").tfds_source_files):
         (tmp_path / name).write_bytes(b"")
     with tfds.testing.mock_data(num_examples=6):
         cifar = catalog.load_source("cifar10", data_dir=str(tmp_path))
-        imagenet = sources.load_tfds_source("imagenet2012", data_dir=str(tmp_path),
+        imagenet = tfds_sources.load_tfds_source("imagenet2012", data_dir=str(tmp_path),
                                             manual_dir=str(tmp_path), image_size=24)
         image, label = next(iter(imagenet.train_dataset()))
         test_image, _ = next(iter(imagenet.test_dataset()))
@@ -204,6 +208,8 @@ def test_tfds_sources_with_mock_data(tmp_path):
     assert cifar.train_images.shape == (6, 32, 32, 3) and cifar.train_images.dtype == np.uint8
     assert cifar.test_labels.dtype == np.int64 and cifar.test_labels.max() < 10
     assert not imagenet.has_arrays and not hasattr(imagenet, "train_images")
+    # What the specs say of them (the evaluation commands refuse streamed datasets).
+    assert dataset_spec("imagenet2012").streamed and not dataset_spec("cifar10").streamed
     assert imagenet.num_classes == 1000 and imagenet.num_train == 6
     assert imagenet.image_shape == (24, 24, 3) and not imagenet.uniform_size
     # Training images keep their files' sizes (the views crop them); test images are resized.
@@ -224,7 +230,15 @@ def test_load_source_dispatch_and_flag_errors(tmp_path):
         catalog.load_source("npz", data_dir=str(tmp_path / "nothing.npz"))
     path = _write_npz(tmp_path / "tiny.npz", **_small_arrays())
     assert catalog.load_source("npz", data_dir=path).num_train == 6
-    assert set(catalog.DATASETS) == set(catalog.DATASET_DEFAULTS)
+
+
+@pytest.mark.parametrize("spec", DATASET_SPECS, ids=lambda spec: spec.name)
+def test_dataset_specs_name_loaders_that_take_their_arguments(spec):
+    # load_source calls loader(data_dir, **the other loader_arguments), data_dir only when
+    # the spec lists it; bind raises TypeError when the loader cannot take them.
+    keywords = {name: None for name in spec.loader_arguments if name != "data_dir"}
+    positional = (None,) if "data_dir" in spec.loader_arguments else ()
+    inspect.signature(resolve(spec.loader)).bind(*positional, **keywords)
 
 
 def test_dataset_statistics(digits):

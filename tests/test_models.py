@@ -21,6 +21,7 @@ from nac_tf.models import (
 from nac_tf.models.resnet import build_resnet
 from nac_tf.models.small_cnn import small_cnn
 from nac_tf.models.vgg import vgg16_bn
+from nac_tf.specs.encoders import ENCODER_SPECS, FAMILIES
 
 EPS = 1e-5
 RTOL = ATOL = 1e-4
@@ -139,20 +140,24 @@ def images(shape, seed=0):
 
 
 # ------------------------------------------------------------------ shapes and sizes
+# A layer that only the builders of one family name so (nac_tf.specs.encoders.FAMILIES).
+FAMILY_LAYERS = {"resnet": "stage1_block0_add", "vgg": "block1_pool", "small_cnn": "conv1_relu",
+                 "amdim": "f5"}
+
+
 # amdim_large (111M parameters) takes several seconds to build on a loaded 2-core CPU; its
 # layout is amdim_small's, tested at full size in tests/test_amdim_encoder.py.
-@pytest.mark.parametrize("name", sorted(set(ENCODERS) - {"amdim_large"}))
-def test_output_width_matches_registry(name):
-    encoder = build_encoder(name, (32, 32, 3))
+@pytest.mark.parametrize("spec", [spec for spec in ENCODER_SPECS if spec.name != "amdim_large"],
+                         ids=lambda spec: spec.name)
+def test_encoder_specs_agree_with_the_built_encoders(spec):
+    encoder = build_encoder(spec.name, (32, 32, 3))
     h = encoder(images((2, 32, 32, 3)), training=False)
-    assert tuple(h.shape) == (2, encoder_output_dim(name))
+    # feature_dim, the width known before building, is the built model's.
+    assert tuple(h.shape) == (2, spec.feature_dim) == (2, encoder.output_shape[-1])
     assert np.all(np.isfinite(h))
-
-
-def test_known_output_widths():
-    assert [encoder_output_dim(n) for n in ("resnet18", "resnet34", "resnet50", "vgg16_bn",
-                                            "vgg16", "small_cnn", "resnet_tiny")] == [
-        512, 512, 2048, 512, 512, 128, 128]
+    names = {layer.name for layer in encoder.layers}
+    assert {family for family, layer in FAMILY_LAYERS.items() if layer in names} == {spec.family}
+    assert set(FAMILY_LAYERS) == set(FAMILIES)
 
 
 def trainable_count(model):

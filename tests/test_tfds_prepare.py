@@ -12,8 +12,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from nac_tf.config import TFDS_SOURCE_FILES
-from nac_tf.data import catalog, sources
+from nac_tf.data import catalog, sources, tfds_sources
+from nac_tf.specs.datasets import dataset_spec
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -66,10 +66,10 @@ def _as_multiset(images, labels):
 
 def test_source_file_names_are_tfds_own():
     (url_info,) = tfds.builder("cifar10", data_dir="/nonexistent").url_infos.values()
-    assert TFDS_SOURCE_FILES["cifar10"] == (url_info.filename,)
+    assert dataset_spec("cifar10").tfds_source_files == (url_info.filename,)
     instructions = tfds.builder("imagenet2012", data_dir="/nonexistent") \
         .MANUAL_DOWNLOAD_INSTRUCTIONS
-    assert all(name in instructions for name in TFDS_SOURCE_FILES["imagenet2012"])
+    assert all(name in instructions for name in dataset_spec("imagenet2012").tfds_source_files)
 
 
 def test_tfds_prepares_cifar10_from_an_earlier_download(tmp_path):
@@ -141,7 +141,7 @@ def test_a_cifar10_archive_that_is_not_tfds_is_one_line(tmp_path):
     (tmp_path / "cifar-10-binary.tar.gz").unlink()
     (tmp_path / "archive").write_bytes(b"")
     with pytest.raises(ValueError, match="is a file; dataset 'cifar10' takes a TFDS data"):
-        sources.load_tfds_source("cifar10", data_dir=str(tmp_path / "archive"))
+        tfds_sources.load_tfds_source("cifar10", data_dir=str(tmp_path / "archive"))
 
 
 def test_imagenet_without_its_tars_is_one_line(tmp_path):

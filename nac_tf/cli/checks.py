@@ -11,11 +11,12 @@ import os
 
 from nac_tf.config import DATASETS, ConfigError, validate_data_settings
 from nac_tf.errors import write_problem
+from nac_tf.specs.datasets import names_where
 
 # Multi-hot labels (no class ids: no top-1 accuracy).
-MULTI_LABEL_DATASETS = ("flickr25k",)
+MULTI_LABEL_DATASETS = names_where(lambda spec: spec.multi_label)
 # Streamed from TFDS, never held in memory: the commands evaluate arrays only.
-STREAMED_DATASETS = ("imagenet2012",)
+STREAMED_DATASETS = names_where(lambda spec: spec.streamed)
 # nac_tf.export.METADATA_FILE inside the SavedModel's assets/ (export imports TensorFlow).
 EXPORT_METADATA = os.path.join("assets", "nac_tf_export.json")
 _EXPORT_HINT = "a directory written by nac-export"
@@ -62,9 +63,9 @@ def check_dataset(dataset, data_dir, refuse=None):
     if dataset not in DATASETS:
         raise ConfigError("dataset", f"{dataset!r} is not one of: {accepted}")
     if dataset in STREAMED_DATASETS:
+        held = ", ".join(names_where(lambda spec: not spec.streamed))
         raise ConfigError("dataset", f"{dataset} is streamed from TFDS, never held in memory; "
-                          "these commands evaluate datasets held as arrays (digits, cifar10, "
-                          "npz, image_folder, cifar10_hashing, flickr25k)")
+                          f"these commands evaluate datasets held as arrays ({held})")
     if refuse and dataset in refuse:
         raise ConfigError("dataset", f"{dataset} {refuse[dataset]}")
     validate_data_settings(dataset, data_dir)

@@ -39,10 +39,10 @@ import numpy as np
 import tensorflow as tf
 
 from nac_tf.config import ON_CORRUPT
-from nac_tf.errors import cannot_read
+from nac_tf.data.image_folder import list_directory
+from nac_tf.data.sources import check_positive_int, resize_square, retrieval_source
 from nac_tf.data.splits import RetrievalSplit, random_retrieval_split
-from nac_tf.data.sources import (_check_positive_int, _list_directory, resize_square,
-                                 retrieval_source)
+from nac_tf.errors import cannot_read
 
 FLICKR25K_LABELS = (
     "animals", "baby", "bird", "car", "clouds", "dog", "female", "flower", "food", "indoor",
@@ -65,7 +65,7 @@ def find_images(image_dir):
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"no image folder {image_dir}; {EXPECTED_LAYOUT}")
     numbers = sorted(int(match.group(1)) for match in map(_IMAGE_NAME.fullmatch,
-                                                          _list_directory(image_dir)) if match)
+                                                          list_directory(image_dir)) if match)
     if not numbers:
         raise ValueError(f"{image_dir}: no im<n>.jpg images; {EXPECTED_LAYOUT}")
     return np.asarray(numbers, np.int64)
@@ -76,7 +76,7 @@ def read_labels(annotation_dir, image_numbers):
     row i is the image im<image_numbers[i]>.jpg, column j the label FLICKR25K_LABELS[j]."""
     if not os.path.isdir(annotation_dir):
         raise FileNotFoundError(f"no annotation folder {annotation_dir}; {EXPECTED_LAYOUT}")
-    _list_directory(annotation_dir)  # unreadable: say so, rather than "missing label files"
+    list_directory(annotation_dir)  # unreadable: say so, rather than "missing label files"
     missing = [f"{label}.txt" for label in FLICKR25K_LABELS
                if not os.path.isfile(os.path.join(annotation_dir, f"{label}.txt"))]
     if missing:
@@ -124,7 +124,7 @@ def load_flickr25k_source(root, image_size=224, seed=0, num_queries=NUM_QUERIES,
     if on_corrupt not in ON_CORRUPT:
         raise ValueError(f"`on_corrupt` must be one of {', '.join(ON_CORRUPT)}; received "
                          f"{on_corrupt!r}")
-    image_size = _check_positive_int("image_size", image_size)
+    image_size = check_positive_int("image_size", image_size)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no such directory: {root}; {EXPECTED_LAYOUT}")
     image_dir = os.path.join(root, IMAGE_DIR)

@@ -1,5 +1,8 @@
-"""Where images come from: scikit-learn's digits, NumPy archives, image folders, TFDS, and
-the two hashing datasets (CIFAR-10 retrieval split, FLICKR-25K).
+"""Image sources: `ImageSource` and its two kinds (arrays in memory, streamed), the
+retrieval protocol's `RetrievalArrays`, and the loaders of data held as arrays in a file:
+scikit-learn's digits and NumPy archives. The other loaders: `image_folder` (class
+folders), `tfds_sources` (CIFAR-10, ImageNet and the CIFAR-10 retrieval split through TFDS),
+`flickr25k`.
 
 Every loader returns an `ImageSource`: a train and a test split of (uint8 RGB image
 [H, W, 3], int64 label), the label being a class id, or a multi-hot vector [C] for
@@ -27,14 +30,9 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from nac_tf.config import ON_CORRUPT, TFDS_SOURCE_FILES
-from nac_tf.data.splits import (class_balanced_retrieval_split, contiguous_order,
-                                stratified_split)
-from nac_tf.errors import cannot_read, read_problem
-
-TFDS_DATASETS = tuple(TFDS_SOURCE_FILES)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+from nac_tf.data.splits import contiguous_order, stratified_split
+from nac_tf.errors import cannot_read
+from nac_tf.specs.datasets import NPZ_KEYS
 
 
 # ----------------------------------------------------------------------------- sources
@@ -94,8 +92,8 @@ class ArrayImageSource(ImageSource):
                  num_classes=None, class_names=None, num_skipped=0,
                  retrieval: Optional["RetrievalArrays"] = None):
         train_images, test_images = as_rgb(train_images), as_rgb(test_images)
-        train_labels = _as_labels(train_labels, len(train_images), "train_labels")
-        test_labels = _as_labels(test_labels, len(test_images), "test_labels")
+        train_labels = as_labels(train_labels, len(train_images), "train_labels")
+        test_labels = as_labels(test_labels, len(test_images), "test_labels")
         if train_images.shape[1:] != test_images.shape[1:]:
             raise ValueError(f"train images are {train_images.shape[1:]} but test images are "
                              f"{test_images.shape[1:]}; a source has one image shape")
@@ -224,7 +222,7 @@ def as_rgb(images):
     return images
 
 
-def _as_labels(labels, count, what):
+def as_labels(labels, count, what):
     """int64 class ids [count] or multi-hot {0, 1} [count, C], validated."""
     labels = np.asarray(labels)
     integer = np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_
@@ -264,7 +262,7 @@ def _labels_num_classes(num_classes, labels_by_name):
     return num_classes
 
 
-def _check_positive_int(name, value):
+def check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer; received {value!r}")
     return int(value)
@@ -277,7 +275,7 @@ def resize_square(images, image_size):
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
-def _check_test_fraction(test_fraction):
+def check_test_fraction(test_fraction):
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"`test_fraction` must be in (0, 1); received {test_fraction}")
 
@@ -319,7 +317,7 @@ def retrieval_source(name, pool_images, pool_labels, split, *, pool_ids=None,
     split: a splits.RetrievalSplit of row indices; rows in neither set are left out.
     """
     pool_images = as_rgb(pool_images)
-    pool_labels = _as_labels(pool_labels, len(pool_images), "pool_labels")
+    pool_labels = as_labels(pool_labels, len(pool_images), "pool_labels")
     pool_ids = (np.arange(len(pool_images), dtype=np.int64) if pool_ids is None
                 else np.asarray(pool_ids, np.int64))
     if pool_ids.shape != (len(pool_images),):
@@ -352,8 +350,8 @@ def load_digits_source(image_size=16, seed=0, test_fraction=1 / 3):
     """
     from sklearn.datasets import load_digits
 
-    image_size = _check_positive_int("image_size", image_size)
-    _check_test_fraction(test_fraction)
+    image_size = check_positive_int("image_size", image_size)
+    check_test_fraction(test_fraction)
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     if image_size != images.shape[1]:
@@ -427,177 +425,13 @@ def load_npz_source(path):
                             num_classes=None if class_names is None else len(class_names))
 
 
-def load_image_folder_source(root, image_size, test_fraction=0.2, seed=0, on_corrupt="skip"):
-    """Images in root/<class>/<file> (jpg, png, bmp, gif), decoded and resized to
-    `image_size`² in memory. Class folders in sorted order get ids 0..C-1; the split is
-    stratified and seeded.
-
-    Files that cannot be decoded are skipped and counted in `num_skipped`
-    (`on_corrupt="skip"`), or raise ValueError naming the file (`on_corrupt="raise"`).
-    """
-    if on_corrupt not in ON_CORRUPT:
-        raise ValueError(f"`on_corrupt` must be one of {', '.join(ON_CORRUPT)}; received "
-                         f"{on_corrupt!r}")
-    image_size = _check_positive_int("image_size", image_size)
-    _check_test_fraction(test_fraction)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"no such directory of class folders: {root}")
-    class_names = sorted(entry for entry in _list_directory(root)
-                         if os.path.isdir(os.path.join(root, entry)))
-    if not class_names:
-        raise ValueError(f"{root}: no class folders; expected the layout root/<class>/<image>")
-    images, labels, skipped = [], [], 0
-    for class_id, class_name in enumerate(class_names):
-        folder = os.path.join(root, class_name)
-        for filename in sorted(_list_directory(folder)):
-            if not filename.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            path = os.path.join(folder, filename)
-            try:
-                image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                                           expand_animations=False)
-            except tf.errors.OpError as error:  # corrupt, truncated or unreadable
-                if on_corrupt == "raise":
-                    raise ValueError(f"cannot decode image {path}: {error.message}") from error
-                skipped += 1
-                continue
-            images.append(resize_square(image, image_size).numpy())
-            labels.append(class_id)
-    if not images:
-        raise ValueError(f"{root}: no readable images ({', '.join(IMAGE_EXTENSIONS)}) in its "
-                         f"class folders ({skipped} unreadable)")
-    images, labels = np.stack(images), np.asarray(labels, np.int64)
-    train, test = stratified_split(labels, test_fraction, seed)
-    return ArrayImageSource(os.path.basename(os.path.normpath(root)), images[train],
-                            labels[train], images[test], labels[test],
-                            num_classes=len(class_names), class_names=class_names,
-                            num_skipped=skipped)
-
-
-def _list_directory(path):
-    """os.listdir, or ValueError naming the folder and why it cannot be read (`read_problem`:
-    e.g. no read or search permission)."""
-    problem = read_problem(path)
-    if problem:
-        raise ValueError(problem)
-    return os.listdir(path)
-
-
-def load_tfds_source(name, data_dir=None, manual_dir=None, image_size=None, instead=None):
-    """CIFAR-10 or ImageNet-2012 through TensorFlow Datasets.
-
-    data_dir: TFDS's data directory (None: its default), where the prepared dataset is read,
-      or written first: from its source files when `manual_dir` holds them, else by TFDS's
-      download (`tfds_prepare.ensure_prepared`, which raises FileNotFoundError / ValueError
-      of one line when neither works, offering `instead` as another way).
-    cifar10: materialised as arrays at its native 32×32 (`image_size` is ignored: the
-      augmenter and the evaluation pipeline resize).
-    imagenet2012: streamed and decoded lazily; training images keep their own size (the
-      views crop them at their resolution), test images are resized to `image_size`²
-      (default 224). TFDS cannot download ImageNet: `manual_dir` must hold its source files.
-      Its test split is the 50 000-image validation set.
-    """
-    import tensorflow_datasets as tfds
-
-    from nac_tf.data import tfds_prepare
-
-    if name not in TFDS_DATASETS:
-        raise ValueError(f"`name` must be one of {', '.join(TFDS_DATASETS)}; received {name!r}")
-    if data_dir and os.path.isfile(data_dir):
-        raise ValueError(f"data_dir={data_dir!r} is a file; dataset {name!r} takes a TFDS data "
-                         f"directory, or one holding {' and '.join(TFDS_SOURCE_FILES[name])}")
-    builder = tfds.builder(name, data_dir=data_dir)
-    tfds_prepare.ensure_prepared(builder, manual_dir=manual_dir, instead=instead)
-    label_feature = builder.info.features["label"]
-    if name == "cifar10":
-        (x_train, y_train), (x_test, y_test) = (
-            _materialise(builder.as_dataset(split=split, as_supervised=True))
-            for split in ("train", "test"))
-        return ArrayImageSource("cifar10", x_train, y_train, x_test, y_test,
-                                num_classes=label_feature.num_classes,
-                                class_names=label_feature.names)
-
-    image_size = _check_positive_int("image_size", image_size or 224)
-
-    def make_dataset(split, input_context=None):
-        # TFDS shards by file, so each input pipeline decodes only its own images.
-        dataset = builder.as_dataset(
-            split=split, as_supervised=True, shuffle_files=split == "train",
-            read_config=tfds.ReadConfig(input_context=input_context))
-        if split == "train":
-            # Whole images: the views' crop reads the file's own pixels (resizing them to a
-            # square first would stretch them, and cost the host twice the crop's time).
-            return dataset.map(lambda image, label: (image, tf.cast(label, tf.int64)))
-        return dataset.map(
-            lambda image, label: (resize_square(image, image_size), tf.cast(label, tf.int64)),
-            num_parallel_calls=tf.data.AUTOTUNE)
-
-    return StreamImageSource(
-        "imagenet2012", lambda input_context=None: make_dataset("train", input_context),
-        lambda: make_dataset("validation"),
-        num_train=_split_size(builder, "train"), num_test=_split_size(builder, "validation"),
-        num_classes=label_feature.num_classes, image_shape=(image_size, image_size, 3),
-        class_names=label_feature.names, uniform_size=False)
-
-
-def cifar10_hashing_source(x_train, y_train, x_test, y_test, seed=0, queries_per_class=1000,
-                           train_per_class=500, class_names=None):
-    """The CIFAR-10 retrieval split (docs/protocols.md section 2, paper Table 3) from
-    CIFAR-10's arrays.
-
-    Pools train + test (60 000, ids in that order), draws `queries_per_class` queries per
-    class (seeded); the rest is the database, and `train_per_class` images per class of the
-    database are the pretraining set. The source's train split holds those 5 000, its test
-    split the 10 000 queries; `.retrieval` the queries and the 50 000-image database.
-    """
-    pool_images = np.concatenate([as_rgb(x_train), as_rgb(x_test)])  # a fresh array: ours
-    pool_labels = np.concatenate([_as_labels(y_train, len(x_train), "y_train"),
-                                  _as_labels(y_test, len(x_test), "y_test")])
-    if pool_labels.ndim != 1:
-        raise ValueError("CIFAR-10 labels must be class ids [N]")
-    split = class_balanced_retrieval_split(pool_labels, queries_per_class, train_per_class,
-                                           seed=seed)
-    return retrieval_source("cifar10_hashing", pool_images, pool_labels, split,
-                            num_classes=10, class_names=class_names)
-
-
-def load_cifar10_hashing_source(data_dir=None, seed=0, queries_per_class=1000,
-                                train_per_class=500):
-    """`cifar10_hashing_source` on CIFAR-10 read from `data_dir`: an .npz archive with
-    x_train, y_train, x_test, y_test (a local copy of the archive, for machines without
-    internet; if its test images were JPEG-degraded, the pooling spreads them over
-    queries and database alike), or else a TFDS data directory as for `load_tfds_source`
-    (None: TFDS's default), which may hold CIFAR-10's source file instead."""
-    if data_dir and os.path.isfile(data_dir):
-        if not data_dir.endswith(".npz"):
-            raise ValueError(f"data_dir={data_dir!r}: dataset 'cifar10_hashing' takes an .npz "
-                             f"archive with keys {', '.join(NPZ_KEYS)} or a TFDS data directory")
-        cifar = load_npz_source(data_dir)
-    else:
-        cifar = load_tfds_source(
-            "cifar10", data_dir=data_dir or None, manual_dir=data_dir or None,
-            instead=f"data_dir = an .npz archive with keys {', '.join(NPZ_KEYS)}")
-    return cifar10_hashing_source(cifar.train_images, cifar.train_labels, cifar.test_images,
-                                  cifar.test_labels, seed=seed,
-                                  queries_per_class=queries_per_class,
-                                  train_per_class=train_per_class,
-                                  class_names=cifar.class_names)
-
-
-def _materialise(dataset, chunk=4096):
-    """(images, labels) NumPy arrays of a dataset of (image, label) pairs."""
-    # In chunks rather than as_dataset(batch_size=-1): that one sizes its single batch
-    # from the split metadata, which may be missing.
-    images, labels = [], []
-    for image_batch, label_batch in dataset.batch(chunk).as_numpy_iterator():
-        images.append(image_batch)
-        labels.append(label_batch)
-    return np.concatenate(images), np.concatenate(labels)
-
-
-def _split_size(builder, split):
-    """Examples in a TFDS split; from the dataset itself when the metadata lacks splits
-    (as under tfds.testing.mock_data)."""
-    if split in builder.info.splits:
-        return builder.info.splits[split].num_examples
-    return int(builder.as_dataset(split=split).cardinality())
+def path_missing(path):
+    """Whether `path` does not exist. A path that cannot be looked up (a parent without
+    search permission) is not reported missing: its loader says why it cannot be read."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    return False

@@ -1,6 +1,6 @@
 """Preparing a TFDS dataset before it is read: from its source files when a directory holds
-them (`nac_tf.config.TFDS_SOURCE_FILES`), else by TFDS's download, and an error of one line
-when it can be neither.
+them (the `tfds_source_files` of its record in `nac_tf.specs.datasets`), else by TFDS's
+download, and an error of one line when it can be neither.
 
 Without network, TFDS's downloader retries for minutes (CIFAR-10: about 200 s; the retry
 count is a constant of TFDS, not a setting) and then fails with a chain of tracebacks. So a
@@ -15,8 +15,8 @@ import tensorflow_datasets as tfds
 # Not re-exported by tfds.download.
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
-from nac_tf.config import TFDS_SOURCE_FILES
 from nac_tf.errors import shortened
+from nac_tf.specs.datasets import dataset_spec
 
 # Seconds to connect and to wait for the answer; a name that cannot be resolved fails at once.
 REACHABILITY_TIMEOUT = 15
@@ -24,7 +24,8 @@ _REASON_LENGTH = 120
 
 
 def ensure_prepared(builder, manual_dir=None, instead=None):
-    """Prepares the dataset of the TFDS `builder` (one of TFDS_SOURCE_FILES) unless it is.
+    """Prepares the dataset of the TFDS `builder` (a dataset whose spec lists
+    `tfds_source_files`) unless it is.
 
     From its source files when `manual_dir` or TFDS's own manual directory
     (<data_dir>/downloads/manual) holds them all; else from an earlier download TFDS kept;
@@ -37,7 +38,7 @@ def ensure_prepared(builder, manual_dir=None, instead=None):
     # is_prepared() logs a warning for a dataset folder that does not exist yet.
     if os.path.isdir(os.fspath(builder.data_path)) and builder.is_prepared():
         return
-    files = TFDS_SOURCE_FILES[builder.name]
+    files = dataset_spec(builder.name).tfds_source_files
     source_dir = _directory_holding(files, (manual_dir, _downloads(builder, "manual")))
     if source_dir is None:
         if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:  # TFDS cannot download it
@@ -117,7 +118,7 @@ def _not_prepared(builder):
 
 def _remedies(builder, instead):
     """What the user can do, as the end of an error message."""
-    files = " and ".join(TFDS_SOURCE_FILES[builder.name])
+    files = " and ".join(dataset_spec(builder.name).tfds_source_files)
     prepared = os.path.relpath(os.fspath(builder.data_path), os.fspath(builder.data_dir_root))
     text = (f"put {files} in data_dir, or point data_dir at a TFDS data directory holding "
             f"{prepared}/")

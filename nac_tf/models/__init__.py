@@ -1,5 +1,8 @@
 """Encoders f (images -> representation h) and the MLP heads g and phi (paper Sec. 3.5).
 
+What each encoder is (family, builder, width, input statistics) is its record in
+`nac_tf.specs.encoders`, importable without TensorFlow; `build_encoder` builds it.
+
 `MixtureFeatures` is AMDIM's mixture network m_k (AMDIM Sec. 3.7).
 
 Every encoder is a functional keras.Model: float32 images in the network's input range
@@ -32,13 +35,12 @@ from nac_tf.models.heads import ProjectionHead
 from nac_tf.models.layers import (
     BATCH_NORM_EPSILON, BATCH_NORM_PATH_PATTERN, DEFAULT_BATCH_NORM_MOMENTUM)
 from nac_tf.models.mixture import MixtureFeatures
-from nac_tf.models.registry import (
-    ENCODER_BUILDERS, build_encoder, encoder_input_statistics, encoder_output_dim)
+from nac_tf.models.registry import build_encoder, encoder_input_statistics, encoder_output_dim
 from nac_tf.models.weights_file import load_encoder_weights
 
 __all__ = [
     "AMDIMEmbedding", "BATCH_NORM_EPSILON", "BATCH_NORM_PATH_PATTERN",
     "DEFAULT_BATCH_NORM_MOMENTUM", "amdim_feature_channels", "amdim_feature_maps",
-    "ENCODER_BUILDERS", "MixtureFeatures", "ProjectionHead", "build_encoder", "clone_encoder",
+    "MixtureFeatures", "ProjectionHead", "build_encoder", "clone_encoder",
     "clone_head", "encoder_input_statistics", "encoder_output_dim", "load_encoder_weights",
 ]

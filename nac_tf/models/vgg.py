@@ -20,6 +20,7 @@ import keras
 
 from nac_tf.models.layers import (
     DEFAULT_BATCH_NORM_MOMENTUM, batch_norm, check_encoder_arguments, conv, encoder_input)
+from nac_tf.specs.encoders import VGG16_MEAN, VGG16_STD  # the vgg16 spec's input statistics
 
 # Filters of each 3x3 conv; "M" is a 2x2 max-pool with stride 2.
 VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
@@ -66,15 +67,6 @@ def vgg16_bn(input_shape, *, stem=None, mean=None, std=None, synchronized_batch_
         return keras.Model(inputs, h, name=name)
 
 
-# keras.applications.vgg16.preprocess_input ("caffe" mode) on 0..255 RGB pixels x: the
-# channels reversed to BGR, then the ImageNet mean (B, G, R) = (103.939, 116.779, 123.68)
-# subtracted, no scaling. nac_tf encoders take [0, 1] pixels p = x / 255 and normalise them
-# as (p - mean) / std, so the same map is mean = the RGB means / 255, std = 1 / 255, followed
-# by the channel reversal. These are the vgg16 encoder's input statistics whatever the
-# dataset (`nac_tf.models.registry.encoder_input_statistics`), recorded with the run and in
-# exports like any dataset's.
-VGG16_MEAN = (123.68 / 255.0, 116.779 / 255.0, 103.939 / 255.0)
-VGG16_STD = (1.0 / 255.0,) * 3
 
 
 @keras.saving.register_keras_serializable(package="nac_tf")
