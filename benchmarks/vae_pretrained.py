@@ -101,8 +101,8 @@ def parse_args():
 def build_model(args):
     """(VAE, image size, description of the encoder's initialisation)."""
     from nac_tf.data.catalog import dataset_statistics, load_source
-    from nac_tf.specs.datasets import dataset_spec
     from nac_tf.experiments.vae import PretrainedEncoderVAE, encoder_of_run, random_encoder
+    from nac_tf.specs.datasets import dataset_spec
 
     if args.model_dir:
         encoder, statistics = encoder_of_run(args.model_dir, pretrained=args.init == "run")
