@@ -20,9 +20,10 @@ class NACMQ(MomentumQueueMethod):
     momentum codes (the paper's stabiliser, lambda = 0.1).
 
     The denominator holds the current batch's momentum codes too (`mq_negatives`, see
-    `nac_tf.methods.registry.MQ_NEGATIVES`): by default they are written into the queue before the loss, as the
-    authors' CIFAR code does, so a fresh queue of near-zero entries still gives every code
-    real negatives; after the step the queue keeps them (the same write).
+    `nac_tf.methods.registry.MQ_NEGATIVES`): by default they are written into the queue
+    before the loss, as the authors' CIFAR code does, so a fresh queue of near-zero entries
+    still gives every code real negatives; after the step the queue keeps them (the same
+    write).
 
     `flip_prob`: the channel's p; `queue_size` M; `momentum` m of the EMA networks;
     `l2_weight` lambda; `queue_init_scale`: std of the initial queue entries.
