@@ -101,6 +101,11 @@ def _declare(methods):
     """Makes PretrainConfig's fields the run settings and the hyperparameters of `methods`
     ({name: MethodSpec}); ValueError when a method redeclares a run setting differently."""
     settings = merge_settings((RUN_SETTINGS, tuple(method_settings(methods).values())))
+    taken = [name for name in settings if name not in _declared and hasattr(PretrainConfig, name)]
+    if taken:
+        raise ValueError(f"setting {taken[0]!r} would hide PretrainConfig.{taken[0]}")
+    # The class is changed in place, not made anew, so that every module holding
+    # PretrainConfig sees the fields of a method registered after it was imported.
     shape = dataclasses.make_dataclass("PretrainConfigFields", [
         (s.name, s.type, dataclasses.field(default=s.default)) for s in settings.values()])
     for name in set(_declared) - set(settings):

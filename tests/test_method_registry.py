@@ -103,6 +103,8 @@ def test_conflicting_declarations_are_refused_and_change_nothing():
         register_method("toy", ToyMethod, (other_temperature,))
     with pytest.raises(ValueError, match="'seed' is declared twice, differently"):
         register_method("toy", ToyMethod, (Setting("seed", 1, "A seed of its own."),))
+    with pytest.raises(ValueError, match="'replace' would hide PretrainConfig.replace"):
+        register_method("toy", ToyMethod, (Setting("replace", 1, "A clash."),))
     with pytest.raises(ValueError, match="'nac' is registered already"):
         register_method("nac", ToyMethod, ())
     assert _field_names() == fields and config.METHODS == methods
