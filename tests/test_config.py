@@ -105,10 +105,9 @@ def test_config_imports_neither_tensorflow_nor_keras():
 
 
 def test_choice_lists_agree_with_what_implements_them(tmp_path):
-    from nac_tf import config, distribute, methods, models, optim
+    from nac_tf import config, distribute, models, optim
     from nac_tf.data import catalog
 
-    assert tuple(methods.METHOD_CLASSES) == config.METHODS
     for rule in config.LARS_RULES:
         assert set(optim.lars_rule_arguments(rule)) == {"exclude_from_weight_decay",
                                                       "freeze_zero_norm"}

@@ -275,7 +275,7 @@ def test_methods_check_their_own_hyperparameters_naming_them():
         build("simclr", temperature=0.0)
     with pytest.raises(ValueError, match=r"momentum: 1.0 is outside"):
         build("moco_v2", momentum=1.0, queue_size=4 * K)
-    with pytest.raises(ValueError, match="mq_negatives must be one of"):
+    with pytest.raises(ValueError, match="mq_negatives: 'all' is not one of: batch_in_queue"):
         build("nac_mq", mq_negatives="all", queue_size=4 * K)
     # Another method's hyperparameter is refused, not ignored.
     with pytest.raises(TypeError, match=r"'simclr' takes the hyperparameters temperature; "

@@ -1,5 +1,5 @@
 """Pretraining methods: NAC, NAC-MQ, the SimCLR / MoCo-v2 baselines and AMDIM on one base
-class.
+class, registered by name in `nac_tf.methods.registry`.
 
 A method is built from an encoder, the `MethodConfig` every method shares, and its own
 hyperparameters:
@@ -11,47 +11,69 @@ hyperparameters:
     ...                       flip_prob=0.2)
     >>> method.flip_prob
     0.2
+
+Importing this package imports no TensorFlow: the registry is read without it, and the
+classes (`MethodConfig`, `PairLoss`, `TwoViewMethod`, every method) are imported on first use.
 """
+import importlib
 from collections.abc import Mapping
 
-from nac_tf.config import METHODS
-from nac_tf.methods.amdim import AMDIM
-from nac_tf.methods.base import MethodConfig, PairLoss, TwoViewMethod
-from nac_tf.methods.moco import MoCoV2
-from nac_tf.methods.nac import NAC
-from nac_tf.methods.nac_mq import NACMQ
-from nac_tf.methods.simclr import SimCLR
-
-METHOD_CLASSES = {"nac": NAC, "nac_mq": NACMQ, "simclr": SimCLR, "moco_v2": MoCoV2,
-                  "amdim": AMDIM}
+from nac_tf.methods.registry import (method_names, method_spec, register_method,
+                                     unregister_method)
 
 __all__ = ["METHOD_CLASSES", "MethodConfig", "PairLoss", "TwoViewMethod", "build_method",
-           "hyperparameters_of", "method_class"]
+           "hyperparameters_of", "method_class", "register_method", "unregister_method"]
+
+_BASE = "nac_tf.methods.base"
+_LAZY = {"MethodConfig": _BASE, "PairLoss": _BASE, "TwoViewMethod": _BASE}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
 
 
 def method_class(name):
-    """The class of method `name` (one of `nac_tf.config.METHODS`)."""
-    if name not in METHOD_CLASSES:
-        raise ValueError(f"method={name!r} is not one of: {', '.join(METHODS)}")
-    return METHOD_CLASSES[name]
+    """The class of method `name` (ValueError listing the registered methods)."""
+    return method_spec(name).load()
+
+
+class _MethodClasses(Mapping):
+    """{name: class} of the registered methods, each class imported when it is looked up."""
+
+    def __getitem__(self, name):
+        if name not in method_names():
+            raise KeyError(name)
+        return method_class(name)
+
+    def __iter__(self):
+        return iter(method_names())
+
+    def __len__(self):
+        return len(method_names())
+
+
+METHOD_CLASSES = _MethodClasses()
 
 
 def hyperparameters_of(name, settings):
-    """{name: value} of the hyperparameters method `name` takes (its `HYPERPARAMETERS`),
-    read from `settings`: a mapping, or an object with those attributes such as a
-    PretrainConfig. Those `settings` lacks keep the method's defaults."""
-    wanted = method_class(name).HYPERPARAMETERS
+    """{name: value} of the hyperparameters method `name` declares, read from `settings`: a
+    mapping, or an object with those attributes such as a PretrainConfig. Those a mapping
+    lacks keep the method's defaults; an object lacking one is an error (AttributeError),
+    not a silent default."""
+    wanted = method_spec(name).hyperparameters
     if isinstance(settings, Mapping):
         return {key: settings[key] for key in wanted if key in settings}
-    return {key: getattr(settings, key) for key in wanted if hasattr(settings, key)}
+    return {key: getattr(settings, key) for key in wanted}
 
 
-def build_method(name, encoder, config: MethodConfig, **hyperparameters):
-    """The method `name` around `encoder`, with its own `hyperparameters` (a TypeError names
-    one the method does not take)."""
-    cls = method_class(name)
-    unknown = sorted(set(hyperparameters) - set(cls.HYPERPARAMETERS))
+def build_method(name, encoder, config, **hyperparameters):
+    """The method `name` around `encoder` with the shared `config` (a MethodConfig) and its
+    own `hyperparameters` (a TypeError names one the method does not take)."""
+    spec = method_spec(name)
+    unknown = sorted(set(hyperparameters) - set(spec.hyperparameters))
     if unknown:
         raise TypeError(f"method {name!r} takes the hyperparameters "
-                        f"{', '.join(cls.HYPERPARAMETERS)}; not {', '.join(unknown)}")
-    return cls(encoder, config, name=name, **hyperparameters)
+                        f"{', '.join(spec.hyperparameters)}; not {', '.join(unknown)}")
+    return spec.load()(encoder, config, name=name, **hyperparameters)

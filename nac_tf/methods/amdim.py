@@ -13,8 +13,9 @@ import keras
 import tensorflow as tf
 
 from nac_tf import distribute
-from nac_tf.config import ConfigError, check_in_range
 from nac_tf.methods.base import PairLoss, TwoViewMethod
+from nac_tf.methods.registry import (AMDIM_CLIP_VALUE, AMDIM_MIXTURE_COMPONENTS,
+                                     AMDIM_MIXTURE_ENTROPY_WEIGHT, AMDIM_REGULARIZATION_WEIGHT)
 from nac_tf.models import AMDIMEmbedding, MixtureFeatures, amdim_feature_maps
 from nac_tf.objectives import amdim_loss
 
@@ -38,27 +39,20 @@ class AMDIM(TwoViewMethod):
     are the signs of f_1 (`CODES_FROM_FEATURES`), the vector AMDIM's scores read.
     """
 
-    HYPERPARAMETERS = ("amdim_regularization_weight", "amdim_clip_value",
-                       "amdim_mixture_components", "amdim_mixture_entropy_weight")
     CODES_FROM_FEATURES = True
 
-    def __init__(self, encoder, config, *, amdim_regularization_weight=4e-2,
-                 amdim_clip_value=20.0, amdim_mixture_components=0,
-                 amdim_mixture_entropy_weight=1.0, **kwargs):
+    def __init__(self, encoder, config, *,
+                 amdim_regularization_weight=AMDIM_REGULARIZATION_WEIGHT.default,
+                 amdim_clip_value=AMDIM_CLIP_VALUE.default,
+                 amdim_mixture_components=AMDIM_MIXTURE_COMPONENTS.default,
+                 amdim_mixture_entropy_weight=AMDIM_MIXTURE_ENTROPY_WEIGHT.default, **kwargs):
         super().__init__(encoder, config, **kwargs)
-        self.regularization_weight = check_in_range(
-            "amdim_regularization_weight", amdim_regularization_weight, 0.0, float("inf"))
-        self.clip_value = check_in_range("amdim_clip_value", amdim_clip_value, 0.0,
-                                         float("inf"), low_open=True)
-        if isinstance(amdim_mixture_components, bool) or \
-                int(amdim_mixture_components) != amdim_mixture_components:
-            raise ConfigError("amdim_mixture_components", f"{amdim_mixture_components!r} is "
-                              "not a whole number of mixture components")
-        self.mixture_components = int(check_in_range(
-            "amdim_mixture_components", amdim_mixture_components, 0, float("inf")))
-        self.mixture_entropy_weight = check_in_range(
-            "amdim_mixture_entropy_weight", amdim_mixture_entropy_weight, 0.0, float("inf"),
-            low_open=True)
+        self.regularization_weight = AMDIM_REGULARIZATION_WEIGHT.check(
+            amdim_regularization_weight)
+        self.clip_value = AMDIM_CLIP_VALUE.check(amdim_clip_value)
+        self.mixture_components = int(AMDIM_MIXTURE_COMPONENTS.check(amdim_mixture_components))
+        self.mixture_entropy_weight = AMDIM_MIXTURE_ENTROPY_WEIGHT.check(
+            amdim_mixture_entropy_weight)
         self.feature_maps = amdim_feature_maps(encoder)
         width = int(encoder.output_shape[-1])
         self.embedding_5 = self.make_embedding(width, "embedding_5")

@@ -28,8 +28,8 @@ import keras
 import tensorflow as tf
 
 from nac_tf import distribute
-from nac_tf.config import check_in_range
 from nac_tf.code_statistics import activation_code_statistics
+from nac_tf.methods.registry import MOMENTUM, QUEUE_INIT_SCALE, QUEUE_SIZE
 from nac_tf.models import ProjectionHead, clone_encoder, clone_head
 
 
@@ -41,7 +41,7 @@ _MASK_RESOLUTION = 2 ** 24
 class MethodConfig:
     """What every method shares: the heads' shape, the BatchNorm mode and the seed. A
     method's own hyperparameters (NAC's flip probability, a queue's size, a temperature) are
-    arguments of its class, listed in its `HYPERPARAMETERS`."""
+    keyword arguments of its class, declared in `nac_tf.methods.registry`."""
 
     code_dim: int = 128
     head_hidden_dim: int = 2048
@@ -87,11 +87,12 @@ class PairLoss(NamedTuple):
 class TwoViewMethod(keras.Model):
     """Base class: encoder + two-view train_step; subclasses add heads and a loss.
 
-    `HYPERPARAMETERS`: the names of a subclass's own constructor arguments, which are also
-    the PretrainConfig fields the trainer passes to it (`nac_tf.methods.hyperparameters_of`).
+    A subclass's own constructor arguments are its hyperparameters, declared with its
+    registry line (`nac_tf.methods.registry`), which are also the PretrainConfig fields the
+    trainer passes to it (`nac_tf.methods.hyperparameters_of`); it checks them with their
+    declarations' `check`.
     """
 
-    HYPERPARAMETERS = ()
     # True for a method without projection head whose objective scores the features h
     # themselves (AMDIM): its hash codes are sgn(h) (`nac_tf.export`).
     CODES_FROM_FEATURES = False
@@ -314,14 +315,13 @@ class MomentumQueueMethod(TwoViewMethod):
     views) are written into the ring buffer, oldest first (MoCo convention).
     """
 
-    def __init__(self, encoder, config, *, queue_size, momentum, queue_init_scale, **kwargs):
+    def __init__(self, encoder, config, *, queue_size=QUEUE_SIZE.default,
+                 momentum=MOMENTUM.default, queue_init_scale=QUEUE_INIT_SCALE.default,
+                 **kwargs):
         super().__init__(encoder, config, **kwargs)
-        if isinstance(queue_size, bool) or int(queue_size) != queue_size or queue_size < 1:
-            raise ValueError(f"queue_size must be a positive integer; got {queue_size!r}")
-        self.queue_size = int(queue_size)
-        self.momentum = check_in_range("momentum", momentum, 0.0, 1.0, high_open=True)
-        self.queue_init_scale = check_in_range("queue_init_scale", queue_init_scale, 0.0,
-                                               float("inf"), low_open=True)
+        self.queue_size = int(QUEUE_SIZE.check(queue_size))
+        self.momentum = MOMENTUM.check(momentum)
+        self.queue_init_scale = QUEUE_INIT_SCALE.check(queue_init_scale)
 
     def queue_initializer(self, seed):
         """Initial queue entries: small Gaussian noise N(0, queue_init_scale^2), as the

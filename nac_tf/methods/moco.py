@@ -2,8 +2,8 @@
 import keras
 import tensorflow as tf
 
-from nac_tf.config import check_in_range
 from nac_tf.methods.base import MomentumQueueMethod, PairLoss
+from nac_tf.methods.registry import TEMPERATURE
 from nac_tf.objectives import info_nce_loss
 
 
@@ -15,14 +15,9 @@ class MoCoV2(MomentumQueueMethod):
     `queue_size`, `momentum`, `queue_init_scale`: the queue and EMA networks'.
     """
 
-    HYPERPARAMETERS = ("temperature", "queue_size", "momentum", "queue_init_scale")
-
-    def __init__(self, encoder, config, *, temperature=0.5, queue_size=50000, momentum=0.99,
-                 queue_init_scale=1e-3, **kwargs):
-        super().__init__(encoder, config, queue_size=queue_size, momentum=momentum,
-                         queue_init_scale=queue_init_scale, **kwargs)
-        self.temperature = check_in_range("temperature", temperature, 0.0, float("inf"),
-                                          low_open=True)
+    def __init__(self, encoder, config, *, temperature=TEMPERATURE.default, **kwargs):
+        super().__init__(encoder, config, **kwargs)
+        self.temperature = TEMPERATURE.check(temperature)
         self.projection_head = self.make_head("projection_head")
         self.momentum_encoder, self.momentum_projection_head = self.init_momentum(
             [self.encoder, self.projection_head])

@@ -3,8 +3,8 @@ import keras
 import tensorflow as tf
 
 from nac_tf import distribute
-from nac_tf.config import check_in_range
 from nac_tf.methods.base import PairLoss, TwoViewMethod, binary_codes
+from nac_tf.methods.registry import FLIP_PROB
 from nac_tf.objectives import nac_loss, nac_mutual_information_bound
 
 
@@ -17,11 +17,9 @@ class NAC(TwoViewMethod):
     `flip_prob`: the channel's bit-flip probability p in (0, 0.5).
     """
 
-    HYPERPARAMETERS = ("flip_prob",)
-
-    def __init__(self, encoder, config, *, flip_prob=0.1, **kwargs):
+    def __init__(self, encoder, config, *, flip_prob=FLIP_PROB.default, **kwargs):
         super().__init__(encoder, config, **kwargs)
-        self.flip_prob = check_in_range("flip_prob", flip_prob, 0.0, 0.5, True, True)
+        self.flip_prob = FLIP_PROB.check(flip_prob)
         self.projection_head = self.make_head("projection_head")
         self.inference_network = self.make_head("inference_network")
 

@@ -2,9 +2,9 @@
 import keras
 import tensorflow as tf
 
-from nac_tf.config import MQ_NEGATIVES, check_in_range
 from nac_tf.methods.base import (MomentumQueueMethod, PairLoss, binary_codes,
                                  write_into_queue)
+from nac_tf.methods.registry import FLIP_PROB, L2_WEIGHT, MQ_NEGATIVES_SETTING
 from nac_tf.objectives import (inference_likelihood_loss, nac_mq_loss,
                                nac_mq_mutual_information_bound)
 
@@ -20,28 +20,22 @@ class NACMQ(MomentumQueueMethod):
     momentum codes (the paper's stabiliser, lambda = 0.1).
 
     The denominator holds the current batch's momentum codes too (`mq_negatives`, see
-    `MQ_NEGATIVES`): by default they are written into the queue before the loss, as the
-    authors' CIFAR code does, so a fresh queue of near-zero entries still gives every code
-    real negatives; after the step the queue keeps them (the same write).
+    `nac_tf.methods.registry.MQ_NEGATIVES`): by default they are written into the queue
+    before the loss, as the authors' CIFAR code does, so a fresh queue of near-zero entries
+    still gives every code real negatives; after the step the queue keeps them (the same
+    write).
 
     `flip_prob`: the channel's p; `queue_size` M; `momentum` m of the EMA networks;
     `l2_weight` lambda; `queue_init_scale`: std of the initial queue entries.
     """
 
-    HYPERPARAMETERS = ("flip_prob", "queue_size", "momentum", "l2_weight", "mq_negatives",
-                       "queue_init_scale")
-
-    def __init__(self, encoder, config, *, flip_prob=0.1, queue_size=50000, momentum=0.99,
-                 l2_weight=0.1, mq_negatives="batch_in_queue", queue_init_scale=1e-3,
+    def __init__(self, encoder, config, *, flip_prob=FLIP_PROB.default,
+                 l2_weight=L2_WEIGHT.default, mq_negatives=MQ_NEGATIVES_SETTING.default,
                  **kwargs):
-        if mq_negatives not in MQ_NEGATIVES:
-            raise ValueError(f"mq_negatives must be one of {', '.join(MQ_NEGATIVES)}; got "
-                             f"{mq_negatives!r}")
-        super().__init__(encoder, config, queue_size=queue_size, momentum=momentum,
-                         queue_init_scale=queue_init_scale, **kwargs)
-        self.flip_prob = check_in_range("flip_prob", flip_prob, 0.0, 0.5, True, True)
-        self.l2_weight = check_in_range("l2_weight", l2_weight, 0.0, float("inf"))
-        self.mq_negatives = mq_negatives
+        super().__init__(encoder, config, **kwargs)
+        self.flip_prob = FLIP_PROB.check(flip_prob)
+        self.l2_weight = L2_WEIGHT.check(l2_weight)
+        self.mq_negatives = MQ_NEGATIVES_SETTING.check(mq_negatives)
         self.projection_head = self.make_head("projection_head")
         self.inference_network = self.make_head("inference_network")
         (self.momentum_encoder, self.momentum_projection_head,

@@ -3,8 +3,8 @@ import keras
 import tensorflow as tf
 
 from nac_tf import distribute
-from nac_tf.config import check_in_range
 from nac_tf.methods.base import PairLoss, TwoViewMethod
+from nac_tf.methods.registry import TEMPERATURE
 from nac_tf.objectives import nt_xent_loss
 
 
@@ -12,12 +12,9 @@ class SimCLR(TwoViewMethod):
     """Encoder + projection head; negatives are all other views of the global batch.
     `temperature`: tau of NT-Xent."""
 
-    HYPERPARAMETERS = ("temperature",)
-
-    def __init__(self, encoder, config, *, temperature=0.5, **kwargs):
+    def __init__(self, encoder, config, *, temperature=TEMPERATURE.default, **kwargs):
         super().__init__(encoder, config, **kwargs)
-        self.temperature = check_in_range("temperature", temperature, 0.0, float("inf"),
-                                          low_open=True)
+        self.temperature = TEMPERATURE.check(temperature)
         self.projection_head = self.make_head("projection_head")
 
     def view_pair_loss(self, view1, view2, training):
