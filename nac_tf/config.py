@@ -18,9 +18,9 @@ from typing import Optional, Tuple
 from nac_tf.methods.registry import (MQ_NEGATIVES, method_names,  # noqa: F401 (re-exported)
                                      method_settings, method_spec, on_change)
 from nac_tf.run_settings import (AUGMENT_ON, AUGMENTATIONS, BATCH_NORM_MODES,  # noqa: F401
-                                 HEAD_INITIALIZERS, LARS_RULES, LR_SCALINGS, LR_SCHEDULES,
-                                 ON_CORRUPT, OPTIMIZERS, PRECISIONS, RUN_SETTINGS,
-                                 SIMCLR_AUGMENTATION_FIELDS, STRATEGIES)
+                                 ENCODER_STEMS, HEAD_INITIALIZERS, LARS_RULES, LR_SCALINGS,
+                                 LR_SCHEDULES, ON_CORRUPT, OPTIMIZERS, PRECISIONS,
+                                 RUN_SETTINGS, SIMCLR_AUGMENTATION_FIELDS, STEMS, STRATEGIES)
 from nac_tf.settings import (FIXED, RESUMABLE, ConfigError, check_in_range,  # noqa: F401
                              merge_settings, one_of as _one_of)
 from nac_tf.specs import datasets as dataset_specs
@@ -30,8 +30,6 @@ from nac_tf.specs import encoders as encoder_specs
 # need), from which these names derive.
 DATASETS = dataset_specs.DATASETS
 ENCODERS = encoder_specs.ENCODERS
-ENCODER_STEMS = ("cifar", "imagenet")  # the ResNet stems (nac_tf.models.layers)
-STEMS = ("auto",) + ENCODER_STEMS  # auto: cifar up to 64 px, imagenet above
 
 
 @dataclasses.dataclass(frozen=True, init=False, repr=False, eq=False)
@@ -213,9 +211,6 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
     `nac_tf.training.build_method`).
     """
     _one_of("method", config.method, method_names())
-    _one_of("dataset", config.dataset, DATASETS)
-    _one_of("encoder", config.encoder, ENCODERS)
-    _one_of("stem", config.stem, STEMS)
     for setting in _declared.values():
         setting.check(getattr(config, setting.name))
 

@@ -7,6 +7,11 @@ backquotes is another setting, which the command line shows as its flag.
 """
 from nac_tf.settings import (FIXED, RESUMABLE, Setting, non_negative, positive,
                              unit_interval)
+from nac_tf.specs.datasets import DATASETS
+from nac_tf.specs.encoders import ENCODERS
+
+ENCODER_STEMS = ("cifar", "imagenet")  # the ResNet stems (nac_tf.models.layers)
+STEMS = ("auto",) + ENCODER_STEMS  # auto: cifar up to 64 px, imagenet above
 
 LR_SCALINGS = ("none", "linear", "sqrt")  # nac_tf.optim.scaled_learning_rate
 LARS_RULES = ("simclr", "all", "authors")  # nac_tf.optim.lars_rule_arguments
@@ -32,9 +37,16 @@ AUGMENTATIONS = ("simclr", "amdim")
 # input pipeline; device, the crop there and the colour stages in the train step.
 AUGMENT_ON = ("host", "device")
 
+
+
+def _alternatives(names):
+    """'a, b or c'."""
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
 # In the order of the command line's help; defaults: NAC on CIFAR-10, docs/protocols.md
-# section 1. `method` is checked against the registered methods (nac_tf.config), `dataset`,
-# `data_dir`, `encoder`, `stem` and `init_weights` by nac_tf.config's own checks.
+# section 1. `method` is checked against the registered methods (nac_tf.config), `data_dir`
+# and `init_weights` by nac_tf.config's own checks.
 RUN_SETTINGS = (
     Setting("method", "nac",
             "Pretraining method: {methods} (amdim needs an amdim_* encoder).",
@@ -45,7 +57,7 @@ RUN_SETTINGS = (
             "cifar10_hashing (CIFAR-10 retrieval split: trains on 500 images per class, 1000 "
             "queries per class) or flickr25k (MIRFLICKR-25000 from `data_dir`: trains on 5000 "
             "images, 2000 queries).",
-            run=FIXED),
+            choices=DATASETS, run=FIXED),
     Setting("data_dir", "",
             "npz: the .npz file; image_folder: the root; imagenet2012: the TFDS manual dir "
             "holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar; cifar10: optional "
@@ -63,17 +75,16 @@ RUN_SETTINGS = (
             "with the file's name).",
             choices=ON_CORRUPT),
     Setting("encoder", "resnet50",
-            "resnet18, resnet34, resnet50, resnet_tiny, vgg16_bn, vgg16, small_cnn, "
-            "amdim_small, amdim_large or amdim_xs. vgg16 is keras.applications' VGG16 without "
+            f"{_alternatives(ENCODERS)}. vgg16 is keras.applications' VGG16 without "
             "BatchNorm (its layer names and weight shapes, its preprocessing: RGB -> BGR and "
             "ImageNet mean subtraction whatever the dataset), for `init_weights` with its "
             "ImageNet weights. The amdim_* encoders (AMDIM paper Sec. 3.6; ndf/nrkhs/ndepth "
             "128/1024/10, 256/2048/10, 32/256/2) take 32, 64 or 128 px images only.",
-            run=FIXED),
+            choices=ENCODERS, run=FIXED),
     Setting("stem", "auto",
             "ResNet stem: cifar (3x3, no max-pool), imagenet (7x7 + max-pool), or auto (cifar "
             "up to 64 px).",
-            run=FIXED),
+            choices=STEMS, run=FIXED),
     Setting("init_weights", "",
             "A Keras weights file to initialise the encoder of a new run from (ignored on "
             "resume: the checkpoint has the weights): .weights.h5 written by save_weights, or "

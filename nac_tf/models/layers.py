@@ -10,7 +10,7 @@ import re
 
 import keras
 
-from nac_tf.config import ENCODER_STEMS
+from nac_tf.run_settings import ENCODER_STEMS
 
 # PyTorch's BatchNorm defaults (momentum 0.1 there = 0.9 here, eps 1e-5), as in the authors'
 # code. Keras' own default momentum (0.99) averages over ~100 steps and lags behind on short
