@@ -262,7 +262,7 @@ def test_auto_precision_sets_the_policy_it_logs(dtype_policy):
     """build_method with precision="auto" computes in what auto picks on this machine."""
     from nac_tf.config import PretrainConfig
     from nac_tf.data.catalog import load_source
-    from nac_tf.training import build_method as build_pretraining_method
+    from nac_tf.recipes import method_for_run as build_pretraining_method
 
     assert resolve_precision("mixed_float16") == ("mixed_float16", None)
     expected, reason = resolve_precision("auto")
