@@ -121,9 +121,10 @@ def evaluate(settings):
     <name>_validation_top1 and <name> (the protocol's result); <name>_top1 is None for a
     probe not run, as knn_top1 without kNN.
     """
-    from nac_tf.evaluation.evaluators import KNN, Embeddings, ProbeEvaluator
+    from nac_tf.evaluation.evaluators import Embeddings
     from nac_tf.evaluation.linear import LinearEvalConfig
     from nac_tf.evaluation.mlp import MLPEvalConfig
+    from nac_tf.evaluation.report import EvaluationConfig, classification_evaluators
     from nac_tf.export import load_exported_model
 
     metadata = settings["metadata"]
@@ -138,7 +139,7 @@ def evaluate(settings):
     batch_size = settings["batch_size"]
     data = Embeddings(model, source, batch_size, progress=True)
     train_features = data("train")
-    data("test")
+    data("test")  # embedded now, with its progress bar, whichever probe asks for it first
     shared = dict(epochs=settings["epochs"], batch_size=batch_size,
                   validation_fraction=settings["validation_fraction"], seed=settings["seed"],
                   augment=settings["augment"])
@@ -150,12 +151,13 @@ def evaluate(settings):
         probes["mlp"] = MLPEvalConfig(learning_rates=settings["mlp_learning_rates"],
                                       hidden_dim=settings["mlp_hidden_dim"],
                                       dropout=settings["mlp_dropout"], **shared)
-    # The trainer's final evaluation uses the same evaluators. The augmented protocol
-    # trains through the model on the images; kNN is computed on the features either way.
-    evaluators = [KNN(settings["knn_k"], KNN_TEMPERATURE)] if settings["knn_k"] else []
-    evaluators += [ProbeEvaluator(name, probe) for name, probe in probes.items()]
+    # The trainer's final evaluation's evaluators. The augmented protocol trains through the
+    # model on the images; kNN is computed on the features either way.
+    evaluation = EvaluationConfig(knn_k=settings["knn_k"], knn_temperature=KNN_TEMPERATURE,
+                                  linear=probes.get("linear"), mlp=probes.get("mlp"),
+                                  retrieval=False, batch_size=batch_size)
     metrics = {}
-    for evaluator in evaluators:
+    for evaluator in classification_evaluators(evaluation):
         metrics.update(evaluator(data))
     results = {"linear_top1": None, "mlp_top1": None}
     for name in probes:
