@@ -166,6 +166,8 @@ def test_hash_retrieval_report_equals_the_library(export_dir, model, digits):
     path = os.path.join(export_dir, "hash_retrieval_digits.json")
     assert f"Report: {path}" in result.stdout and "mAP@all" in result.stdout
     assert "inner-product" in result.stdout
+    # The library's progress lines (logging), printed as plain lines by default.
+    assert "Embedding the queries (599 images, hash_codes)" in result.stdout.splitlines()
     with open(path) as f:
         report = json.load(f)
 
@@ -221,9 +223,12 @@ def test_hash_retrieval_uses_the_hashing_protocol(export_dir, model, tmp_path):
     np.savez(archive, x_train=images[:12000], y_train=labels[:12000], x_test=images[12000:],
              y_test=labels[12000:])
     output = str(tmp_path / "cifar.json")
-    _ok(_run(HASH_RETRIEVAL, f"--saved_model={export_dir}", "--dataset=cifar10_hashing",
-             f"--data_dir={archive}", "--seed=3", "--ties=expected", "--top_k=100",
-             "--empty_queries=zero", "--plot=none", f"--output={output}"))
+    result = _ok(_run(HASH_RETRIEVAL, f"--saved_model={export_dir}",
+                      "--dataset=cifar10_hashing", f"--data_dir={archive}", "--seed=3",
+                      "--ties=expected", "--top_k=100", "--empty_queries=zero", "--plot=none",
+                      f"--output={output}", "--verbosity=-1"))
+    # absl's --verbosity=-1 (warnings only) silences the progress lines, not the summary.
+    assert "Embedding" not in result.stdout and "mAP@all" in result.stdout
     with open(output) as f:
         report = json.load(f)
     assert report["plot"] is None
