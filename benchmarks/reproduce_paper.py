@@ -120,11 +120,11 @@ def codeword_analysis(config, results):
     validation mAP (hashing runs)."""
     from nac_tf.data.catalog import load_source
     from nac_tf.evaluation import retrieval
-    from nac_tf.evaluation.report import embed
+    from nac_tf.evaluation.evaluators import embed
 
     model = exported_model_of_run(config.model_dir)
     arrays = load_source(config.dataset, data_dir=config.data_dir, seed=config.seed).retrieval
-    codes = embed(model, arrays.database_images, outputs=("hash_codes",))["hash_codes"]
+    codes = embed(model, arrays.database_images, output="hash_codes")
     distribution = codeword_distribution(codes)
     bit_statistics = code_bit_statistics(codes, config.code_dim)
     queries, database = validation_split(arrays, config.seed)

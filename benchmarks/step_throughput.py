@@ -139,7 +139,8 @@ def build(args, method_name):
     from nac_tf.methods.base import MethodConfig, PairLoss, TwoViewMethod
     from nac_tf.methods.from_config import method_from_config
     from nac_tf.models import build_encoder
-    from nac_tf.training import compile_method, step_loop
+    from nac_tf.recipes import compile_method
+    from nac_tf.training import step_loop
 
     class BareEncoder(TwoViewMethod):
         """The encoder with a trivial loss: what every method's step costs at least."""

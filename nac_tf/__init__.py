@@ -5,8 +5,9 @@ What a notebook needs, importable from here (README, "Python API"):
 - `PretrainConfig`: every setting of a pretraining run (`nac_tf.config`).
 - `pretrain(config)`: a whole run into `config.model_dir`, as `nac-train` does.
 - `load_source(dataset, ...)`: a dataset as an `ImageSource` (`nac_tf.data.catalog`).
-- `build_method(config, source)`: the method as a compiled keras.Model for `model.fit`, and
-  `view_pair_dataset(config, source)`: its input, batches of two augmented views.
+- `method_for_run(config, source)` (also importable as `build_method`, its earlier name):
+  the method as a compiled keras.Model for `model.fit`, and `view_pair_dataset(config,
+  source)`: its input, batches of two augmented views (`nac_tf.recipes`).
 - `export_saved_model(model_dir, export_dir)`, `load_exported_model(export_dir)` and
   `ExportedModel` (also `ExportedModel.from_method(model)` for a model in memory):
   `features`, `hash_codes` and `codes` of uint8 images (`nac_tf.export`).
@@ -15,7 +16,8 @@ What a notebook needs, importable from here (README, "Python API"):
   `hamming_distances`, `inner_product_map`.
 
 They are imported on first use, so `import nac_tf` (and the commands' help) does not import
-TensorFlow.
+TensorFlow. The library reports progress through Python's `logging` (loggers under
+"nac_tf"); `logging.basicConfig(level=logging.INFO)` shows it, the commands print it.
 """
 import importlib
 
@@ -24,8 +26,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "PretrainConfig": "nac_tf.config",
     "pretrain": "nac_tf.training",
-    "build_method": "nac_tf.training",
-    "view_pair_dataset": "nac_tf.training",
+    "method_for_run": "nac_tf.recipes",
+    "build_method": ("nac_tf.recipes", "method_for_run"),
+    "view_pair_dataset": "nac_tf.recipes",
     "load_source": "nac_tf.data.catalog",
     "ExportedModel": "nac_tf.export",
     "export_saved_model": "nac_tf.export",
@@ -42,10 +45,11 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
+    where = _EXPORTS.get(name)
+    if where is None:
         raise AttributeError(f"module 'nac_tf' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, attribute = where if isinstance(where, tuple) else (where, name)
+    value = getattr(importlib.import_module(module), attribute)
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -1,10 +1,12 @@
 """tf.distribute plumbing: strategy selection, the two cross-replica operations the
 methods need (gathering negatives, assigning EMA / queue state from inside a replica), and
-what a multi-worker run's lost worker looks like (`worker_lost_error`).
+what a multi-worker run's lost worker looks like (`worker_lost_error`), and this process's
+place in a multi-worker run (`worker_role`, `stop_agreement`).
 
 Everything here also works without a strategy (the default strategy), so the methods call
 these functions unconditionally.
 """
+import dataclasses
 import os
 import re
 
@@ -52,6 +54,43 @@ def make_strategy(name, tpu_address=""):
                           f"({type(error).__name__}: {str(error).splitlines()[0][:160]})"
                           ) from error
     return tf.distribute.TPUStrategy(resolver)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerRole:
+    """This process's place in the cluster: chief (writes the run directory) or not."""
+
+    is_chief: bool = True
+    task_id: int = 0
+    num_workers: int = 1
+
+
+def worker_role(strategy):
+    """The WorkerRole of this process under `strategy` (the chief unless multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return WorkerRole()
+    cluster = resolver.cluster_spec().as_dict()
+    num_workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    # should_checkpoint is TensorFlow's own notion of the chief (task "chief", or worker 0
+    # of a cluster without one).
+    return WorkerRole(is_chief=bool(strategy.extended.should_checkpoint),
+                      task_id=int(resolver.task_id or 0), num_workers=max(num_workers, 1))
+
+
+def stop_agreement(strategy, role):
+    """`agree(flag)`: `flag` OR-ed over all workers with one scalar all-reduce, so that every
+    worker stops at the same step when one of them is asked to (a lone worker stopping would
+    leave the others waiting in their next collective)."""
+    if role.num_workers == 1:
+        return bool
+
+    @tf.function
+    def votes(flag):
+        per_replica = strategy.run(lambda value: value, args=(flag,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return lambda flag: float(votes(tf.constant(1.0 if flag else 0.0))) > 0
 
 
 class WorkerLostError(RuntimeError):

@@ -259,7 +259,7 @@ class ExportedModel:
     @classmethod
     def from_method(cls, method, input_statistics=None):
         """Wraps a method in memory (e.g. one trained with `model.fit`, see
-        `nac_tf.training.build_method`) as its export would serve it, without saving.
+        `nac_tf.recipes.method_for_run`) as its export would serve it, without saving.
 
         The training image size is the encoder's input size; `input_statistics` (the run's
         {"image_size", "mean", "std"}) only goes into the metadata.

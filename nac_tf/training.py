@@ -1,7 +1,9 @@
 """The pretraining run: data, strategy, method, optimizer, checkpoints, logs, evaluation.
 
-`pretrain(config)` is everything `nac-train` does after parsing flags; `build_method` and
-`view_pair_dataset` give the same method, optimizer and input pipeline for `model.fit`. It
+`pretrain(config)` is everything `nac-train` does after parsing flags, in four parts: setup
+(data, strategy, method and optimizer from `nac_tf.recipes`), restore (the newest intact
+checkpoint), the loop of steps (metrics, checkpoints, evaluations every
+`eval_every_steps`) and the final evaluation (`nac_tf.evaluation.pretraining`). It
 writes the run directory (`nac_tf.run_directory`): flags.json, checkpoints/, tensorboard/
 (scalars and a histogram of the code pre-activations every `log_every_steps`, augmented view
 pairs at the start, the final evaluation under final/...: `nac_tf.summaries`), and
@@ -20,16 +22,16 @@ the same command resumes from the newest intact checkpoint
 uninterrupted run, bit for bit in nearly every run (rare resumes have ended a rounding
 error away; tests/test_resume.py) (in-memory datasets; see `nac_tf.data.pipeline` for
 streamed ones). The command of a finished run returns its stored results and writes
-nothing.
+nothing. Messages go to the `nac_tf.training` logger (the commands print them).
 
-Multi-worker (MultiWorkerMirroredStrategy): every worker runs this function; only the chief
-writes the run directory (flags.json, input statistics, TensorBoard, checkpoints,
-results.json) and evaluates. The other workers save their checkpoints to a temporary
+Multi-worker (MultiWorkerMirroredStrategy; `distribute.worker_role`): every worker runs
+this function; only the chief writes the run directory (flags.json, input statistics,
+TensorBoard, checkpoints, results.json) and evaluates. The other workers save their checkpoints to a temporary
 directory that is deleted again (all workers must take part in a save), and all restore
 from the chief's checkpoints (a shared filesystem, as TensorFlow's multi-worker recipe
 assumes).
 """
-import dataclasses
+import logging
 import math
 import os
 import sys
@@ -40,28 +42,23 @@ import tensorflow as tf
 
 from nac_tf import distribute
 from nac_tf.checkpointing import CheckpointWriter, restore_training_state
-from nac_tf.config import DATASETS, ConfigError, PretrainConfig, validate_config
-from nac_tf.data.catalog import dataset_statistics, load_source
+from nac_tf.config import ConfigError, PretrainConfig, validate_config
+from nac_tf.data.catalog import load_source
 from nac_tf.data.pipeline import first_training_images, make_pretrain_dataset
-from nac_tf.data.views import AugmentationConfig, ViewPairAugmenter, amdim_recipe
-from nac_tf.evaluation.linear import LinearEvalConfig
-from nac_tf.evaluation.mlp import MLPEvalConfig
-from nac_tf.evaluation.monitor import TrainingMonitor
-from nac_tf.evaluation.report import EvaluationConfig, evaluate_model
-from nac_tf.export import ExportedModel, build_export_module
+from nac_tf.evaluation.pretraining import (SUMMARY_METRICS, evaluate_method, summary_table,
+                                           training_evaluation)
 from nac_tf.methods.from_config import method_from_config
-from nac_tf.models import encoder_input_statistics
-from nac_tf.optim import (LARS, AdamL2, WarmupCosineSchedule, WarmupStepSchedule,
-                          lars_rule_arguments, scaled_learning_rate)
-from nac_tf.precision import resolve_precision
+from nac_tf.recipes import (compile_method, input_augmentation, input_statistics_of,
+                            run_image_size, schedule_lengths, use_view_stage,
+                            view_augmenter, with_resolved_precision)
 from nac_tf.run_directory import (
     FLAGS_FILE, INPUT_STATISTICS_FILE, RANDOM_INIT_EVAL_FILE, RESULTS_FILE, TENSORBOARD_DIR,
-    TRAJECTORY_FILE, check_run_directory, checkpoint_step, intact_checkpoint,
-    latest_checkpoint, path_in, read_json, read_run_json, read_trajectory, write_json,
-    write_run_settings)
+    check_run_directory, checkpoint_step, intact_checkpoint, latest_checkpoint, path_in,
+    read_json, read_run_json, write_json, write_run_settings)
 from nac_tf.summaries import (PROBE_SIZE, CodeHistogram, write_final_metrics,
                               write_view_pairs)
 
+logger = logging.getLogger(__name__)
 
 # XLA's CPU backend compiles convolutions to its own kernels, not to the oneDNN ones
 # TensorFlow's CPU kernels use (benchmarks/step_throughput.py, README "Speed").
@@ -86,291 +83,7 @@ class TrainingInterrupted(RuntimeError):
         self.checkpoint = checkpoint
 
 
-# ----------------------------------------------------------------------------- building blocks
-def augmentation_config(config: PretrainConfig, image_size):
-    """The view recipe of `config.augmentation` at `image_size`: AMDIM's (`amdim_recipe`,
-    the authors' CIFAR recipe up to 32 px) or the SimCLR family's, from the fields."""
-    if config.augmentation == "amdim":
-        return amdim_recipe(image_size)
-    return AugmentationConfig(
-        image_size=image_size, crop_area=(config.crop_area_min, 1.0), flip=config.flip,
-        jitter_strength=config.jitter, jitter_prob=config.jitter_prob,
-        grayscale_prob=config.grayscale_prob, blur_prob=config.blur_prob)
-
-
-def view_augmenter(config: PretrainConfig, image_size):
-    """The run's ViewPairAugmenter: `config`'s recipe at `image_size`, seeded by the run."""
-    return ViewPairAugmenter(augmentation_config(config, image_size), seed=config.seed)
-
-
-def input_augmentation(config: PretrainConfig, augmenter):
-    """What the input pipeline makes of a batch (`make_pretrain_dataset`'s augmenter): the
-    view pairs (augment_on="host"), or the crops with the random parameters of the later
-    stages (device: `crop_pair`; `use_view_stage` gives the method the rest)."""
-    return augmenter if config.augment_on == "host" else augmenter.crop_pair
-
-
-def use_view_stage(config: PretrainConfig, method, augmenter):
-    """augment_on="device": `method` finishes the views in its train step
-    (`TwoViewMethod.input_views`); host: its input elements are the views."""
-    method.view_stage = augmenter.colour_pair if config.augment_on == "device" else None
-
-
-def learning_rate_schedule(config: PretrainConfig, peak_lr, total_steps, warmup_steps):
-    """The schedule of `config.lr_schedule` (LR_SCHEDULES): a linear warm-up over
-    `warmup_steps`, then cosine decay to 0 at `total_steps` (warmup_cosine), or the peak
-    multiplied by `lr_decay_factor` at each of `lr_decay_fractions` of `total_steps`
-    (warmup_step, the AMDIM authors')."""
-    if config.lr_schedule == "warmup_step":
-        decay_steps = [max(1, int(round(f * total_steps)))
-                       for f in config.lr_decay_fraction_values]
-        return WarmupStepSchedule(peak_lr, total_steps, warmup_steps, decay_steps,
-                                  config.lr_decay_factor)
-    return WarmupCosineSchedule(peak_lr, total_steps, warmup_steps)
-
-
-def make_optimizer(config: PretrainConfig, schedule):
-    """The optimizer of `config.optimizer` (OPTIMIZERS) on `schedule`, both with coupled
-    weight decay `config.weight_decay`: LARS (`config.lars_rule` and its hyperparameters) or
-    torch's Adam (`AdamL2`, `adam_beta1`, `adam_beta2`, epsilon 1e-8)."""
-    if config.optimizer == "adam":
-        return AdamL2(schedule, beta_1=config.adam_beta1, beta_2=config.adam_beta2,
-                      epsilon=1e-8, weight_decay=config.weight_decay)
-    return LARS(schedule, momentum=config.lars_momentum, weight_decay=config.weight_decay,
-                trust_coefficient=config.lars_trust_coefficient,
-                **lars_rule_arguments(config.lars_rule))
-
-
-def compile_method(method, config: PretrainConfig, total_steps, warmup_steps,
-                   jit_compile="auto"):
-    """Compiles `method` with the run's optimizer; returns (optimizer, peak learning rate).
-
-    `make_optimizer` (LARS by default) on `learning_rate_schedule` (by default a linear
-    warm-up over `warmup_steps`, then cosine decay to 0 at `total_steps`) from the scaled
-    peak rate; wrapped in a LossScaleOptimizer for mixed_float16. The optimizer is built on
-    the optimized variables only (not the momentum copies). `jit_compile` is Keras' (for
-    `model.fit`; `pretrain` runs its own step, XLA per `config.jit_compile`). Call inside
-    the strategy's scope when training distributed.
-    """
-    peak_lr = scaled_learning_rate(config.learning_rate, config.batch_size,
-                                   config.learning_rate_scaling)
-    optimizer = make_optimizer(config, learning_rate_schedule(config, peak_lr, total_steps,
-                                                              warmup_steps))
-    if config.precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    method.compile(optimizer=optimizer, jit_compile=jit_compile)
-    optimizer.build(method.optimized_variables)
-    return optimizer, peak_lr
-
-
-def _with_resolved_precision(config: PretrainConfig, log):
-    """`config` with precision="auto" replaced by the precision it picks here; sets Keras'
-    global dtype policy for a mixed precision."""
-    precision, reason = resolve_precision(config.precision)
-    if reason is not None and log is not None:
-        log(f"precision auto: {precision} ({reason})")
-    if precision != "float32":
-        keras.config.set_dtype_policy(precision)
-    return dataclasses.replace(config, precision=precision)
-
-
-def _check_source(config: PretrainConfig, source):
-    if source.name in DATASETS and source.name != config.dataset:
-        # The dataset picks the input normalisation (published statistics for CIFAR-10 and
-        # ImageNet): a mismatch would silently normalise with another dataset's values.
-        raise ValueError(f"`source` holds {source.name!r} but config.dataset is "
-                         f"{config.dataset!r}; set dataset={source.name!r} in the config")
-
-
-def input_statistics_of(config: PretrainConfig, source, image_size):
-    """The run's input statistics {"image_size", "mean", "std"} (input_statistics.json, the
-    encoder's input normalisation, the export's metadata): the encoder's own when the
-    weights it is made for fix them (vgg16: keras' VGG16 preprocessing), otherwise the
-    dataset's (`dataset_statistics`)."""
-    mean, std = (encoder_input_statistics(config.encoder)
-                 or dataset_statistics(config.dataset, source))
-    return {"image_size": image_size, "mean": list(mean), "std": list(std)}
-
-
-def _check_init_weights_file(config: PretrainConfig):
-    """A new run with init_weights needs the file (a resumed one restores its checkpoint):
-    checked before anything is built or written."""
-    if config.init_weights and latest_checkpoint(config.model_dir) is None and \
-            not os.path.isfile(os.path.expanduser(config.init_weights)):
-        raise ConfigError("init_weights", f"{config.init_weights!r} does not exist or is not "
-                          "a file (a new run loads the encoder's weights from it)")
-
-
-def build_method(config: PretrainConfig, source):
-    """The method of `config` as a compiled keras.Model, for `model.fit` on
-    `view_pair_dataset(config, source)`: what `pretrain` trains, without its run directory,
-    checkpoints, distribution or evaluation.
-
-    `source`: the training data (an ImageSource, e.g. `load_source("digits", image_size=8)`),
-    which fixes the image size (`config.image_size`, 0: the source's), the input
-    normalisation (`input_statistics_of`), the encoder's initial weights
-    (`config.init_weights`, when set) and, with `config.train_steps`
-    or `config.epochs`, the learning-rate schedule of the optimizer (`compile_method`).
-    As `pretrain`, it seeds Keras' global random state with `config.seed` and sets the
-    global dtype policy for a mixed `config.precision`. The bare method around an encoder of
-    your own is `nac_tf.methods.build_method`.
-    """
-    validate_config(config, require_model_dir=False)
-    _check_source(config, source)
-    keras.utils.set_random_seed(config.seed)
-    config = _with_resolved_precision(config, log=None)
-    image_size = config.image_size or source.image_shape[0]
-    statistics = input_statistics_of(config, source, image_size)
-    _, total_steps, warmup_steps = schedule_lengths(config, source.num_train)
-    method = method_from_config(config, statistics, load_init_weights=True)
-    use_view_stage(config, method, view_augmenter(config, image_size))
-    compile_method(method, config, total_steps, warmup_steps,
-                   jit_compile=config.jit_compile)
-    return method
-
-
-def view_pair_dataset(config: PretrainConfig, source, start_batch=0):
-    """Endless batches (view1, view2) of `config.batch_size` images of `source`, augmented
-    by `config`'s recipe: `pretrain`'s input pipeline on one device (every batch a function
-    of `config.seed` and its index), for `model.fit(..., steps_per_epoch=N)`. With
-    augment_on="device" the batches are CropPairs, which `build_method(config, ...)`'s
-    method turns into the same views in its step."""
-    _check_source(config, source)
-    image_size = config.image_size or source.image_shape[0]
-    augmenter = view_augmenter(config, image_size)
-    return make_pretrain_dataset(source, input_augmentation(config, augmenter),
-                                 config.batch_size, seed=config.seed, start_batch=start_batch)
-
-
-def schedule_lengths(config, num_train):
-    """(steps_per_epoch, total_steps, warmup_steps) for the global batch."""
-    steps_per_epoch = num_train // config.batch_size
-    if steps_per_epoch < 1:
-        raise ConfigError("batch_size", f"{config.batch_size} is larger than the "
-                          f"{num_train} training images of dataset={config.dataset!r}")
-    total = config.train_steps or config.epochs * steps_per_epoch
-    warmup = min(total, int(round(config.warmup_epochs * steps_per_epoch)))
-    return steps_per_epoch, total, warmup
-
-
-# ----------------------------------------------------------------------------- evaluation
-def evaluation_config(config: PretrainConfig):
-    return EvaluationConfig(
-        knn_k=config.knn_k, knn_temperature=config.knn_temperature,
-        # By default the protocol's augmentation (pad-and-crop + flip of the training
-        # images, afresh every epoch), as the linear-evaluation command's augment option.
-        linear=LinearEvalConfig(epochs=config.linear_eval_epochs, seed=config.seed,
-                                augment=config.linear_eval_augment)
-        if config.linear_eval_epochs else None,
-        # The MLP probe (off by default) trains on the linear probe's images.
-        mlp=MLPEvalConfig(epochs=config.mlp_eval_epochs, seed=config.seed,
-                          augment=config.linear_eval_augment)
-        if config.mlp_eval_epochs else None)
-
-
-def evaluate_method(method, source, input_statistics, config, prefix=""):
-    """kNN, linear probe and hash retrieval of the online networks (`evaluate_model`).
-
-    The networks are wrapped in the export module, so these are the numbers the exported
-    SavedModel gives. Keys get `prefix` (e.g. "random_init_").
-    """
-    model = ExportedModel.from_module(build_export_module(
-        method, input_statistics["image_size"], input_statistics))
-    report = evaluate_model(model, source, evaluation_config(config))
-    return {prefix + key: value for key, value in report.items()}
-
-
-class _TrainingEvaluation:
-    """eval_every_steps on the chief: the `TrainingMonitor` over the live online networks
-    and the run's trajectory (trajectory.json, rewritten atomically after every evaluation).
-
-    On resume the trajectory is read back without the entries after the restored step
-    (evaluated by a session that stopped before its next checkpoint). `monitor` is None when
-    nothing is evaluated during training (then the trajectory is only carried along).
-    """
-
-    def __init__(self, monitor, model, model_dir, start_step, log):
-        self.monitor, self.model, self.log = monitor, model, log
-        self.path = path_in(model_dir, TRAJECTORY_FILE)
-        self.entries = read_trajectory(model_dir, start_step)
-        if os.path.exists(self.path) and len(self.entries) != len(read_trajectory(model_dir)):
-            write_json(self.path, self.entries)
-
-    def __call__(self, step, train_metrics, summaries):
-        begin = time.time()
-        values = self.monitor.evaluate(self.model)
-        seconds = time.time() - begin
-        entry = {**train_metrics, **values, "step": step, "eval_seconds": round(seconds, 3)}
-        self.entries = [e for e in self.entries if e["step"] < step] + [entry]
-        write_json(self.path, self.entries)
-        with summaries.as_default(step=step):
-            for name, value in values.items():
-                tf.summary.scalar("eval/" + name, value)
-        self.log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
-                 + f" ({seconds:.2f} s)")
-
-
-def _training_evaluation(config, method, source, input_statistics, start_step, log):
-    """The chief's _TrainingEvaluation of `config` (its monitor None unless
-    eval_every_steps > 0 on a source held in memory with something to evaluate)."""
-    monitor = model = None
-    if config.eval_every_steps and not source.has_arrays:
-        log(f"eval_every_steps: {config.dataset} is streamed, not held in memory; no "
-            "evaluation during training")
-    elif config.eval_every_steps:
-        monitor = TrainingMonitor(source, knn_k=config.knn_k,
-                                  knn_temperature=config.knn_temperature,
-                                  num_queries=config.eval_num_queries, seed=config.seed)
-        if not monitor.metric_names:
-            log(f"eval_every_steps: nothing to evaluate on {config.dataset} (multi-label, "
-                "no retrieval protocol)")
-            monitor = None
-        else:
-            # The final evaluation's inference path (export module over the live networks).
-            model = ExportedModel.from_module(build_export_module(
-                method, input_statistics["image_size"], input_statistics))
-    return _TrainingEvaluation(monitor, model, config.model_dir, start_step, log)
-
-
-# ----------------------------------------------------------------------------- the run
-@dataclasses.dataclass(frozen=True)
-class WorkerRole:
-    """This process's place in the cluster: chief (writes the run directory) or not."""
-
-    is_chief: bool = True
-    task_id: int = 0
-    num_workers: int = 1
-
-
-def worker_role(strategy):
-    """The WorkerRole of this process under `strategy` (the chief unless multi-worker)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
-        return WorkerRole()
-    cluster = resolver.cluster_spec().as_dict()
-    num_workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-    # should_checkpoint is TensorFlow's own notion of the chief (task "chief", or worker 0
-    # of a cluster without one).
-    return WorkerRole(is_chief=bool(strategy.extended.should_checkpoint),
-                      task_id=int(resolver.task_id or 0), num_workers=max(num_workers, 1))
-
-
-def _load_source(config, log):
-    """The run's ImageSource; a loader's complaint about the data becomes a ConfigError
-    naming data_dir (the command line prints it without a traceback)."""
-    try:
-        source = load_source(config.dataset, data_dir=config.data_dir,
-                             image_size=config.image_size or None, seed=config.seed,
-                             on_corrupt=config.on_corrupt)
-    except (ValueError, FileNotFoundError) as error:
-        raise ConfigError("data_dir", str(error)) from error
-    if source.num_skipped:
-        log(f"{source.num_skipped} image file(s) in {config.data_dir} could not be decoded "
-            "and were skipped (on_corrupt='skip'; on_corrupt='raise' stops at the first one)")
-    return source
-
-
-def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=None):
+def pretrain(config: PretrainConfig, strategy=None, stop_requested=None):
     """Pretrains (or resumes) the run described by `config`; returns the results dict.
 
     `strategy`: a tf.distribute strategy to use instead of making one from
@@ -389,54 +102,38 @@ def pretrain(config: PretrainConfig, log=print, strategy=None, stop_requested=No
         # must happen before anything else touches it.
         strategy = distribute.make_strategy(config.strategy, config.tpu)
     try:
-        return _pretrain(config, log, strategy, stop_requested)
+        return _pretrain(config, strategy, stop_requested or (lambda: False))
     except tf.errors.OpError as error:
         # From the initial weights' broadcast to the last step: a lost worker aborts the
         # collectives of all the others.
-        lost = worker_role(strategy).num_workers > 1 and distribute.worker_lost_error(
-            error, latest_checkpoint(config.model_dir))
+        lost = distribute.worker_role(strategy).num_workers > 1 and \
+            distribute.worker_lost_error(error, latest_checkpoint(config.model_dir))
         if not lost:
             raise
         raise lost from error
 
 
-def _pretrain(config, log, strategy, stop_requested):
-    """`pretrain` once the strategy is made."""
-    if config.deterministic:
-        # Process-wide: kernels with a nondeterministic implementation (GPU atomics, some
-        # cuDNN algorithms) switch to deterministic ones or raise.
-        tf.config.experimental.enable_op_determinism()
-    replicas = strategy.num_replicas_in_sync
-    validate_config(config, num_replicas=replicas)
-    cpu_only = not tf.config.list_logical_devices("GPU") and \
-        not tf.config.list_logical_devices("TPU")
-    if config.jit_compile and replicas > 1 and cpu_only:
-        # XLA-compiled replica steps over several CPU devices fail in TF 2.21 ("Trying to
-        # access resource .../replica_1 located in device CPU:1 from device CPU:0").
-        raise ConfigError("jit_compile", f"XLA cannot compile the step of {replicas} CPU "
-                          "replicas; turn jit_compile off or use a single CPU device")
-    if config.jit_compile and cpu_only:
-        log(CPU_XLA_WARNING)
-    role = worker_role(strategy)
+def _pretrain(config, strategy, stopping):
+    """`pretrain` once the strategy is made: setup, restore, loop, final evaluation."""
+    # ------------------------------------------------------------------------------ setup
+    replicas = _check_devices(config, strategy)
+    role = distribute.worker_role(strategy)
     # Nothing is written before the directory is known to take this run and its checkpoint
     # to restore: a refused or damaged directory is left exactly as it was.
     changed = check_run_directory(config)
     latest = intact_checkpoint(config.model_dir)
-    new_run = latest is None
     keras.utils.set_random_seed(config.seed)
-    run_config = config
-    config = _with_resolved_precision(config, log)
-
-    source = _load_source(config, log)
-    image_size = config.image_size or source.image_shape[0]
+    run_config, config = config, with_resolved_precision(config)
+    source = _load_source(config)
+    image_size = run_image_size(config, source)
     steps_per_epoch, total_steps, warmup_steps = schedule_lengths(config, source.num_train)
     evaluates = config.evaluate and source.has_arrays
     finished = _finished_results(config.model_dir, latest, total_steps, evaluates)
     if finished is not None and not changed:
-        log(f"{config.model_dir} finished this run already (step {finished['steps']}); "
-            f"nothing to do. Its results ({RESULTS_FILE}):")
+        logger.info("%s finished this run already (step %d); nothing to do. Its results "
+                    "(%s):", config.model_dir, finished["steps"], RESULTS_FILE)
         return finished
-    if new_run and role.is_chief:
+    if latest is None and role.is_chief:
         # Once the data is known to be usable (a refused data_dir leaves no run behind to
         # refuse the corrected command); a resumed run writes its settings once restored.
         write_run_settings(run_config, changed)  # flags.json keeps precision="auto"
@@ -444,37 +141,36 @@ def _pretrain(config, log, strategy, stop_requested):
     # A new run starts from init_weights (when set); a resumed one from its checkpoint.
     with strategy.scope():
         method = method_from_config(config, input_statistics, replicas,
-                                    load_init_weights=new_run, log=log)
+                                    load_init_weights=latest is None)
         optimizer, peak_lr = compile_method(method, config, total_steps, warmup_steps)
     # Global batches consumed. Not optimizer.iterations: a LossScaleOptimizer does not count
     # the steps it skips for non-finite gradients, which still consume a batch.
     input_position = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_position")
     checkpoint = tf.train.Checkpoint(method=method, optimizer=optimizer,
                                      input_position=input_position)
+
+    # ---------------------------------------------------------------------------- restore
     if latest:
         restore_training_state(checkpoint, latest, input_position, optimizer)
-        log(f"Resumed from {latest} at step {int(optimizer.iterations.numpy())}")
+        logger.info("Resumed from %s at step %d", latest, int(optimizer.iterations.numpy()))
         if role.is_chief:
             write_run_settings(run_config, changed, int(optimizer.iterations.numpy()))
     if role.is_chief:
         write_json(path_in(config.model_dir, INPUT_STATISTICS_FILE), input_statistics)
     writer = CheckpointWriter(checkpoint, config.model_dir, config.keep_checkpoints, role,
-                               latest)
-    evaluation = None
+                              latest)
+    start_step = int(optimizer.iterations.numpy())
     initial_eval_path = path_in(config.model_dir, RANDOM_INIT_EVAL_FILE)
-    stopping = stop_requested or (lambda: False)
-    if evaluates and role.is_chief and int(optimizer.iterations.numpy()) == 0 and \
+    if evaluates and role.is_chief and start_step == 0 and \
             not os.path.exists(initial_eval_path) and not stopping():
         # The same networks at their initialisation: the baseline to beat (with
         # init_weights, the file's encoder under random heads; keys stay random_init_).
-        log("Evaluating the networks at their initialisation" +
-            (" (encoder from init_weights)" if config.init_weights else " (random)"))
+        logger.info("Evaluating the networks at their initialisation%s",
+                    " (encoder from init_weights)" if config.init_weights else " (random)")
         write_json(initial_eval_path, evaluate_method(
             method, source, input_statistics, config, prefix="random_init_"))
-
-    if role.is_chief:
-        evaluation = _training_evaluation(config, method, source, input_statistics,
-                                          int(optimizer.iterations.numpy()), log)
+    evaluation = training_evaluation(config, method, source, input_statistics,
+                                     start_step) if role.is_chief else None
     augmenter = view_augmenter(config, image_size)
     use_view_stage(config, method, augmenter)
     start_batch = int(input_position.numpy())
@@ -487,7 +183,7 @@ def _pretrain(config, log, strategy, stop_requested):
     if role.is_chief:
         code_histogram = CodeHistogram(method, image_size,
                                        first_training_images(source, PROBE_SIZE))
-        if int(optimizer.iterations.numpy()) == 0:
+        if start_step == 0:
             # A new run: what it starts from (resumed runs wrote these already).
             with summaries.as_default(step=0):
                 # The whole augmenter: with augment_on="device" too, these are the views
@@ -495,18 +191,19 @@ def _pretrain(config, log, strategy, stop_requested):
                 write_view_pairs(source, augmenter, config.batch_size, config.seed)
                 code_histogram.write()
 
-    log(f"{config.method} on {config.dataset}: encoder {config.encoder}, {replicas} "
-        f"replica(s), global batch {config.batch_size}, {total_steps} steps "
-        f"({steps_per_epoch}/epoch), {config.optimizer}, peak lr {peak_lr:g}, warm-up "
-        f"{warmup_steps} steps, {config.lr_schedule}")
-
+    # ------------------------------------------------------------------------------- loop
+    logger.info("%s on %s: encoder %s, %d replica(s), global batch %d, %d steps (%d/epoch), "
+                "%s, peak lr %g, warm-up %d steps, %s", config.method, config.dataset,
+                config.encoder, replicas, config.batch_size, total_steps, steps_per_epoch,
+                config.optimizer, peak_lr, warmup_steps, config.lr_schedule)
     metrics, train_seconds = _train_loop(
         config, strategy, method, optimizer, dataset, writer, input_position,
-        total_steps, log, stopping, summaries, code_histogram,
+        total_steps, stopping, summaries, code_histogram,
         # Every worker stops at the evaluation steps; only the chief evaluates.
         eval_every_steps=config.eval_every_steps if source.has_arrays else 0,
         on_eval=evaluation if evaluation is not None and evaluation.monitor else None)
 
+    # --------------------------------------------------------------- results, final evaluation
     results_path = path_in(config.model_dir, RESULTS_FILE)
     if not metrics and os.path.exists(results_path):
         # Nothing trained in this session (it resumed at the last step, e.g. to evaluate):
@@ -532,17 +229,63 @@ def _pretrain(config, log, strategy, stop_requested):
             raise TrainingInterrupted(
                 "stop requested after training, before the final evaluation; run the same "
                 "command again to evaluate", results["steps"], writer.latest)
-        log("Evaluating the pretrained networks")
+        logger.info("Evaluating the pretrained networks")
         results.update(evaluate_method(method, source, input_statistics, config))
         if os.path.exists(initial_eval_path):
             results.update(read_json(initial_eval_path))
-        log(summary_table(results))
+        logger.info("%s", summary_table(results))
         results["evaluated"] = True
         with summaries.as_default(step=results["steps"]):
             write_final_metrics(results)
         summaries.flush()
         write_json(results_path, results)
     return results
+
+
+def _check_devices(config, strategy):
+    """The number of replicas, once `config` is known to run on them (op determinism
+    switched on when asked)."""
+    if config.deterministic:
+        # Process-wide: kernels with a nondeterministic implementation (GPU atomics, some
+        # cuDNN algorithms) switch to deterministic ones or raise.
+        tf.config.experimental.enable_op_determinism()
+    replicas = strategy.num_replicas_in_sync
+    validate_config(config, num_replicas=replicas)
+    cpu_only = not tf.config.list_logical_devices("GPU") and \
+        not tf.config.list_logical_devices("TPU")
+    if config.jit_compile and replicas > 1 and cpu_only:
+        # XLA-compiled replica steps over several CPU devices fail in TF 2.21 ("Trying to
+        # access resource .../replica_1 located in device CPU:1 from device CPU:0").
+        raise ConfigError("jit_compile", f"XLA cannot compile the step of {replicas} CPU "
+                          "replicas; turn jit_compile off or use a single CPU device")
+    if config.jit_compile and cpu_only:
+        logger.warning("%s", CPU_XLA_WARNING)
+    return replicas
+
+
+def _check_init_weights_file(config: PretrainConfig):
+    """A new run with init_weights needs the file (a resumed one restores its checkpoint):
+    checked before anything is built or written."""
+    if config.init_weights and latest_checkpoint(config.model_dir) is None and \
+            not os.path.isfile(os.path.expanduser(config.init_weights)):
+        raise ConfigError("init_weights", f"{config.init_weights!r} does not exist or is not "
+                          "a file (a new run loads the encoder's weights from it)")
+
+
+def _load_source(config):
+    """The run's ImageSource; a loader's complaint about the data becomes a ConfigError
+    naming data_dir (the command line prints it without a traceback)."""
+    try:
+        source = load_source(config.dataset, data_dir=config.data_dir,
+                             image_size=config.image_size or None, seed=config.seed,
+                             on_corrupt=config.on_corrupt)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError("data_dir", str(error)) from error
+    if source.num_skipped:
+        logger.info("%d image file(s) in %s could not be decoded and were skipped "
+                    "(on_corrupt='skip'; on_corrupt='raise' stops at the first one)",
+                    source.num_skipped, config.data_dir)
+    return source
 
 
 def _finished_results(model_dir, latest, total_steps, evaluates):
@@ -567,21 +310,6 @@ def _all_finite(variables):
     values = [tf.convert_to_tensor(v) for v in variables]
     checks = [tf.reduce_all(tf.math.is_finite(v)) for v in values if v.dtype.is_floating]
     return bool(tf.reduce_all(tf.stack(checks)).numpy()) if checks else True
-
-
-def _stop_agreement(strategy, role):
-    """`agree(flag)`: `flag` OR-ed over all workers with one scalar all-reduce, so that every
-    worker stops at the same step when one of them is asked to (a lone worker stopping would
-    leave the others waiting in their next collective)."""
-    if role.num_workers == 1:
-        return bool
-
-    @tf.function
-    def votes(flag):
-        per_replica = strategy.run(lambda value: value, args=(flag,))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    return lambda flag: float(votes(tf.constant(1.0 if flag else 0.0))) > 0
 
 
 def _summary_writer(config, role):
@@ -616,7 +344,7 @@ def step_loop(strategy, method, jit_compile=False):
 
 
 def _train_loop(config, strategy, method, optimizer, dataset, writer, input_position,
-                total_steps, log, stop_requested, summaries, code_histogram=None,
+                total_steps, stop_requested, summaries, code_histogram=None,
                 eval_every_steps=0, on_eval=None):
     """Runs the steps up to `total_steps`; (last metrics, seconds spent training).
 
@@ -648,7 +376,7 @@ def _train_loop(config, strategy, method, optimizer, dataset, writer, input_posi
                 "learning_rate or check the input data.")
         writer.save(step)
 
-    agree = _stop_agreement(strategy, role)
+    agree = distribute.stop_agreement(strategy, role)
     while step < total_steps:
         if agree(bool(stop_requested())):
             if saved_step != step:
@@ -693,23 +421,10 @@ def _train_loop(config, strategy, method, optimizer, dataset, writer, input_posi
             save(step)
             saved_step = step
             if not interactive:
-                log(f"step {step}/{total_steps}: " +
-                    ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+                logger.info("step %d/%d: %s", step, total_steps,
+                            ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     summaries.flush()
     return metrics, time.time() - start - eval_seconds
-
-
-SUMMARY_METRICS = ("knn_top1", "linear_top1", "mlp_top1", "map_all")
-
-
-def summary_table(results):
-    """The headline metrics, pretrained next to random initialisation, as text."""
-    lines = [f"{'metric':<14}{'pretrained':>12}{'random init':>13}"]
-    for name in SUMMARY_METRICS:
-        if name in results:
-            baseline = results.get("random_init_" + name, float("nan"))
-            lines.append(f"{name:<14}{results[name]:>12.4f}{baseline:>13.4f}")
-    return "\n".join(lines)
 
 
 def _current_learning_rate(optimizer):

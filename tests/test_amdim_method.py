@@ -25,7 +25,8 @@ from nac_tf.models import build_encoder
 from nac_tf.objectives import amdim_loss
 from nac_tf.optim import LARS, AdamL2
 from nac_tf.run_directory import restore_pretrained_method
-from nac_tf.training import learning_rate_schedule, pretrain
+from nac_tf.recipes import learning_rate_schedule
+from nac_tf.training import pretrain
 
 from test_distribute import K, LOCAL, _distribute, _local, _variable_components, assert_close
 from test_resume import _checkpoint_values
@@ -236,7 +237,7 @@ def test_command_line_resumes_evaluates_and_exports_f1(tmp_path):
             "--linear_eval_epochs=1",
             "--linear_eval_augment=false", "--log_every_steps=2"]
     config = config_from_args(args + [f"--model_dir={reference}"])
-    pretrain(config.replace(evaluate=False), log=lambda *_: None)
+    pretrain(config.replace(evaluate=False))
     _interrupted_copy(reference, run, 2)
 
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")

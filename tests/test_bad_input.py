@@ -9,6 +9,7 @@ permissions (a real permission check, no mocking). Dropping to another user is n
 option here: the interpreter lives under /root (mode 0700)."""
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = _tiny(tmp_path, learning_rate=1e30, train_steps=20, checkpoint_every_steps=1,
                    keep_checkpoints=50, evaluate=False)
     with pytest.raises(NonFiniteLossError) as error:
-        pretrain(config, log=lambda *_: None)
+        pretrain(config)
     message = str(error.value)
     stopped = int(message.split(" at step ")[1].split(";")[0]) if " at step " in message \
         else int(message.split(" by step ")[1].split(" ")[0])
@@ -141,20 +142,19 @@ def _write_image_folder(root, per_class=12):
     return root
 
 
-def test_corrupt_image_folder_files_are_skipped_and_counted(tmp_path):
+def test_corrupt_image_folder_files_are_skipped_and_counted(tmp_path, caplog):
     root = _write_image_folder(str(tmp_path / "folder"))
-    messages = []
+    caplog.set_level(logging.INFO, logger="nac_tf")
     config = _tiny(tmp_path, dataset="image_folder", data_dir=root, batch_size=8,
                    train_steps=2, evaluate=False)
-    results = pretrain(config, log=messages.append)
+    results = pretrain(config)
     assert results["num_skipped_images"] == 2
     with open(os.path.join(config.model_dir, "results.json")) as f:
         assert json.load(f)["num_skipped_images"] == 2
     assert any(m.startswith("2 image file(s) in") and "on_corrupt='skip'" in m
-               for m in messages)
+               for m in caplog.messages)
     with pytest.raises(ConfigError) as error:
-        pretrain(config.replace(on_corrupt="raise", model_dir=str(tmp_path / "raise")),
-                 log=lambda *_: None)
+        pretrain(config.replace(on_corrupt="raise", model_dir=str(tmp_path / "raise")))
     assert error.value.field == "data_dir"
     assert "cannot decode image" in str(error.value)
     assert "broken.jpg" in str(error.value) or "truncated.png" in str(error.value)
@@ -183,11 +183,10 @@ def test_corrupt_flickr25k_images_are_skipped_and_counted(tmp_path, monkeypatch)
         flickr25k.load_flickr25k_source, num_queries=4, num_train=24))
     config = _tiny(tmp_path, dataset="flickr25k", data_dir=root, batch_size=8,
                    train_steps=1, evaluate=False)
-    results = pretrain(config, log=lambda *_: None)
+    results = pretrain(config)
     assert results["num_skipped_images"] == 1
     with pytest.raises(ConfigError, match=r"data_dir: cannot decode image .*im5\.jpg"):
-        pretrain(config.replace(on_corrupt="raise", model_dir=str(tmp_path / "raise")),
-                 log=lambda *_: None)
+        pretrain(config.replace(on_corrupt="raise", model_dir=str(tmp_path / "raise")))
 
 
 # ============================================================================ the CLI
@@ -260,7 +259,7 @@ def test_npz_loader_names_the_key_that_holds_no_images_or_a_bad_label(tmp_path):
     # The trainer reports the archive, not the batch size that an empty split cannot fill.
     path = _write_npz(tmp_path / "empty.npz", **cases["x_train holds no images"])
     with pytest.raises(ConfigError) as error:
-        pretrain(_tiny(tmp_path, dataset="npz", data_dir=path), log=lambda *_: None)
+        pretrain(_tiny(tmp_path, dataset="npz", data_dir=path))
     assert error.value.field == "data_dir" and "key x_train holds no images" in str(error.value)
     # Class ids of a source with a given class count must be below it.
     with pytest.raises(ValueError, match=r"^test_labels holds class id 3; with num_classes=2 "

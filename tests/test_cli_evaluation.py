@@ -21,7 +21,8 @@ from nac_tf.evaluation.knn import knn_accuracy
 from nac_tf.evaluation.linear import (LinearEvalConfig, linear_evaluation,
                                       linear_evaluation_from_images)
 from nac_tf.evaluation.mlp import MLPEvalConfig, mlp_evaluation
-from nac_tf.evaluation.report import embed, float_image_encoder
+from nac_tf.evaluation.evaluators import (embed, float_image_encoder,
+                                          queries_without_relevant_items, retrieval_report)
 from nac_tf.export import (METADATA_FILE, export_saved_model, load_exported_model,
                            read_export_metadata)
 from nac_tf.training import pretrain
@@ -58,7 +59,7 @@ def export_dir(tmp_path_factory):
         code_dim=CODE_DIM, head_hidden_dim=32, crop_area_min=0.5, flip=False,
         jitter_prob=0.0, grayscale_prob=0.0, checkpoint_every_steps=3, log_every_steps=3,
         queue_size=128, evaluate=False, model_dir=str(tmp_path / "run"))
-    pretrain(config, log=lambda *_: None)
+    pretrain(config)
     return export_saved_model(config.model_dir, str(tmp_path / "saved_model"))
 
 
@@ -73,11 +74,11 @@ def digits():
 
 
 def _features(model, images):
-    return embed(model, images, BATCH)["features"]
+    return embed(model, images, BATCH)
 
 
 def _hash_codes(model, images):
-    return embed(model, images, BATCH, ("hash_codes",))["hash_codes"]
+    return embed(model, images, BATCH, "hash_codes")
 
 
 def test_linear_eval_report_equals_the_library(export_dir, model, digits):
@@ -165,6 +166,8 @@ def test_hash_retrieval_report_equals_the_library(export_dir, model, digits):
     path = os.path.join(export_dir, "hash_retrieval_digits.json")
     assert f"Report: {path}" in result.stdout and "mAP@all" in result.stdout
     assert "inner-product" in result.stdout
+    # The library's progress lines (logging), printed as plain lines by default.
+    assert "Embedding the queries (599 images, hash_codes)" in result.stdout.splitlines()
     with open(path) as f:
         report = json.load(f)
 
@@ -220,9 +223,12 @@ def test_hash_retrieval_uses_the_hashing_protocol(export_dir, model, tmp_path):
     np.savez(archive, x_train=images[:12000], y_train=labels[:12000], x_test=images[12000:],
              y_test=labels[12000:])
     output = str(tmp_path / "cifar.json")
-    _ok(_run(HASH_RETRIEVAL, f"--saved_model={export_dir}", "--dataset=cifar10_hashing",
-             f"--data_dir={archive}", "--seed=3", "--ties=expected", "--top_k=100",
-             "--empty_queries=zero", "--plot=none", f"--output={output}"))
+    result = _ok(_run(HASH_RETRIEVAL, f"--saved_model={export_dir}",
+                      "--dataset=cifar10_hashing", f"--data_dir={archive}", "--seed=3",
+                      "--ties=expected", "--top_k=100", "--empty_queries=zero", "--plot=none",
+                      f"--output={output}", "--verbosity=-1"))
+    # absl's --verbosity=-1 (warnings only) silences the progress lines, not the summary.
+    assert "Embedding" not in result.stdout and "mAP@all" in result.stdout
     with open(output) as f:
         report = json.load(f)
     assert report["plot"] is None
@@ -246,18 +252,20 @@ def test_retrieval_metrics_count_and_exclude_queries_without_relevant_items():
     codes = np.packbits(np.array([[0, 0, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], bool), axis=1)
     database = np.packbits(np.array([[0, 0, 0, 1], [1, 1, 1, 0]], bool), axis=1)
     query_labels, database_labels = np.array([0, 1, 2]), np.array([0, 1])  # class 2: none
-    excluded = exported_evaluation.hash_retrieval_metrics(codes, database, query_labels,
-                                                   database_labels)
-    zero = exported_evaluation.hash_retrieval_metrics(codes, database, query_labels,
-                                               database_labels, empty_queries="zero")
+    excluded = exported_evaluation.json_ready(retrieval_report(codes, database, query_labels,
+                                                               database_labels))
+    zero = exported_evaluation.json_ready(retrieval_report(codes, database, query_labels,
+                                                           database_labels,
+                                                           empty_queries="zero"))
     assert excluded["num_queries_without_relevant"] == zero["num_queries_without_relevant"] == 1
     assert excluded["num_excluded_queries"] == 1 and zero["num_excluded_queries"] == 0
     assert excluded["map_all"] == 1.0 and zero["map_all"] == pytest.approx(2 / 3)
     multi_hot = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
-    assert exported_evaluation.queries_without_relevant_items(multi_hot, multi_hot[:2]) == 1
+    assert queries_without_relevant_items(multi_hot, multi_hot[:2]) == 1
     # Every query excluded: the mAP is NaN, written as JSON null.
-    nothing = exported_evaluation.hash_retrieval_metrics(codes[2:], database, query_labels[2:],
-                                                  database_labels)
+    nothing = exported_evaluation.json_ready(retrieval_report(codes[2:], database,
+                                                              query_labels[2:],
+                                                              database_labels))
     assert nothing["map_all"] is None and nothing["precision_recall_curve"]["precision"][0] \
         is None
     json.dumps(nothing, allow_nan=False)
@@ -275,6 +283,7 @@ def test_checks_mirror_the_package_without_tensorflow():
     assert checks.EXPORT_METADATA == os.path.join("assets", METADATA_FILE)
     # Importing them (as the commands do before checking flags) must not import TensorFlow.
     for module in ("nac_tf.cli.checks", "nac_tf.evaluation.exported_evaluation",
+                   "nac_tf.evaluation.evaluators",
                    "nac_tf.cli.linear_eval", "nac_tf.cli.hash_retrieval", "nac_tf.cli.export"):
         check = f"import sys; import {module}; sys.exit(int('tensorflow' in sys.modules))"
         result = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=SUBPROCESS_ENV,

@@ -117,20 +117,20 @@ def test_choice_lists_agree_with_what_implements_them(tmp_path):
         models.ProjectionHead(hidden_dim=4, output_dim=8, initializer=initializer)
     for stem in config.ENCODER_STEMS:
         models.build_encoder("resnet_tiny", (8, 8, 3), stem=stem)
-    from nac_tf import training
+    from nac_tf import recipes as builders
     from nac_tf.data import views
 
     augmenter = views.ViewPairAugmenter(views.cifar_recipe(8), seed=0)
-    stages = {mode: training.input_augmentation(_valid(tmp_path, augment_on=mode), augmenter)
+    stages = {mode: builders.input_augmentation(_valid(tmp_path, augment_on=mode), augmenter)
               for mode in config.AUGMENT_ON}
     assert stages == {"host": augmenter, "device": augmenter.crop_pair}
-    recipes = {name: training.augmentation_config(_valid(tmp_path, augmentation=name), 32)
+    recipes = {name: builders.augmentation_config(_valid(tmp_path, augmentation=name), 32)
                for name in config.AUGMENTATIONS}
     assert recipes == {"simclr": views.cifar_recipe(32), "amdim": views.amdim_recipe(32)}
-    optimizers = {name: type(training.make_optimizer(_valid(tmp_path, optimizer=name), 0.1))
+    optimizers = {name: type(builders.make_optimizer(_valid(tmp_path, optimizer=name), 0.1))
                   for name in config.OPTIMIZERS}
     assert optimizers == {"lars": optim.LARS, "adam": optim.AdamL2}
-    schedules = {name: type(training.learning_rate_schedule(
+    schedules = {name: type(builders.learning_rate_schedule(
         _valid(tmp_path, lr_schedule=name, lr_decay_fractions="0.5"), 0.1, 10, 2))
         for name in config.LR_SCHEDULES}
     assert schedules == {"warmup_cosine": optim.WarmupCosineSchedule,

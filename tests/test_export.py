@@ -105,7 +105,7 @@ def nac_export(tmp_path_factory):
     """(run directory, export directory) of a tiny NAC run exported by nac-export."""
     tmp_path = tmp_path_factory.mktemp("export")
     config = _tiny_config(tmp_path)
-    pretrain(config, log=lambda *_: None)
+    pretrain(config)
     run = config.model_dir
     export_dir = str(tmp_path / "saved_model")
     result = subprocess.run(

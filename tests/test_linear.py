@@ -2,6 +2,7 @@
 NumPy reference, the learning-rate search, the stratified split, input checks and the
 augmented image path."""
 import json
+import logging
 import math
 
 import numpy as np
@@ -9,9 +10,10 @@ import pytest
 import tensorflow as tf
 
 from nac_tf.data.splits import stratified_split
-from nac_tf.evaluation.linear import (LinearEvalConfig, epoch_orders,
-                                      linear_evaluation, linear_evaluation_from_images,
-                                      pad_crop_flip, train_linear_classifier, _select_rate)
+from nac_tf.evaluation.linear import (LinearEvalConfig, linear_evaluation,
+                                      linear_evaluation_from_images, train_linear_classifier)
+from nac_tf.evaluation.probe import epoch_orders, select_rate
+from nac_tf.evaluation.probe_images import pad_crop_flip
 
 
 def _reference_sgd(x, y, num_classes, learning_rate, config):
@@ -141,8 +143,8 @@ def test_rate_search_picks_best_validation_rate_and_retrains_on_full_train_set()
 
 
 def test_ties_go_to_the_smaller_rate():
-    assert _select_rate({1.0: 0.9, 0.1: 0.9, 10.0: 0.5}) == 0.1
-    assert _select_rate({10.0: 0.7, 0.01: 0.6}) == 10.0
+    assert select_rate({1.0: 0.9, 0.1: 0.9, 10.0: 0.5}) == 0.1
+    assert select_rate({10.0: 0.7, 0.01: 0.6}) == 10.0
     rng = np.random.default_rng(0)
     x, y, centers = _blobs(rng, 3, 30)
     xt, yt, _ = _blobs(rng, 3, 10, centers=centers)
@@ -306,10 +308,10 @@ def test_unaugmented_image_path_encodes_once_and_matches_the_feature_path():
                                rtol=1e-4, atol=1e-5)
 
 
-def test_progress_bar_reports_each_candidate_rate(capsys):
+def test_progress_bar_reports_each_candidate_rate(caplog):
+    caplog.set_level(logging.INFO, logger="nac_tf")
     rng = np.random.default_rng(0)
     x, y, _ = _blobs(rng, 2, 20, dim=4)
     linear_evaluation(x, y, x, y, 2, LinearEvalConfig(epochs=2, learning_rates=(0.1, 1.0)),
                       progress=True)
-    out = capsys.readouterr().out
-    assert "learning rate 0.1" in out and "learning rate 1," in out
+    assert "learning rate 0.1" in caplog.text and "learning rate 1," in caplog.text

@@ -2,6 +2,7 @@
 MLP against a float64 NumPy reference, the inference-mode logits against Keras' layers, a
 problem a linear probe cannot solve, determinism, the image path and input checks."""
 import json
+import logging
 
 import keras
 import numpy as np
@@ -120,13 +121,13 @@ def _xor(n, seed):
     return x, (which >= 2).astype(np.int64)
 
 
-def test_mlp_learns_xor_where_a_linear_probe_stays_at_chance(capsys):
+def test_mlp_learns_xor_where_a_linear_probe_stays_at_chance(caplog):
+    caplog.set_level(logging.INFO, logger="nac_tf")
     (x, y), (x_test, y_test) = _xor(400, 0), _xor(200, 1)
     mlp = mlp_evaluation(x, y, x_test, y_test, 2,
                          MLPEvalConfig(epochs=20, batch_size=64, learning_rates=(0.1,)),
                          progress=True)
-    assert "MLP evaluation (400 examples): learning rate 0.1, 20 epochs" in \
-        capsys.readouterr().out
+    assert "MLP evaluation (400 examples): learning rate 0.1, 20 epochs" in caplog.messages
     linear = linear_evaluation(x, y, x_test, y_test, 2,
                                LinearEvalConfig(epochs=20, batch_size=64,
                                                 learning_rates=(0.1,)))

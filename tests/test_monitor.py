@@ -1,5 +1,6 @@
 """Evaluation during training (--eval_every_steps): the monitor, the trajectory, resume."""
 import json
+import logging
 import os
 
 import numpy as np
@@ -11,7 +12,8 @@ from nac_tf.data.splits import class_balanced_retrieval_split
 from nac_tf.data.sources import load_digits_source, retrieval_source
 from nac_tf.evaluation import retrieval
 from nac_tf.evaluation.monitor import TrainingMonitor, query_subset
-from nac_tf.evaluation.report import EvaluationConfig, embed, evaluate_model
+from nac_tf.evaluation.evaluators import embed
+from nac_tf.evaluation.report import EvaluationConfig, evaluate_model
 from nac_tf.export import ExportedModel, build_export_module
 from nac_tf import training
 from nac_tf.methods.from_config import method_from_config
@@ -68,12 +70,12 @@ def test_query_subset_is_fixed_by_the_seed():
         query_subset(100, 0, seed=0)
 
 
-def test_trajectory_has_every_eval_step_and_matches_the_final_evaluation(tmp_path):
+def test_trajectory_has_every_eval_step_and_matches_the_final_evaluation(tmp_path, caplog):
     # steps_per_loop=5 divides neither the evaluation (2) nor the checkpoint (3) interval:
     # the loop must still stop at 2, 3, 4 and 6.
     config = _tiny(tmp_path, steps_per_loop=5)
-    messages = []
-    results = pretrain(config, log=messages.append)
+    caplog.set_level(logging.INFO, logger="nac_tf")
+    results = pretrain(config)
     run = config.model_dir
     trajectory = results["trajectory"]
     assert [entry["step"] for entry in trajectory] == [2, 4, 6]
@@ -87,7 +89,7 @@ def test_trajectory_has_every_eval_step_and_matches_the_final_evaluation(tmp_pat
     # Same weights (the last step) and the same kNN as the final evaluation.
     assert trajectory[-1]["knn_top1"] == results["knn_top1"]
     assert 0.0 <= results["final_metrics"]["code_norm_sq"] <= config.code_dim
-    assert sum("eval at step" in m and "knn_top1" in m for m in messages) == 3
+    assert sum("eval at step" in m and "knn_top1" in m for m in caplog.messages) == 3
     assert _tensorboard_steps(run, "eval/knn_top1") == [2, 4, 6]
     checkpoints = tf.train.get_checkpoint_state(os.path.join(run, "checkpoints"))
     assert [int(p.rsplit("-", 1)[1]) for p in checkpoints.all_model_checkpoint_paths] == [3, 6]
@@ -98,7 +100,7 @@ def test_map_of_the_query_subset_is_the_retrieval_metric(tmp_path, monkeypatch):
                         _digits_retrieval_source())
     config = _tiny(tmp_path, train_steps=4, eval_every_steps=4, checkpoint_every_steps=4,
                    eval_num_queries=30)
-    results = pretrain(config, log=lambda *_: None)
+    results = pretrain(config)
     (entry,) = results["trajectory"]
     assert entry["step"] == 4 and 0.0 <= entry["map_all"] <= 1.0
     assert 0.0 <= entry["knn_top1"] <= 1.0
@@ -112,8 +114,8 @@ def test_map_of_the_query_subset_is_the_retrieval_metric(tmp_path, monkeypatch):
     source = _digits_retrieval_source()
     arrays = source.retrieval
     subset = query_subset(arrays.num_queries, 30, seed=config.seed)
-    queries = embed(model, arrays.query_images[subset], outputs=("hash_codes",))["hash_codes"]
-    database = embed(model, arrays.database_images, outputs=("hash_codes",))["hash_codes"]
+    queries = embed(model, arrays.query_images[subset], output="hash_codes")
+    database = embed(model, arrays.database_images, output="hash_codes")
     assert entry["map_all"] == retrieval.mean_average_precision(
         queries, database, arrays.query_labels[subset], arrays.database_labels, packed=True)
     # With every query, the monitor gives the final evaluation's numbers.
@@ -138,7 +140,7 @@ def test_monitor_computes_the_final_evaluation_features_and_codes(tmp_path):
                                        "map_all": report["map_all"]}
 
 
-def test_trajectory_survives_a_resume(tmp_path):
+def test_trajectory_survives_a_resume(tmp_path, caplog):
     config = _tiny(tmp_path, train_steps=8, evaluate=False)
     polls = []
 
@@ -147,7 +149,7 @@ def test_trajectory_survives_a_resume(tmp_path):
         return len(polls) > 5  # polled once per step (steps_per_loop=1): stops at step 5
 
     with pytest.raises(TrainingInterrupted) as stopped:
-        pretrain(config, log=lambda *_: None, stop_requested=stop_at_step_5)
+        pretrain(config, stop_requested=stop_at_step_5)
     assert stopped.value.step == 5
     first = read_trajectory(config.model_dir)
     assert [entry["step"] for entry in first] == [2, 4]
@@ -156,9 +158,9 @@ def test_trajectory_survives_a_resume(tmp_path):
     with open(path, "w") as f:
         json.dump(first + [dict(first[-1], step=6, knn_top1=-1.0)], f)
 
-    messages = []
-    results = pretrain(config, log=messages.append)
-    assert any("Resumed from" in m and "at step 5" in m for m in messages)
+    caplog.set_level(logging.INFO, logger="nac_tf")
+    results = pretrain(config)
+    assert any("Resumed from" in m and "at step 5" in m for m in caplog.messages)
     trajectory = results["trajectory"]
     assert [entry["step"] for entry in trajectory] == [2, 4, 6, 8]
     assert trajectory[:2] == first  # the first session's evaluations are kept as they were

@@ -103,7 +103,7 @@ def test_two_workers_match_one_process_with_two_replicas(tmp_path, two_replica_s
                 stderr=subprocess.STDOUT))
             log.close()
         # Meanwhile, the same global batch on two replicas in this process.
-        reference = pretrain(_config(tmp_path / "mirrored", "mirrored"), log=lambda *_: None,
+        reference = pretrain(_config(tmp_path / "mirrored", "mirrored"),
                              strategy=two_replica_strategy)
         for process in processes:
             process.wait(timeout=TIMEOUT)

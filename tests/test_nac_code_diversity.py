@@ -46,7 +46,7 @@ def _trained_code_entropy(tmp_path, flip_prob):
         code_dim=CODE_DIM, crop_area_min=0.4, flip=False, jitter_prob=0.0,
         grayscale_prob=0.0, evaluate=False, checkpoint_every_steps=STEPS,
         log_every_steps=STEPS, model_dir=str(tmp_path / f"p{flip_prob}"))
-    pretrain(config, log=lambda message: None)
+    pretrain(config)
     _, statistics = read_run_config(config.model_dir)
     _, method = restore_pretrained_method(config.model_dir)
     model = ExportedModel.from_module(build_export_module(

@@ -259,17 +259,17 @@ def test_cpu_flags_come_from_proc_cpuinfo(tmp_path):
 
 
 def test_auto_precision_sets_the_policy_it_logs(dtype_policy):
-    """build_method with precision="auto" computes in what auto picks on this machine."""
+    """method_for_run with precision="auto" computes in what auto picks on this machine."""
     from nac_tf.config import PretrainConfig
     from nac_tf.data.catalog import load_source
-    from nac_tf.training import build_method as build_pretraining_method
+    from nac_tf.recipes import method_for_run
 
     assert resolve_precision("mixed_float16") == ("mixed_float16", None)
     expected, reason = resolve_precision("auto")
     assert (expected, reason) == fastest_safe_precision(0, [], cpu_flags())  # CPU only here
     config = PretrainConfig(method="nac", dataset="digits", image_size=8, encoder="small_cnn",
                             code_dim=16, batch_size=8, train_steps=2, precision="auto")
-    method = build_pretraining_method(config, load_source("digits", image_size=8))
+    method = method_for_run(config, load_source("digits", image_size=8))
     assert keras.config.dtype_policy().name == expected
     assert method.encoder.compute_dtype == COMPUTE_DTYPE.get(expected, "float32")
     assert isinstance(method.optimizer, keras.optimizers.LossScaleOptimizer) == \

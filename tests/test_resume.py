@@ -132,7 +132,7 @@ def _uninterrupted(method, model_dir):
     values(_command(method, model_dir)[2:])
     # Op determinism is process-wide: leave this process as it is (same bits on CPU).
     config = entry.config_from_flags(values).replace(deterministic=False)
-    results = pretrain(config, log=lambda *_: None)
+    results = pretrain(config)
     assert results["steps"] == TOTAL_STEPS
 
 

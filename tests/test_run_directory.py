@@ -9,6 +9,7 @@ module (`stopped_run`); each test damages a copy of it.
 """
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -55,7 +56,7 @@ def _stop_at(step):
 def stopped_run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("stopped") / "run"
     with pytest.raises(TrainingInterrupted):
-        pretrain(_config(model_dir), log=lambda *_: None, stop_requested=_stop_at(STOPPED_AT))
+        pretrain(_config(model_dir), stop_requested=_stop_at(STOPPED_AT))
     assert _steps(model_dir) == [2, 4]
     return model_dir
 
@@ -64,7 +65,7 @@ def stopped_run(tmp_path_factory):
 def finished_run(stopped_run, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("finished") / "run"
     shutil.copytree(stopped_run, model_dir)
-    results = pretrain(_config(model_dir), log=lambda *_: None)
+    results = pretrain(_config(model_dir))
     assert results["steps"] == TOTAL_STEPS and results["evaluated"] is False
     return model_dir
 
@@ -138,7 +139,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_one_warning(stopped_run, tm
     assert warnings[0].endswith(f"skipped; resuming from {_ckpt(model_dir, 2, '')}")
 
 
-def test_resume_falls_back_to_the_newest_intact_checkpoint(stopped_run, tmp_path):
+def test_resume_falls_back_to_the_newest_intact_checkpoint(stopped_run, tmp_path, caplog):
     """The damaged newest checkpoint and a lost state file together: training resumes from
     step 2, rewrites step 4 and ends at 6; TensorFlow's state file lists them again, and the
     directories of an interrupted write are gone."""
@@ -147,9 +148,9 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(stopped_run, tmp_path
     os.remove(os.path.join(model_dir, "checkpoints", "checkpoint"))
     os.makedirs(_ckpt(model_dir, 6, "_temp"))
     before = _snapshot(model_dir)
-    messages = []
-    results = pretrain(_config(model_dir), log=messages.append)
-    assert f"Resumed from {_ckpt(model_dir, 2, '')} at step 2" in messages
+    caplog.set_level(logging.INFO, logger="nac_tf")
+    results = pretrain(_config(model_dir))
+    assert f"Resumed from {_ckpt(model_dir, 2, '')} at step 2" in caplog.messages
     assert results["steps"] == TOTAL_STEPS
     assert _snapshot(model_dir)["checkpoints/ckpt-2.index"] == before["checkpoints/ckpt-2.index"]
     assert intact_checkpoint(model_dir) == _ckpt(model_dir, 6, "")
@@ -165,7 +166,7 @@ def test_a_directory_without_an_intact_checkpoint_is_refused_untouched(stopped_r
     os.remove(_ckpt(model_dir, 2, ".index"))
     before = _snapshot(model_dir)
     with pytest.raises(DamagedCheckpointsError) as error:
-        pretrain(_config(model_dir), log=lambda *_: None)
+        pretrain(_config(model_dir))
     assert error.value.field == "model_dir"
     assert "ckpt-4: Read less bytes than requested" in error.value.reason
     assert "ckpt-2: its .index file is missing" in error.value.reason
@@ -174,27 +175,27 @@ def test_a_directory_without_an_intact_checkpoint_is_refused_untouched(stopped_r
 
 
 # ----------------------------------------------------------------------- reruns and flags
-def test_rerunning_a_finished_run_changes_nothing(finished_run, tmp_path):
+def test_rerunning_a_finished_run_changes_nothing(finished_run, tmp_path, caplog):
     model_dir = _copy(finished_run, tmp_path)
     before = _snapshot(model_dir)
     with open(os.path.join(model_dir, "results.json")) as f:
         stored = json.load(f)
-    messages = []
-    assert pretrain(_config(model_dir), log=messages.append) == stored
-    assert f"{model_dir} finished this run already (step 6)" in messages[-1]
+    caplog.set_level(logging.INFO, logger="nac_tf")
+    assert pretrain(_config(model_dir)) == stored
+    assert f"{model_dir} finished this run already (step 6)" in caplog.messages[-1]
     assert _snapshot(model_dir) == before
     # Asking for the evaluation it skipped evaluates without training, keeping the training
     # metrics; then that command is finished too.
-    results = pretrain(_config(model_dir, evaluate=True), log=messages.append)
+    results = pretrain(_config(model_dir, evaluate=True))
     assert results["evaluated"] and results["steps"] == TOTAL_STEPS
     assert results["final_metrics"] == stored["final_metrics"]
     assert "knn_top1" in results and _steps(model_dir) == [2, 4, 6]
     after_evaluation = _snapshot(model_dir)
-    assert pretrain(_config(model_dir, evaluate=True), log=messages.append) == results
+    assert pretrain(_config(model_dir, evaluate=True)) == results
     assert _snapshot(model_dir) == after_evaluation
 
 
-def test_flag_changes_are_checked_before_anything_is_written(finished_run, tmp_path):
+def test_flag_changes_are_checked_before_anything_is_written(finished_run, tmp_path, caplog):
     model_dir = _copy(finished_run, tmp_path)
     before = _snapshot(model_dir)
     for changes, named in [
@@ -202,19 +203,17 @@ def test_flag_changes_are_checked_before_anything_is_written(finished_run, tmp_p
             (dict(method="simclr"), "method: 'nac' -> 'simclr'"),
             (dict(code_dim=32, train_steps=8), "(code_dim: 16 -> 32)")]:
         with pytest.raises(ConfigError) as error:
-            pretrain(_config(model_dir, allow_flag_changes=True, **changes),
-                     log=lambda *_: None)
+            pretrain(_config(model_dir, allow_flag_changes=True, **changes))
         assert named in error.value.reason and "cannot be resumed with" in error.value.reason
         assert _snapshot(model_dir) == before
     with pytest.raises(ConfigError, match="train_steps: 6 -> 8.*allow_flag_changes"):
-        pretrain(_config(model_dir, train_steps=8), log=lambda *_: None)
+        pretrain(_config(model_dir, train_steps=8))
     assert _snapshot(model_dir) == before
     # Allowed: a longer run resumes at its last step, and the change is recorded.
-    messages = []
-    results = pretrain(_config(model_dir, train_steps=8, allow_flag_changes=True),
-                       log=messages.append)
+    caplog.set_level(logging.INFO, logger="nac_tf")
+    results = pretrain(_config(model_dir, train_steps=8, allow_flag_changes=True))
     assert results["steps"] == 8 and any("Resumed from" in m and "at step 6" in m
-                                         for m in messages)
+                                         for m in caplog.messages)
     with open(os.path.join(model_dir, FLAG_CHANGES_FILE)) as f:
         assert json.load(f) == [{"step": 6, "changes": {"train_steps": {"old": 6, "new": 8}}}]
 
@@ -226,7 +225,7 @@ def test_a_checkpoint_of_other_networks_is_refused_untouched(finished_run, tmp_p
     os.remove(os.path.join(model_dir, "flags.json"))
     before = _snapshot(model_dir)
     with pytest.raises(ConfigError, match=r"ckpt-6 does not match the networks of this run's"):
-        pretrain(_config(model_dir, code_dim=32), log=lambda *_: None)
+        pretrain(_config(model_dir, code_dim=32))
     assert _snapshot(model_dir) == before
 
 
@@ -239,9 +238,9 @@ def test_unusable_model_dirs_are_refused_in_one_line(finished_run, tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("")
     with pytest.raises(ConfigError, match="is a file, not a directory"):
-        pretrain(_config(a_file), log=lambda *_: None)
+        pretrain(_config(a_file))
     with pytest.raises(ConfigError, match=r"cannot write .*\(Not a directory\)"):
-        pretrain(_config(a_file / "run"), log=lambda *_: None)
+        pretrain(_config(a_file / "run"))
 
 
 # ----------------------------------------------------------------------- the disk
@@ -268,7 +267,8 @@ def small_filesystem(tmp_path):
         subprocess.run(["umount", str(point)], check=True)
 
 
-def test_a_full_disk_keeps_the_earlier_checkpoints(stopped_run, tmp_path, small_filesystem):
+def test_a_full_disk_keeps_the_earlier_checkpoints(stopped_run, tmp_path, small_filesystem,
+                                                  caplog):
     """Checkpoints on a tmpfs with room for two of them (830 kB each): the third write fails
     with ENOSPC, leaves nothing half-written, and the same command resumes from the second
     once there is room."""
@@ -279,7 +279,7 @@ def test_a_full_disk_keeps_the_earlier_checkpoints(stopped_run, tmp_path, small_
     config = _config(model_dir, checkpoint_every_steps=1)
     shutil.rmtree(os.path.join(model_dir, "tensorboard"))  # a new run from step 0
     with pytest.raises(CheckpointWriteError) as error:
-        pretrain(config, log=lambda *_: None)
+        pretrain(config)
     assert (f"could not write the checkpoint of step 3 to {model_dir}/checkpoints (No space "
             f"left on device); the newest checkpoint is {_ckpt(model_dir, 2, '')}: fix the "
             "cause") in str(error.value)
@@ -288,16 +288,16 @@ def test_a_full_disk_keeps_the_earlier_checkpoints(stopped_run, tmp_path, small_
                           for p in (".index", ".data-00000-of-00001")])
     assert intact_checkpoint(model_dir) == _ckpt(model_dir, 2, "")
     small_filesystem(20000)
-    messages = []
-    results = pretrain(config.replace(keep_checkpoints=2), log=messages.append)
-    assert f"Resumed from {_ckpt(model_dir, 2, '')} at step 2" in messages
+    caplog.set_level(logging.INFO, logger="nac_tf")
+    results = pretrain(config.replace(keep_checkpoints=2))
+    assert f"Resumed from {_ckpt(model_dir, 2, '')} at step 2" in caplog.messages
     assert results["steps"] == TOTAL_STEPS
 
 
 def test_a_read_only_model_dir_is_refused_in_one_line(tmp_path, small_filesystem):
     read_only = small_filesystem(100, ",ro")
     with pytest.raises(ConfigError, match=r"cannot write .*\(Read-only file system\)"):
-        pretrain(_config(read_only / "run"), log=lambda *_: None)
+        pretrain(_config(read_only / "run"))
 
 
 # ----------------------------------------------------------------------- the command line

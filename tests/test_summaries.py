@@ -15,7 +15,9 @@ from nac_tf.data.views import ViewPairAugmenter
 from nac_tf.export import build_export_module
 from nac_tf.summaries import FINAL_METRICS, NUM_VIEW_PAIRS, PROBE_SIZE, final_metrics
 from nac_tf.run_directory import restore_pretrained_method
-from nac_tf.training import augmentation_config, pretrain, summary_table
+from nac_tf.evaluation.pretraining import summary_table
+from nac_tf.recipes import augmentation_config
+from nac_tf.training import pretrain
 
 IMAGE_SIZE = 8
 CODE_DIM = 16
@@ -31,7 +33,7 @@ def run(tmp_path_factory):
         jitter_prob=0.0, grayscale_prob=0.0, knn_k=10, checkpoint_every_steps=4,
         log_every_steps=2, linear_eval_epochs=1, linear_eval_augment=False, mlp_eval_epochs=1,
         model_dir=str(tmp_path_factory.mktemp("summaries") / "run"))
-    results = pretrain(config, log=lambda *_: None)
+    results = pretrain(config)
     with open(os.path.join(config.model_dir, "results.json")) as f:
         assert json.load(f) == results
     directory = os.path.join(config.model_dir, "tensorboard")

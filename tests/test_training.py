@@ -1,5 +1,6 @@
 """End to end: the entry point, the run directory, resume, refusal of changed flags."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def _tiny(tmp_path, **changes):
 @pytest.mark.parametrize("method", ["nac", "nac_mq", "simclr", "moco_v2"])
 def test_pretrain_writes_the_run_directory(tmp_path, method):
     config = _tiny(tmp_path, method=method)
-    results = pretrain(config, log=lambda *_: None)
+    results = pretrain(config)
     run = config.model_dir
     assert results["steps"] == 6
     assert 0.0 <= results["knn_top1"] <= 1.0 and 0.0 <= results["random_init_knn_top1"] <= 1.0
@@ -48,25 +49,23 @@ def test_pretrain_writes_the_run_directory(tmp_path, method):
         assert np.isfinite(results["final_metrics"]["mi_bound"])
 
 
-def test_same_command_resumes_from_the_latest_checkpoint(tmp_path):
-    messages = []
+def test_same_command_resumes_from_the_latest_checkpoint(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="nac_tf")
     short = _tiny(tmp_path, train_steps=6)
-    pretrain(short, log=messages.append)
+    pretrain(short)
     # Same run, longer schedule: refused (train_steps defines the run) ...
     with pytest.raises(ConfigError, match="train_steps: 6 -> 9"):
-        pretrain(short.replace(train_steps=9), log=messages.append)
+        pretrain(short.replace(train_steps=9))
     # ... unless explicitly allowed; then it continues from step 6, not from 0.
-    results = pretrain(short.replace(train_steps=9, allow_flag_changes=True),
-                       log=messages.append)
-    assert any("Resumed from" in m and "at step 6" in m for m in messages)
+    results = pretrain(short.replace(train_steps=9, allow_flag_changes=True))
+    assert any("Resumed from" in m and "at step 6" in m for m in caplog.messages)
     assert results["steps"] == 9
     # Running the finished command again trains nothing and returns the stored results.
-    again = pretrain(short.replace(train_steps=9, allow_flag_changes=True),
-                     log=messages.append)
-    assert again == results and "finished this run already (step 9)" in messages[-1]
+    again = pretrain(short.replace(train_steps=9, allow_flag_changes=True))
+    assert again == results and "finished this run already (step 9)" in caplog.messages[-1]
 
 
-def test_augmenting_on_device_trains_the_host_run(tmp_path):
+def test_augmenting_on_device_trains_the_host_run(tmp_path, caplog):
     """augment_on="device" (colour stages in the step, every stage of the ImageNet recipe
     on) ends with the host run's metrics and checkpointed weights, bit for bit on CPU; the
     same run directory resumes with either setting, which is not run-defining."""
@@ -75,7 +74,7 @@ def test_augmenting_on_device_trains_the_host_run(tmp_path):
     runs = {}
     for mode in ("host", "device"):
         config = _tiny(tmp_path, augment_on=mode, model_dir=str(tmp_path / mode), **recipe)
-        results = pretrain(config, log=lambda *_: None)
+        results = pretrain(config)
         checkpoint = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
         runs[mode] = (results["final_metrics"], {
             name: tf.train.load_variable(checkpoint, name)
@@ -87,11 +86,10 @@ def test_augmenting_on_device_trains_the_host_run(tmp_path):
         np.testing.assert_array_equal(device_weights[name], value, err_msg=name)
     # The host run's directory accepts augment_on="device" (no allow_flag_changes needed):
     # extended by 2 steps, it resumes.
-    messages = []
+    caplog.set_level(logging.INFO, logger="nac_tf")
     results = pretrain(_tiny(tmp_path, augment_on="device", model_dir=str(tmp_path / "host"),
-                             allow_flag_changes=True, **dict(recipe, train_steps=5)),
-                       log=messages.append)
-    assert results["steps"] == 5 and any("Resumed from" in m for m in messages)
+                             allow_flag_changes=True, **dict(recipe, train_steps=5)))
+    assert results["steps"] == 5 and any("Resumed from" in m for m in caplog.messages)
 
 
 def _cli(*args):
@@ -118,14 +116,14 @@ def test_cli_rejects_bad_flags_before_building_anything(tmp_path):
 def test_final_linear_probe_trains_on_augmented_images(tmp_path, monkeypatch):
     # The linear-evaluation protocol: the classifier trains on pad-and-crop + flipped
     # training images (nac_tf.evaluation.linear, as nac-linear-eval --augment).
-    from nac_tf.evaluation import linear
-    from nac_tf.training import evaluation_config
+    from nac_tf.evaluation import probe_images
+    from nac_tf.evaluation.pretraining import evaluation_config
 
     config = _tiny(tmp_path, train_steps=2, linear_eval_epochs=1)
     assert config.linear_eval_augment and evaluation_config(config).linear.augment
     assert not evaluation_config(config.replace(linear_eval_augment=False)).linear.augment
     fits, crops = [], []
-    train_augmented, pad_crop_flip = linear._train_augmented, linear.pad_crop_flip
+    train_augmented, pad_crop_flip = probe_images.train_augmented, probe_images.pad_crop_flip
 
     def spy_fit(encode, images, labels, num_classes, rate, linear_config, *args, **kwargs):
         fits.append((linear_config.augment, len(images)))
@@ -136,9 +134,9 @@ def test_final_linear_probe_trains_on_augmented_images(tmp_path, monkeypatch):
         crops.append(images.shape)
         return pad_crop_flip(images, seed)
 
-    monkeypatch.setattr(linear, "_train_augmented", spy_fit)
-    monkeypatch.setattr(linear, "pad_crop_flip", spy_crop)
-    results = pretrain(config, log=lambda *_: None)
+    monkeypatch.setattr(probe_images, "train_augmented", spy_fit)
+    monkeypatch.setattr(probe_images, "pad_crop_flip", spy_crop)
+    results = pretrain(config)
     # Random initialisation and pretrained networks: 4 candidate rates + the final fit each.
     assert len(fits) == 10 and all(augment for augment, _ in fits)
     assert max(size for _, size in fits) == results["num_train"]
@@ -148,33 +146,32 @@ def test_final_linear_probe_trains_on_augmented_images(tmp_path, monkeypatch):
         assert 0.0 <= results[prefix + "linear_top1"] <= 1.0
 
 
-def test_xla_on_a_cpu_only_machine_trains_and_warns_that_it_is_slower(tmp_path):
-    lines = []
-    results = pretrain(_tiny(tmp_path, jit_compile=True, train_steps=2, evaluate=False),
-                       log=lines.append)
+def test_xla_on_a_cpu_only_machine_trains_and_warns_that_it_is_slower(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="nac_tf")
+    results = pretrain(_tiny(tmp_path, jit_compile=True, train_steps=2, evaluate=False))
     assert results["steps"] == 2
-    assert CPU_XLA_WARNING in lines
+    assert CPU_XLA_WARNING in caplog.messages
 
 
-def test_precision_auto_trains_in_what_it_picks_and_keeps_auto_in_the_run(tmp_path):
+def test_precision_auto_trains_in_what_it_picks_and_keeps_auto_in_the_run(tmp_path, caplog):
     previous = keras.config.dtype_policy()
-    lines = []
+    caplog.set_level(logging.INFO, logger="nac_tf")
     try:
         config = _tiny(tmp_path, precision="auto", train_steps=2, evaluate=False)
-        results = pretrain(config, log=lines.append)
+        results = pretrain(config)
         picked = keras.config.dtype_policy().name
     finally:
         keras.config.set_dtype_policy(previous)
     assert results["steps"] == 2
     expected, reason = resolve_precision("auto")
     assert picked == expected
-    assert f"precision auto: {expected} ({reason})" in lines
+    assert f"precision auto: {expected} ({reason})" in caplog.messages
     with open(os.path.join(config.model_dir, "flags.json")) as f:
         assert json.load(f)["precision"] == "auto"  # the same command resumes the run
 
 
 def test_init_weights_starts_a_new_run_from_the_file_and_a_resume_from_its_checkpoint(
-        tmp_path):
+        tmp_path, caplog):
     from nac_tf.run_directory import read_json, restore_pretrained_method
     from nac_tf.models.vgg import VGG16_MEAN, VGG16_STD
 
@@ -188,10 +185,10 @@ def test_init_weights_starts_a_new_run_from_the_file_and_a_resume_from_its_check
     config = _tiny(tmp_path, method="nac_mq", encoder="vgg16", image_size=32, batch_size=8,
                    queue_size=32, train_steps=2, learning_rate=1e-6, evaluate=False,
                    init_weights=path)
-    lines = []
-    results = pretrain(config, log=lines.append)
+    caplog.set_level(logging.INFO, logger="nac_tf")
+    results = pretrain(config)
     assert any(line.startswith(f"initialised the encoder from init_weights={path!r}")
-               for line in lines)
+               for line in caplog.messages)
     assert results["init_weights"] == path
     with open(os.path.join(config.model_dir, "flags.json")) as f:
         assert json.load(f)["init_weights"] == path
@@ -217,16 +214,15 @@ def test_init_weights_starts_a_new_run_from_the_file_and_a_resume_from_its_check
                                np.asarray(expected), rtol=1e-4, atol=1e-5)
     # A resume restores its checkpoint and does not read the file (gone by now).
     os.remove(path)
-    lines = []
-    resumed = pretrain(config.replace(train_steps=3, allow_flag_changes=True),
-                       log=lines.append)
+    caplog.clear()
+    resumed = pretrain(config.replace(train_steps=3, allow_flag_changes=True))
     assert resumed["steps"] == 3
-    assert any(line.startswith("Resumed from") for line in lines)
-    assert not any(line.startswith("initialised the encoder") for line in lines)
+    assert any(line.startswith("Resumed from") for line in caplog.messages)
+    assert not any(line.startswith("initialised the encoder") for line in caplog.messages)
     # A new run needs the file: refused before anything is written.
     fresh = config.replace(model_dir=str(tmp_path / "fresh"))
     with pytest.raises(ConfigError, match="init_weights: .* does not exist"):
-        pretrain(fresh, log=lambda *_: None)
+        pretrain(fresh)
     assert not os.path.exists(fresh.model_dir)
 
 
@@ -259,7 +255,7 @@ def test_mlp_eval_epochs_turns_on_the_final_mlp_probe(tmp_path):
     # mlp_eval_epochs (the command line's --mlp_eval_epochs), following linear_eval_augment.
     # tests/test_summaries.py trains a run with it and checks results.json.
     from nac_tf.cli.train import config_from_args
-    from nac_tf.training import evaluation_config
+    from nac_tf.evaluation.pretraining import evaluation_config
 
     assert PretrainConfig().mlp_eval_epochs == 0
     assert evaluation_config(_tiny(tmp_path)).mlp is None

@@ -284,7 +284,7 @@ def test_encoder_restored_from_a_pretraining_run(tmp_path):
         crop_area_min=0.5, flip=False, jitter_prob=0.0, grayscale_prob=0.0, knn_k=10,
         checkpoint_every_steps=3, log_every_steps=3, model_dir=str(tmp_path / "run"),
         linear_eval_epochs=1)
-    pretrain(config, log=lambda *_: None)
+    pretrain(config)
     checkpoint = tf.train.load_checkpoint(str(tmp_path / "run" / "checkpoints"))
     encoder, statistics = encoder_of_run(config.model_dir)
     assert statistics["image_size"] == 8

@@ -8,6 +8,10 @@ absl itself answers a parse error with "FATAL Flags parsing error" and exit code
 `--help` with exit code 1; `parse_flags` makes both follow the rules above. Nothing here
 imports TensorFlow until a command calls `import_tensorflow`, which sets TensorFlow's logging
 from absl's `--verbosity` first.
+
+The library's messages (Python loggers under "nac_tf") are the commands' progress lines:
+`print_library_messages` prints them on stdout as plain lines, at absl's `--verbosity`
+(default: INFO), warnings through absl's handler as every absl program's.
 """
 import contextlib
 import logging
@@ -132,6 +136,46 @@ def import_tensorflow():
     return tf
 
 
+class _BelowWarning(logging.Filter):
+    def filter(self, record):
+        return record.levelno < logging.WARNING
+
+
+class _ToAbslHandler(logging.Handler):
+    """Hands records to absl's handler, as propagating to the root logger would."""
+
+    def emit(self, record):
+        from absl import logging as absl_logging
+
+        absl_logging.get_absl_handler().handle(record)
+
+
+def print_library_messages():
+    """The library's log messages (logger "nac_tf") as a command shows them: INFO and DEBUG
+    as plain lines on stdout (what the command reports as it goes), WARNING and above
+    through absl's handler (stderr, absl's format). The level is absl's `--verbosity` when
+    given (-1 WARNING: quiet; 1 DEBUG), else INFO; a level given with absl's
+    `--logger_levels=nac_tf:...` stays."""
+    from absl import flags
+    from absl import logging as absl_logging
+
+    library = logging.getLogger("nac_tf")
+    if getattr(library, "_nac_tf_command_handlers", False):
+        return
+    plain = logging.StreamHandler(sys.stdout)
+    plain.setFormatter(logging.Formatter("%(message)s"))
+    plain.addFilter(_BelowWarning())
+    warnings = _ToAbslHandler(logging.WARNING)
+    library.addHandler(plain)
+    library.addHandler(warnings)
+    library.propagate = False  # absl's handler on the root logger would repeat them
+    library._nac_tf_command_handlers = True
+    verbosity = flags.FLAGS["verbosity"]
+    if library.level == logging.NOTSET:
+        library.setLevel(absl_logging.converter.absl_to_standard(verbosity.value)
+                         if verbosity.present else logging.INFO)
+
+
 def define_evaluation_data_flags(flag_values, dataset_help, image_size_help, seed_help):
     """The flags both evaluation commands share (SavedModel, dataset, data_dir, image_size,
     seed), with the help texts that differ per command; returns `define(kind, name,
@@ -194,7 +238,12 @@ def run(main, define_flags, doc, argv=None, configs=False):
         pass  # defined by an earlier run() in this process
     own = sorted(set(flags.FLAGS) - before)
     module = flags.FLAGS.find_module_defining_flag(own[0]) if own else None
-    app.run(main, argv=argv, flags_parser=lambda args: parse_flags(
+
+    def main_with_messages(remaining):
+        print_library_messages()
+        return main(remaining)
+
+    app.run(main_with_messages, argv=argv, flags_parser=lambda args: parse_flags(
         flags.FLAGS, args, doc=doc, help_module=module, configs=configs))
 
 

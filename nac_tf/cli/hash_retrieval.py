@@ -79,29 +79,25 @@ def validate_flags():
 
 def evaluate(settings):
     """Loads model and data, computes the codes and the metrics; the report dict."""
+    from nac_tf.evaluation.evaluators import Embeddings, HashRetrieval, retrieval_sets
     from nac_tf.export import load_exported_model
 
     metadata = settings["metadata"]
     source = checks.load_arrays_source(
         settings["dataset"], settings["data_dir"],
         settings["image_size"] or metadata["image_size"], settings["seed"])
-    query_images, query_labels, database_images, database_labels, sets = \
-        exported_evaluation.retrieval_sets(source)
-    model = load_exported_model(settings["saved_model"])
-    batch_size = settings["batch_size"]
-    query_codes = exported_evaluation.embed_images(model, query_images, batch_size,
-                                                   "hash_codes", "the queries")
-    database_codes = exported_evaluation.embed_images(model, database_images, batch_size,
-                                                      "hash_codes", "the database")
+    *_, sets = retrieval_sets(source)
+    data = Embeddings(load_exported_model(settings["saved_model"]), source,
+                      settings["batch_size"], progress=True)
+    data("queries", "hash_codes")
+    data("database", "hash_codes")
     print("Ranking the database for every query")
-    metrics = exported_evaluation.hash_retrieval_metrics(
-        query_codes, database_codes, query_labels, database_labels, top_k=settings["top_k"],
-        ties=settings["ties"], empty_queries=settings["empty_queries"],
-        authors_inner_product=settings["authors_inner_product"])
+    metrics = HashRetrieval(top_k=settings["top_k"], ties=settings["ties"],
+                            empty_queries=settings["empty_queries"],
+                            authors_inner_product=settings["authors_inner_product"])(data)
     report = common.evaluation_report_header("hash_retrieval", settings, source)
-    report.update(code_bits=int(metadata["code_dim"]), num_queries=int(len(query_codes)),
-                  num_database=int(len(database_codes)))
-    report.update(metrics)
+    report.update(code_bits=int(metadata["code_dim"]))
+    report.update(exported_evaluation.json_ready(metrics))
     report["protocol"] = dict(
         sets,
         codes="1[a > 0] of the SavedModel's hash_codes signature (packed, np.packbits order)",
@@ -109,7 +105,7 @@ def evaluate(settings):
                 "map_all_expected_ties is the exact expectation over random order within "
                 "equal distances",
         relevance="a database item is relevant to a query when they share at least one label",
-        multi_label=bool(query_labels.ndim == 2),
+        multi_label=bool(data.labels("queries").ndim == 2),
         top_k=settings["top_k"],
         ties_at_k=settings["ties"] if settings["top_k"] is not None else None,
         map_at_k="sum of precision@rank over the relevant items in the top k, divided by "

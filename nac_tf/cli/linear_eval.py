@@ -28,7 +28,6 @@ from absl import flags
 
 from nac_tf.cli import checks, common
 from nac_tf.config import DATASETS, ConfigError
-from nac_tf.evaluation import exported_evaluation
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -122,9 +121,10 @@ def evaluate(settings):
     <name>_validation_top1 and <name> (the protocol's result); <name>_top1 is None for a
     probe not run, as knn_top1 without kNN.
     """
+    from nac_tf.evaluation.evaluators import Embeddings
     from nac_tf.evaluation.linear import LinearEvalConfig
     from nac_tf.evaluation.mlp import MLPEvalConfig
-    from nac_tf.evaluation.report import EvaluationConfig, classification_metrics
+    from nac_tf.evaluation.report import EvaluationConfig, classification_evaluators
     from nac_tf.export import load_exported_model
 
     metadata = settings["metadata"]
@@ -137,10 +137,9 @@ def evaluate(settings):
     _check_validation_split(settings, source.num_train)
     model = load_exported_model(settings["saved_model"])
     batch_size = settings["batch_size"]
-    train_features = exported_evaluation.embed_images(
-        model, source.train_images, batch_size, "features", "the training split")
-    test_features = exported_evaluation.embed_images(
-        model, source.test_images, batch_size, "features", "the test split")
+    data = Embeddings(model, source, batch_size, progress=True)
+    train_features = data("train")
+    data("test")  # embedded now, with its progress bar, whichever probe asks for it first
     shared = dict(epochs=settings["epochs"], batch_size=batch_size,
                   validation_fraction=settings["validation_fraction"], seed=settings["seed"],
                   augment=settings["augment"])
@@ -152,15 +151,14 @@ def evaluate(settings):
         probes["mlp"] = MLPEvalConfig(learning_rates=settings["mlp_learning_rates"],
                                       hidden_dim=settings["mlp_hidden_dim"],
                                       dropout=settings["mlp_dropout"], **shared)
-    # The augmented protocol trains through the model on the images (the trainer's final
-    # evaluation takes the same path); kNN is computed on the features either way.
+    # The trainer's final evaluation's evaluators. The augmented protocol trains through the
+    # model on the images; kNN is computed on the features either way.
     evaluation = EvaluationConfig(knn_k=settings["knn_k"], knn_temperature=KNN_TEMPERATURE,
                                   linear=probes.get("linear"), mlp=probes.get("mlp"),
                                   retrieval=False, batch_size=batch_size)
-    metrics = classification_metrics(train_features, source.train_labels, test_features,
-                                     source.test_labels, source.num_classes, evaluation,
-                                     progress=True,
-                                     images=(model, source.train_images, source.test_images))
+    metrics = {}
+    for evaluator in classification_evaluators(evaluation):
+        metrics.update(evaluator(data))
     results = {"linear_top1": None, "mlp_top1": None}
     for name in probes:
         result = metrics[name]

@@ -44,10 +44,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nac_tf.evaluation.linear import (_DROPOUT_STREAM, _INIT_STREAM, ProbeConfig, ProbeResult,
-                                      _evaluation, _evaluation_from_images, _Predictions,
-                                      _Probe, _ProbeTrainer, _check_positive_int, _rng,
-                                      _train_classifier)
+from nac_tf.evaluation.probe import (DROPOUT_STREAM, INIT_STREAM, Predictions, Probe,
+                                     ProbeConfig, ProbeResult, ProbeTrainer,
+                                     check_positive_int, evaluation, random_stream,
+                                     train_classifier)
+from nac_tf.evaluation.probe_images import evaluation_from_images
 
 # PyTorch's BatchNorm1d defaults (momentum 0.1 there is 1 - 0.9 here), as the authors'.
 BATCH_NORM_MOMENTUM = 0.9
@@ -69,7 +70,7 @@ class MLPEvalConfig(ProbeConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_positive_int("hidden_dim", self.hidden_dim)
+        check_positive_int("hidden_dim", self.hidden_dim)
         if isinstance(self.dropout, bool) or not isinstance(
                 self.dropout, (int, float, np.integer, np.floating)) \
                 or not 0.0 <= self.dropout < 1.0:
@@ -78,7 +79,7 @@ class MLPEvalConfig(ProbeConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPClassifier(_Predictions):
+class MLPClassifier(Predictions):
     """A trained MLP classifier in inference mode (NumPy float32):
 
     logits = relu(BN(features @ hidden_kernel)) @ output_kernel + output_bias, with
@@ -123,14 +124,14 @@ def _dropout(x, rate, seed):
     return tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
 
 
-class _MLPTrainer(_ProbeTrainer):
+class _MLPTrainer(ProbeTrainer):
     """The MLP probe's layers: Dense (no bias), BatchNorm, Dense; dropout before each
     Dense."""
 
     def __init__(self, feature_dim, num_classes, learning_rate, total_steps, config):
-        init = _rng(config.seed, _INIT_STREAM).integers(2 ** 31 - 1, size=2)
+        init = random_stream(config.seed, INIT_STREAM).integers(2 ** 31 - 1, size=2)
         self.dropout = config.dropout
-        self.dropout_seed = int(_rng(config.seed, _DROPOUT_STREAM).integers(2 ** 31 - 1))
+        self.dropout_seed = int(random_stream(config.seed, DROPOUT_STREAM).integers(2 ** 31 - 1))
         self.hidden = keras.layers.Dense(
             config.hidden_dim, use_bias=False,
             kernel_initializer=keras.initializers.GlorotUniform(seed=int(init[0])),
@@ -173,8 +174,8 @@ class _MLPTrainer(_ProbeTrainer):
             diverged=diverged, epoch_losses=epoch_losses)
 
 
-_MLP = _Probe("MLP evaluation", MLPEvalConfig, _MLPTrainer, MLPEvalResult,
-              "mlp_evaluation_from_images")
+_MLP = Probe("MLP evaluation", MLPEvalConfig, _MLPTrainer, MLPEvalResult,
+             "mlp_evaluation_from_images")
 
 
 def train_mlp_classifier(train_features, train_labels, num_classes, learning_rate,
@@ -185,8 +186,8 @@ def train_mlp_classifier(train_features, train_labels, num_classes, learning_rat
     schedule, early stop on a non-finite loss), with the MLP of `config` (an
     `MLPEvalConfig`). Deterministic given `config.seed`. Returns an `MLPClassifier`.
     """
-    return _train_classifier(_MLP, train_features, train_labels, num_classes, learning_rate,
-                             config, eval_features, eval_labels, progress)
+    return train_classifier(_MLP, train_features, train_labels, num_classes, learning_rate,
+                            config, eval_features, eval_labels, progress)
 
 
 def mlp_evaluation(train_features, train_labels, test_features, test_labels, num_classes,
@@ -197,8 +198,8 @@ def mlp_evaluation(train_features, train_labels, test_features, test_labels, num
     classifier; returns an `MLPEvalResult`. With `config.augment`, use
     `mlp_evaluation_from_images`.
     """
-    return _evaluation(_MLP, train_features, train_labels, test_features, test_labels,
-                       num_classes, config, progress)
+    return evaluation(_MLP, train_features, train_labels, test_features, test_labels,
+                      num_classes, config, progress)
 
 
 def mlp_evaluation_from_images(encode_fn, train_images, train_labels, test_images,
@@ -207,6 +208,6 @@ def mlp_evaluation_from_images(encode_fn, train_images, train_labels, test_image
     """The MLP-evaluation protocol from uint8 images: as
     `nac_tf.evaluation.linear.linear_evaluation_from_images` (encode_fn, resizing,
     augmentation through the encoder) with the MLP classifier."""
-    return _evaluation_from_images(_MLP, encode_fn, train_images, train_labels, test_images,
-                                   test_labels, num_classes, config, image_size,
-                                   batch_size_encode, progress)
+    return evaluation_from_images(_MLP, encode_fn, train_images, train_labels, test_images,
+                                  test_labels, num_classes, config, image_size,
+                                  batch_size_encode, progress)

@@ -6,20 +6,19 @@ online networks (the trainer wraps its live networks with
 `ExportedModel.from_module(build_export_module(...))`, exactly as its final evaluation does):
 
 - knn_top1: kNN top-1 of the test split against the training split, the final evaluation's
-  kNN (`report.classification_metrics`, cosine, temperature-weighted votes); not for
-  multi-label sources.
+  kNN (`evaluators.KNN`, cosine, temperature-weighted votes); not for multi-label sources.
 - map_all: on sources with a retrieval protocol (`source.retrieval`: cifar10_hashing,
   flickr25k), Hamming mAP@all (ties in database order, queries without a relevant item
   excluded: the final evaluation's "map_all") of the packed 1[a > 0] codes of a FIXED,
-  seeded subset of `num_queries` queries against the whole database.
+  seeded subset of `num_queries` queries (of `evaluators.retrieval_sets`) against the whole
+  database (`evaluators.HashRetrieval`).
 
 Plain arguments only (no flags), so tools and notebooks can use it on any source held in
 memory.
 """
 import numpy as np
 
-from nac_tf.evaluation import retrieval
-from nac_tf.evaluation.report import EvaluationConfig, classification_metrics, embed
+from nac_tf.evaluation.evaluators import KNN, Embeddings, HashRetrieval, retrieval_sets
 
 # Random stream of the query subset, derived from the run's seed (independent of the other
 # seeded draws of a run).
@@ -53,43 +52,31 @@ class TrainingMonitor:
                              "needs a source held in memory")
         self.source = source
         self.batch_size = int(batch_size)
-        self.knn_config = None
+        self.knn = None
         if knn_k and not source.multi_label:
-            self.knn_config = EvaluationConfig(knn_k=knn_k, knn_temperature=knn_temperature,
-                                               linear=None, retrieval=False,
-                                               batch_size=self.batch_size)
-        self.query_indices = None
-        arrays = source.retrieval
-        if arrays is not None:
-            self.query_indices = query_subset(arrays.num_queries, num_queries, seed)
+            self.knn = KNN(knn_k, knn_temperature)
+        self.query_indices = self.queries = None
+        if source.retrieval is not None:
+            query_images, query_labels, *_ = retrieval_sets(source)
+            self.query_indices = query_subset(len(query_images), num_queries, seed)
             # A copy of at most num_queries images (fancy indexing), so the subset stays
             # fixed whatever happens to the source's arrays.
-            self.query_images = arrays.query_images[self.query_indices]
-            self.query_labels = arrays.query_labels[self.query_indices]
+            self.queries = (query_images[self.query_indices],
+                            query_labels[self.query_indices])
+        self.retrieval = HashRetrieval(map_only=True)
 
     @property
     def metric_names(self):
         """The keys `evaluate` returns (empty: nothing to monitor on this source)."""
-        return ((("knn_top1",) if self.knn_config is not None else ()) +
-                (("map_all",) if self.query_indices is not None else ()))
+        return ((("knn_top1",) if self.knn is not None else ()) +
+                (("map_all",) if self.queries is not None else ()))
 
     def evaluate(self, model):
         """{"knn_top1": ..., "map_all": ...} (those that apply) of `model`, an ExportedModel."""
+        data = Embeddings(model, self.source, self.batch_size, queries=self.queries)
         results = {}
-        source = self.source
-        if self.knn_config is not None:
-            train = embed(model, source.train_images, self.batch_size)["features"]
-            test = embed(model, source.test_images, self.batch_size)["features"]
-            results["knn_top1"] = classification_metrics(
-                train, source.train_labels, test, source.test_labels, source.num_classes,
-                self.knn_config)["knn_top1"]
-        if self.query_indices is not None:
-            arrays = source.retrieval
-            queries = embed(model, self.query_images, self.batch_size,
-                            ("hash_codes",))["hash_codes"]
-            database = embed(model, arrays.database_images, self.batch_size,
-                             ("hash_codes",))["hash_codes"]
-            results["map_all"] = float(retrieval.average_precisions(
-                queries, database, self.query_labels, arrays.database_labels,
-                packed=True).mean)
+        if self.knn is not None:
+            results["knn_top1"] = self.knn(data)["knn_top1"]
+        if self.queries is not None:
+            results["map_all"] = float(self.retrieval(data)["map_all"])
         return results

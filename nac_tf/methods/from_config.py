@@ -1,8 +1,12 @@
 """A method with every variable created, from a PretrainConfig and the run's input
 statistics: what a run directory alone rebuilds (training, export, evaluation)."""
+import logging
+
 from nac_tf.config import PretrainConfig
 from nac_tf.methods import MethodConfig, build_method, hyperparameters_of
 from nac_tf.models import build_encoder, encoder_output_dim, load_encoder_weights
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_stem(config: PretrainConfig, image_size):
@@ -25,7 +29,7 @@ def method_config(config: PretrainConfig, representation_dim, num_replicas):
 
 
 def method_from_config(config: PretrainConfig, input_statistics, num_replicas=1,
-                       load_init_weights=False, log=None):
+                       load_init_weights=False):
     """The method of `config` (encoder, heads, momentum copies) with every variable created.
 
     `input_statistics` is the run's {"image_size", "mean", "std"} (`input_statistics.json`
@@ -33,9 +37,9 @@ def method_from_config(config: PretrainConfig, input_statistics, num_replicas=1,
     architecture. Call inside the strategy's scope when training distributed.
     `load_init_weights`: a new run; the encoder's weights come from `config.init_weights`
     when it names a file (`nac_tf.models.weights_file`), before the momentum copies are
-    made from the encoder, so they start from the same weights. `log` gets one line about
-    it. Without it (a resumed run, a run directory rebuilt for export or evaluation) the
-    weights come from a checkpoint restored afterwards, and the file is not read.
+    made from the encoder, so they start from the same weights (logged). Without it (a
+    resumed run, a run directory rebuilt for export or evaluation) the weights come from a
+    checkpoint restored afterwards, and the file is not read.
     """
     image_size = int(input_statistics["image_size"])
     encoder = build_encoder(
@@ -43,9 +47,7 @@ def method_from_config(config: PretrainConfig, input_statistics, num_replicas=1,
         mean=input_statistics["mean"], std=input_statistics["std"],
         synchronized_batch_norm=config.batch_norm == "sync" and num_replicas > 1)
     if load_init_weights and config.init_weights:
-        loaded = load_encoder_weights(encoder, config.init_weights)
-        if log is not None:
-            log(loaded.describe())
+        logger.info("%s", load_encoder_weights(encoder, config.init_weights).describe())
     method = build_method(
         config.method, encoder,
         method_config(config, encoder_output_dim(config.encoder), num_replicas),
