@@ -146,7 +146,9 @@ def build(args, method_name):
         """The encoder with a trivial loss: what every method's step costs at least."""
 
         def view_pair_loss(self, view1, view2, training):
-            h = keras.ops.cast(self.encode_views(view1, view2, training), "float32")
+            h = self.forward_views(lambda images: self.encoder(images, training=training),
+                                   view1, view2)
+            h = keras.ops.cast(h, "float32")
             return PairLoss(keras.ops.mean(h * h), {})
 
     keras.utils.set_random_seed(0)

@@ -5,8 +5,7 @@ What a notebook needs, importable from here (README, "Python API"):
 - `PretrainConfig`: every setting of a pretraining run (`nac_tf.config`).
 - `pretrain(config)`: a whole run into `config.model_dir`, as `nac-train` does.
 - `load_source(dataset, ...)`: a dataset as an `ImageSource` (`nac_tf.data.catalog`).
-- `method_for_run(config, source)` (also importable as `build_method`, its earlier name):
-  the method as a compiled keras.Model for `model.fit`, and `view_pair_dataset(config,
+- `method_for_run(config, source)`: the method as a compiled keras.Model for `model.fit`, and `view_pair_dataset(config,
   source)`: its input, batches of two augmented views (`nac_tf.recipes`).
 - `export_saved_model(model_dir, export_dir)`, `load_exported_model(export_dir)` and
   `ExportedModel` (also `ExportedModel.from_method(model)` for a model in memory):
@@ -27,7 +26,6 @@ _EXPORTS = {
     "PretrainConfig": "nac_tf.config",
     "pretrain": "nac_tf.training",
     "method_for_run": "nac_tf.recipes",
-    "build_method": ("nac_tf.recipes", "method_for_run"),
     "view_pair_dataset": "nac_tf.recipes",
     "load_source": "nac_tf.data.catalog",
     "ExportedModel": "nac_tf.export",

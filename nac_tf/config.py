@@ -208,7 +208,7 @@ def validate_config(config: PretrainConfig, num_replicas: Optional[int] = None,
     that the global batch splits evenly over replicas. Filesystem checks (data_dir) happen
     here too, so a typo fails before any graph is built. `require_model_dir=False`: a
     configuration used without a run directory (a method built for `model.fit`,
-    `nac_tf.training.build_method`).
+    `nac_tf.recipes.method_for_run`).
     """
     _one_of("method", config.method, method_names())
     for setting in _declared.values():

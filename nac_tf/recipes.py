@@ -150,7 +150,7 @@ def input_statistics_of(config: PretrainConfig, source, image_size):
 def method_for_run(config: PretrainConfig, source):
     """The method of `config` as a compiled keras.Model, for `model.fit` on
     `view_pair_dataset(config, source)`: what `pretrain` trains, without its run directory,
-    checkpoints, distribution or evaluation (`nac_tf.build_method`).
+    checkpoints, distribution or evaluation (`nac_tf.method_for_run`).
 
     `source`: the training data (an ImageSource, e.g. `load_source("digits", image_size=8)`),
     which fixes the image size (`run_image_size`), the input normalisation

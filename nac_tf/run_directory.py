@@ -30,8 +30,7 @@ import os
 import re
 import shutil
 
-from nac_tf.config import (FIXED_RUN_FIELDS, RESUMABLE_RUN_FIELDS, ConfigError,
-                           PretrainConfig)
+from nac_tf.config import FIXED, RESUMABLE, ConfigError, PretrainConfig, run_fields
 from nac_tf.errors import cannot_write, error_reason, write_problem
 
 logger = logging.getLogger(__name__)
@@ -111,14 +110,16 @@ def check_run_directory(config: PretrainConfig):
     if not isinstance(previous, dict):
         raise ConfigError("model_dir", f"{path_in(model_dir, FLAGS_FILE)} does not hold a "
                           "run's settings; repair or remove it, or use a new model_dir")
+    # Read now, not at import: a method registered since adds its fields.
+    fixed_fields, resumable_fields = run_fields(FIXED), run_fields(RESUMABLE)
     changed = {k: (previous.get(k), getattr(config, k))
-               for k in FIXED_RUN_FIELDS + RESUMABLE_RUN_FIELDS
+               for k in fixed_fields + resumable_fields
                if previous.get(k) != getattr(config, k)}
 
     def listed(names):
         return ", ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in names)
 
-    fixed = [k for k in FIXED_RUN_FIELDS if k in changed]
+    fixed = [k for k in fixed_fields if k in changed]
     if fixed:
         raise ConfigError("model_dir", f"{model_dir!r} holds a run with different settings "
                           f"that its checkpoints cannot be resumed with ({listed(fixed)}); "

@@ -15,10 +15,10 @@ STEMS = ("auto",) + ENCODER_STEMS  # auto: cifar up to 64 px, imagenet above
 
 LR_SCALINGS = ("none", "linear", "sqrt")  # nac_tf.optim.scaled_learning_rate
 LARS_RULES = ("simclr", "all", "authors")  # nac_tf.optim.lars_rule_arguments
-# nac_tf.training.make_optimizer: lars (nac_tf.optim.LARS, the default), adam
+# nac_tf.recipes.make_optimizer: lars (nac_tf.optim.LARS, the default), adam
 # (nac_tf.optim.AdamL2: torch's Adam with coupled L2, the AMDIM authors' optimizer).
 OPTIMIZERS = ("lars", "adam")
-# nac_tf.training.learning_rate_schedule: warmup_cosine (nac_tf.optim.WarmupCosineSchedule,
+# nac_tf.recipes.learning_rate_schedule: warmup_cosine (nac_tf.optim.WarmupCosineSchedule,
 # the default), warmup_step (nac_tf.optim.WarmupStepSchedule: constant after the warm-up,
 # multiplied by lr_decay_factor at each of lr_decay_fractions of training; the AMDIM authors').
 LR_SCHEDULES = ("warmup_cosine", "warmup_step")
@@ -28,12 +28,12 @@ BATCH_NORM_MODES = ("sync", "per_replica", "per_view")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")  # nac_tf.precision
 # What loaders of image files do with a file they cannot decode.
 ON_CORRUPT = ("skip", "raise")
-# The view recipe (nac_tf.training.augmentation_config): simclr, SimCLR's family set by the
+# The view recipe (nac_tf.recipes.augmentation_config): simclr, SimCLR's family set by the
 # fields crop_area_min, flip, jitter_strength, jitter_prob, grayscale_prob, blur_prob (the
 # CIFAR and MoCo-v2 recipes); amdim, the AMDIM authors' (nac_tf.data.views.amdim_recipe at
 # the run's image size), which fixes all of those itself.
 AUGMENTATIONS = ("simclr", "amdim")
-# Where the views are augmented (nac_tf.training.input_augmentation): host, all of it in the
+# Where the views are augmented (nac_tf.recipes.input_augmentation): host, all of it in the
 # input pipeline; device, the crop there and the colour stages in the train step.
 AUGMENT_ON = ("host", "device")
 
@@ -283,6 +283,6 @@ RUN_SETTINGS = (
             "even so."),
 )
 
-# The fields of augmentation="simclr" (nac_tf.training.augmentation_config).
+# The fields of augmentation="simclr" (nac_tf.recipes.augmentation_config).
 SIMCLR_AUGMENTATION_FIELDS = ("crop_area_min", "flip", "jitter_strength", "jitter_prob",
                               "grayscale_prob", "blur_prob")

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from nac_tf.export import ExportModule
 from nac_tf.models import (
-    BATCH_NORM_PATH_PATTERN, ProjectionHead, build_encoder, clone_encoder, encoder_output_dim,
+    BATCH_NORM_PATH_PATTERN, ProjectionHead, build_encoder, clone_encoder,
     load_encoder_weights)
 from nac_tf.models.amdim import (
     AMDIM_SIZES, AMDIMEmbedding, amdim_feature_channels, amdim_feature_maps, build_amdim)
@@ -253,7 +253,7 @@ def trainable_count(model):
 def test_amdim_small_parameter_count():
     model = build_encoder("amdim_small", (32, 32, 3))
     assert trainable_count(model) == hand_count(32, 128, 1024, 10) == 27_760_128
-    assert encoder_output_dim("amdim_small") == 1024
+    assert model.output_shape[-1] == 1024
 
 
 @pytest.mark.parametrize("size, use_bn", [(32, True), (64, False), (128, True)])
@@ -265,8 +265,6 @@ def test_tiny_parameter_counts(size, use_bn):
 def test_registered_sizes_and_output_widths():
     assert AMDIM_SIZES["amdim_small"] == (128, 1024, 10)  # paper Sec. 4, CIFAR small
     assert AMDIM_SIZES["amdim_large"] == (256, 2048, 10)  # paper Table 2 caption
-    for name, (_, nrkhs, _) in AMDIM_SIZES.items():
-        assert encoder_output_dim(name) == nrkhs
     model = build_encoder("amdim_xs", (32, 32, 3), stem="imagenet", model_name="encoder")
     assert amdim_feature_channels(model) == (256, 128, 128)
     assert model.get_layer("block1_unit0_conv1").filters == 64

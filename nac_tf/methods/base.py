@@ -156,12 +156,6 @@ class TwoViewMethod(keras.Model):
                 forward(view1), forward(view2))
         return forward(keras.ops.concatenate([view1, view2], axis=0))
 
-    def encode_views(self, view1, view2, training, encoder=None):
-        """Representations [h(view1); h(view2)] of `encoder` (default: the online one)."""
-        encoder = encoder or self.encoder
-        return self.forward_views(lambda images: encoder(images, training=training),
-                                  view1, view2)
-
     def step_seed(self):
         """The stateless seed [2] (run seed, optimizer step) of this step's per-row draws:
         fresh every step, the same on every replica, again after a resume (step 0 before the

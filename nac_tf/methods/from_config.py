@@ -4,7 +4,7 @@ import logging
 
 from nac_tf.config import PretrainConfig
 from nac_tf.methods import MethodConfig, build_method, hyperparameters_of
-from nac_tf.models import build_encoder, encoder_output_dim, load_encoder_weights
+from nac_tf.models import build_encoder, load_encoder_weights
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def method_from_config(config: PretrainConfig, input_statistics, num_replicas=1,
         logger.info("%s", load_encoder_weights(encoder, config.init_weights).describe())
     method = build_method(
         config.method, encoder,
-        method_config(config, encoder_output_dim(config.encoder), num_replicas),
+        method_config(config, int(encoder.output_shape[-1]), num_replicas),
         **hyperparameters_of(config.method, config))
     method.build_networks((image_size, image_size, 3))
     return method

@@ -35,12 +35,12 @@ from nac_tf.models.heads import ProjectionHead
 from nac_tf.models.layers import (
     BATCH_NORM_EPSILON, BATCH_NORM_PATH_PATTERN, DEFAULT_BATCH_NORM_MOMENTUM)
 from nac_tf.models.mixture import MixtureFeatures
-from nac_tf.models.registry import build_encoder, encoder_input_statistics, encoder_output_dim
+from nac_tf.models.registry import build_encoder, encoder_input_statistics
 from nac_tf.models.weights_file import load_encoder_weights
 
 __all__ = [
     "AMDIMEmbedding", "BATCH_NORM_EPSILON", "BATCH_NORM_PATH_PATTERN",
     "DEFAULT_BATCH_NORM_MOMENTUM", "amdim_feature_channels", "amdim_feature_maps",
     "MixtureFeatures", "ProjectionHead", "build_encoder", "clone_encoder",
-    "clone_head", "encoder_input_statistics", "encoder_output_dim", "load_encoder_weights",
+    "clone_head", "encoder_input_statistics", "load_encoder_weights",
 ]

@@ -29,12 +29,6 @@ def build_encoder(name, input_shape, *, stem="cifar", mean=None, std=None,
     return resolve(spec.builder)(tuple(input_shape), **kwargs)
 
 
-def encoder_output_dim(name):
-    """Width F of the representation h of encoder `name`, known before building it (a
-    built encoder's is `encoder.output_shape[-1]`)."""
-    return encoder_spec(name).feature_dim
-
-
 def encoder_input_statistics(name):
     """(mean, std) that encoder `name` requires for its inputs, or None when the dataset's
     statistics apply (`nac_tf.data.catalog.dataset_statistics`)."""

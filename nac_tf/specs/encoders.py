@@ -34,9 +34,8 @@ class EncoderSpec:
       builders accept and ignore it).
     builder: "module:function" of the builder, called as
       builder(input_shape, *, stem, mean, std, synchronized_batch_norm, batch_norm_momentum,
-      name[, zero_init_residual]) -> keras.Model images [N, H, W, C] -> h [N, feature_dim].
-    feature_dim: the width F of h, for code that needs it before the model is built (a
-      built model's is `encoder.output_shape[-1]`; tests check the two agree).
+      name[, zero_init_residual]) -> keras.Model images [N, H, W, C] -> h [N, F] (F, the
+      width, is the built model's `output_shape[-1]`).
     input_statistics: (mean, std) of [0, 1] pixels fixed by the weights the encoder is made
       to load; None: the dataset's statistics apply (`nac_tf.data.catalog`).
     """
@@ -44,7 +43,6 @@ class EncoderSpec:
     name: str
     family: str
     builder: str
-    feature_dim: int
     input_statistics: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
 
     def __post_init__(self):
@@ -64,19 +62,18 @@ class EncoderSpec:
 
 
 ENCODER_SPECS = (
-    EncoderSpec("resnet18", "resnet", "nac_tf.models.resnet:resnet18", 512),
-    EncoderSpec("resnet34", "resnet", "nac_tf.models.resnet:resnet34", 512),
-    EncoderSpec("resnet50", "resnet", "nac_tf.models.resnet:resnet50", 2048),
-    EncoderSpec("resnet_tiny", "resnet", "nac_tf.models.resnet:resnet_tiny", 128),
-    EncoderSpec("vgg16_bn", "vgg", "nac_tf.models.vgg:vgg16_bn", 512),
+    EncoderSpec("resnet18", "resnet", "nac_tf.models.resnet:resnet18"),
+    EncoderSpec("resnet34", "resnet", "nac_tf.models.resnet:resnet34"),
+    EncoderSpec("resnet50", "resnet", "nac_tf.models.resnet:resnet50"),
+    EncoderSpec("resnet_tiny", "resnet", "nac_tf.models.resnet:resnet_tiny"),
+    EncoderSpec("vgg16_bn", "vgg", "nac_tf.models.vgg:vgg16_bn"),
     # keras.applications' VGG16 (no BatchNorm), its inputs fixed for its ImageNet weights.
-    EncoderSpec("vgg16", "vgg", "nac_tf.models.vgg:vgg16", 512,
+    EncoderSpec("vgg16", "vgg", "nac_tf.models.vgg:vgg16",
                 input_statistics=(VGG16_MEAN, VGG16_STD)),
-    EncoderSpec("small_cnn", "small_cnn", "nac_tf.models.small_cnn:small_cnn", 128),
-    # feature_dim = nrkhs of nac_tf.models.amdim.AMDIM_SIZES.
-    EncoderSpec("amdim_small", "amdim", "nac_tf.models.amdim:amdim_small", 1024),
-    EncoderSpec("amdim_large", "amdim", "nac_tf.models.amdim:amdim_large", 2048),
-    EncoderSpec("amdim_xs", "amdim", "nac_tf.models.amdim:amdim_xs", 256),
+    EncoderSpec("small_cnn", "small_cnn", "nac_tf.models.small_cnn:small_cnn"),
+    EncoderSpec("amdim_small", "amdim", "nac_tf.models.amdim:amdim_small"),
+    EncoderSpec("amdim_large", "amdim", "nac_tf.models.amdim:amdim_large"),
+    EncoderSpec("amdim_xs", "amdim", "nac_tf.models.amdim:amdim_xs"),
 )
 ENCODERS = tuple(spec.name for spec in ENCODER_SPECS)
 
