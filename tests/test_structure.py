@@ -93,3 +93,30 @@ def test_library_modules_speak_of_settings_not_flags():
                 if flag.search(line):
                     offenders.append(f"{os.path.relpath(path, REPO)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+# The longest module the package may hold: beyond it a module holds several families.
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_holds_more_than_one_family_of_code():
+    long_modules = []
+    for name, path in _modules().items():
+        with open(path) as f:
+            lines = sum(1 for _ in f)
+        if lines > MAX_MODULE_LINES:
+            long_modules.append(f"{name}: {lines} lines")
+    assert not long_modules, "\n".join(long_modules)
+
+
+def test_readme_layout_table_names_every_module_and_package():
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    table = readme[readme.index("## What is implemented, and where"):]
+    # Each top-level module and subpackage, by its path; a package's modules may be named
+    # inside its row.
+    missing = [entry for entry in sorted(os.listdir(PACKAGE))
+               if not entry.startswith(("_", ".")) and (entry.endswith(".py") or os.path.isdir(
+                   os.path.join(PACKAGE, entry)))
+               and f"nac_tf/{entry}{'/' if not entry.endswith('.py') else ''}" not in table]
+    assert not missing, f"README's layout table lacks {missing}"
