@@ -312,7 +312,7 @@ def run_flip_sweep(args, seeds, hashing_records):
             "±1 bits' covariance (128 for independent balanced bits, 1 when all bits repeat "
             "one); the mean |correlation| between two bits. (1-2p)^2 is the weight the "
             "denominator of Eq. 19 puts on correlations between bits, relative to each bit's "
-            "own variance, in its expansion for small codes (see the README's Results).\n\n"
+            "own variance, in its expansion for small codes (see docs/results.md).\n\n"
             + table + "\n\n![linear top-1, mAP and code statistics against p](flip_sweep.png)\n")
     write_report("flip_sweep", {"steps": args.steps, "batch_size": args.batch_size,
                                 "seeds": seeds,

@@ -1,4 +1,4 @@
-"""Checks the small-code expansion of NAC's denominator that the README's Results use.
+"""Checks the small-code expansion of NAC's denominator that docs/results.md uses.
 
     python benchmarks/small_code_expansion.py
 

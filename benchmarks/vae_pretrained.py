@@ -17,7 +17,7 @@ far into one table (Table 5). Training checkpoints every `--checkpoint_every` st
 runs/vae/<--name>/: the same command resumes a killed run from its last checkpoint, with the
 batches it had not seen yet.
 
-CPU-scale Table 5 (results/vae/results.md, README "Results"). The paper trains a ResNet-18
+CPU-scale Table 5 (results/vae/results.md, docs/results.md). The paper trains a ResNet-18
 VAE for 100 epochs on CIFAR-10; at CPU scale the encoders are the `resnet_tiny` ones of the
 Table 1 runs of benchmarks/reproduce_paper.py (NAC p = 0.1, SimCLR, MoCo-v2; 1 000 LARS steps
 on the 40 000 training images of the bit-exact CIFAR-10 split, `--experiment=linear`), and

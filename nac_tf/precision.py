@@ -12,7 +12,7 @@ the hardware has native units for it:
   older GPUs: float32;
 - CPUs with avx512_bf16 or amx_bf16 (AMD Zen 4, Intel Cooper Lake / Sapphire Rapids):
   mixed_bfloat16, which oneDNN runs on those instructions (1.35-1.66x float32's step
-  measured on a Zen 4, README "Speed"); other CPUs: float32.
+  measured on a Zen 4, docs/speed.md); other CPUs: float32.
 
 "Safe": tests/test_precision.py bounds how far both mixed policies drift from float32 over
 training steps (first loss within the policy's unit roundoff, update direction within

@@ -218,12 +218,12 @@ RUN_SETTINGS = (
             "float32, mixed_bfloat16, mixed_float16 (losses stay float32) or auto: the "
             "fastest one with native hardware support here (TPU and GPUs of compute "
             "capability >= 8.0: mixed_bfloat16; 7.x: mixed_float16; CPUs with avx512_bf16 or "
-            "amx_bf16: mixed_bfloat16, 1.35-1.66x float32's step on a Zen 4, README Speed; "
+            "amx_bf16: mixed_bfloat16, 1.35-1.66x float32's step on a Zen 4, docs/speed.md; "
             "otherwise float32). The run logs what auto picked.",
             choices=PRECISIONS, run=FIXED),
     Setting("jit_compile", False,
             "XLA-compile the per-replica step: for GPUs and TPUs; on CPUs XLA's step is "
-            "slower than TensorFlow's oneDNN one (0.65x, ResNet-50; README Speed) and the "
+            "slower than TensorFlow's oneDNN one (0.65x, ResNet-50; docs/speed.md) and the "
             "trainer says so."),
     Setting("deterministic", False,
             "Op determinism (tf.config.experimental.enable_op_determinism): reruns and "

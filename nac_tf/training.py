@@ -61,7 +61,7 @@ from nac_tf.summaries import (PROBE_SIZE, CodeHistogram, write_final_metrics,
 logger = logging.getLogger(__name__)
 
 # XLA's CPU backend compiles convolutions to its own kernels, not to the oneDNN ones
-# TensorFlow's CPU kernels use (benchmarks/step_throughput.py, README "Speed").
+# TensorFlow's CPU kernels use (benchmarks/step_throughput.py, docs/speed.md).
 CPU_XLA_WARNING = (
     "warning: jit_compile on a machine without GPU or TPU: XLA's CPU step is slower than "
     "TensorFlow's own (ResNet-50, batch 32: 0.65x; measured with "
