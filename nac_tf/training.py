@@ -26,10 +26,10 @@ nothing. Messages go to the `nac_tf.training` logger (the commands print them).
 
 Multi-worker (MultiWorkerMirroredStrategy; `distribute.worker_role`): every worker runs
 this function; only the chief writes the run directory (flags.json, input statistics,
-TensorBoard, checkpoints, results.json) and evaluates. The other workers save their checkpoints to a temporary
-directory that is deleted again (all workers must take part in a save), and all restore
-from the chief's checkpoints (a shared filesystem, as TensorFlow's multi-worker recipe
-assumes).
+TensorBoard, checkpoints, results.json) and evaluates. The other workers save their
+checkpoints to a temporary directory that is deleted again (all workers must take part in a
+save), and all restore from the chief's checkpoints (a shared filesystem, as TensorFlow's
+multi-worker recipe assumes).
 """
 import logging
 import math
