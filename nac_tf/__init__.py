@@ -5,8 +5,9 @@ What a notebook needs, importable from here (README, "Python API"):
 - `PretrainConfig`: every setting of a pretraining run (`nac_tf.config`).
 - `pretrain(config)`: a whole run into `config.model_dir`, as `nac-train` does.
 - `load_source(dataset, ...)`: a dataset as an `ImageSource` (`nac_tf.data.catalog`).
-- `method_for_run(config, source)`: the method as a compiled keras.Model for `model.fit`, and `view_pair_dataset(config,
-  source)`: its input, batches of two augmented views (`nac_tf.recipes`).
+- `method_for_run(config, source)`: the method as a compiled keras.Model for `model.fit`,
+  and `view_pair_dataset(config, source)`: its input, batches of two augmented views
+  (`nac_tf.recipes`).
 - `export_saved_model(model_dir, export_dir)`, `load_exported_model(export_dir)` and
   `ExportedModel` (also `ExportedModel.from_method(model)` for a model in memory):
   `features`, `hash_codes` and `codes` of uint8 images (`nac_tf.export`).

@@ -30,7 +30,8 @@ one pass over the database per query on all cores, no distance matrix and no sor
 Without it, or with backend="numpy", distances are computed on 64-bit words
 (``np.bitwise_count``) for a few queries at a time, in worker threads (NumPy releases the
 GIL), stable AP uses NumPy's stable argsort of the small-integer distances (a radix sort),
-and the expected mode, radius precision and PR curve only need per-distance counts. Every backend gives the same results.
+and the expected mode, radius precision and PR curve only need per-distance counts. Every
+backend gives the same results.
 
 Modules, by family: `inputs` (checks and packing of codes and labels, relevance),
 `distances` (the NumPy and FAISS distance backends and the choice of backend),
