@@ -6,13 +6,13 @@ the numbers the library functions give on the same SavedModel in this process.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from nac_tf.config import PretrainConfig
 from nac_tf.data import catalog
 from nac_tf.cli import checks
 from nac_tf.cli import linear_eval as linear_eval_command
@@ -22,9 +22,7 @@ from nac_tf.evaluation.linear import (LinearEvalConfig, linear_evaluation,
                                       linear_evaluation_from_images)
 from nac_tf.evaluation.mlp import MLPEvalConfig, mlp_evaluation
 from nac_tf.evaluation.report import embed, float_image_encoder
-from nac_tf.export import (METADATA_FILE, export_saved_model, load_exported_model,
-                           read_export_metadata)
-from nac_tf.training import pretrain
+from nac_tf.export import METADATA_FILE, load_exported_model, read_export_metadata
 
 from test_bad_input import _error_lines, _run_concurrently, unprivileged
 
@@ -49,17 +47,12 @@ def _ok(result):
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    """A tiny NAC run (small CNN on 8x8 digits, 3 steps), exported."""
-    tmp_path = tmp_path_factory.mktemp("cli_evaluation")
-    config = PretrainConfig(
-        method="nac", dataset="digits", image_size=IMAGE_SIZE, encoder="small_cnn",
-        batch_size=32, train_steps=3, learning_rate=0.5, warmup_epochs=0.2,
-        code_dim=CODE_DIM, head_hidden_dim=32, crop_area_min=0.5, flip=False,
-        jitter_prob=0.0, grayscale_prob=0.0, checkpoint_every_steps=3, log_every_steps=3,
-        queue_size=128, evaluate=False, model_dir=str(tmp_path / "run"))
-    pretrain(config, log=lambda *_: None)
-    return export_saved_model(config.model_dir, str(tmp_path / "saved_model"))
+def export_dir(tiny_run, tiny_export, tmp_path_factory):
+    """A copy of the session's tiny NAC run's export (tests/conftest.py: small CNN on 8x8
+    digits): the commands write their reports beside it."""
+    assert (tiny_run.config.image_size, tiny_run.config.code_dim) == (IMAGE_SIZE, CODE_DIM)
+    return shutil.copytree(tiny_export.path,
+                           str(tmp_path_factory.mktemp("cli_evaluation") / "saved_model"))
 
 
 @pytest.fixture(scope="module")

@@ -68,12 +68,12 @@ def test_query_subset_is_fixed_by_the_seed():
         query_subset(100, 0, seed=0)
 
 
-def test_trajectory_has_every_eval_step_and_matches_the_final_evaluation(tmp_path):
-    # steps_per_loop=5 divides neither the evaluation (2) nor the checkpoint (3) interval:
-    # the loop must still stop at 2, 3, 4 and 6.
-    config = _tiny(tmp_path, steps_per_loop=5)
-    messages = []
-    results = pretrain(config, log=messages.append)
+def test_trajectory_has_every_eval_step_and_matches_the_final_evaluation(tiny_run):
+    # The session's shared run (tests/conftest.py). steps_per_loop=5 divides neither the
+    # evaluation (2) nor the checkpoint (3) interval: the loop must still stop at 2, 3, 4, 6.
+    config, results, messages = tiny_run.config, tiny_run.results, tiny_run.messages
+    assert (config.train_steps, config.eval_every_steps, config.checkpoint_every_steps,
+            config.steps_per_loop) == (6, 2, 3, 5)
     run = config.model_dir
     trajectory = results["trajectory"]
     assert [entry["step"] for entry in trajectory] == [2, 4, 6]
