@@ -73,11 +73,16 @@ def _hash_codes(model, images):
     return embed(model, images, BATCH, ("hash_codes",))["hash_codes"]
 
 
-def test_linear_eval_report_equals_the_library(export_dir, model, digits):
+def test_linear_eval_report_equals_the_library(export_dir, model, digits, tmp_path):
+    # --classifier=both: the linear probe with its rate search, the kNN and the MLP probe
+    # in one command (each command starts TensorFlow: ~10 s).
     result = _ok(_run(LINEAR_EVAL, f"--saved_model={export_dir}", "--dataset=digits",
-                      "--epochs=3", "--learning_rates=0.1,1", "--knn_k=20"))
+                      "--epochs=3", "--learning_rates=0.1,1", "--knn_k=20",
+                      "--classifier=both", "--mlp_learning_rates=0.1,1",
+                      "--mlp_hidden_dim=32", "--mlp_dropout=0.1"))
     path = os.path.join(export_dir, "linear_eval_digits.json")  # the default output
-    assert f"Report: {path}" in result.stdout and "linear top-1" in result.stdout
+    assert f"Report: {path}" in result.stdout and "Linear and MLP evaluation" in result.stdout
+    assert "linear top-1" in result.stdout and "mlp top-1" in result.stdout
     with open(path) as f:
         report = json.load(f)
 
@@ -87,6 +92,8 @@ def test_linear_eval_report_equals_the_library(export_dir, model, digits):
     assert report["metadata"] == read_export_metadata(export_dir)
     assert report["protocol"]["linear"]["epochs"] == 3
     assert report["protocol"]["knn"] == {"k": 20, "temperature": 0.1}
+    assert report["protocol"]["classifiers"] == ["linear", "mlp"]
+    assert report["protocol"]["mlp"]["hidden_dim"] == 32
     for key in ("linear_top1", "knn_top1"):
         assert 0.0 <= report[key] <= 1.0
     assert report["linear_learning_rate"] in (0.1, 1.0)
@@ -101,6 +108,25 @@ def test_linear_eval_report_equals_the_library(export_dir, model, digits):
     assert report["linear_learning_rate"] == expected.learning_rate
     assert report["knn_top1"] == knn_accuracy(train, digits.train_labels, test,
                                               digits.test_labels, 10, k=20, temperature=0.1)
+    expected = mlp_evaluation(train, digits.train_labels, test, digits.test_labels, 10,
+                              MLPEvalConfig(epochs=3, learning_rates=(0.1, 1.0),
+                                            hidden_dim=32, dropout=0.1))
+    assert report["mlp"] == expected.to_dict()
+    assert report["mlp_top1"] == expected.top1
+    assert report["mlp_learning_rate"] == expected.learning_rate
+    assert set(report["mlp_validation_top1"]) == {"0.1", "1.0"}
+
+    # --classifier=mlp alone, in this process (a second subprocess costs ~10 s): the
+    # command's evaluate() on the settings its flags give.
+    mlp_only = str(tmp_path / "mlp.json")
+    settings = dict(report, metadata=read_export_metadata(export_dir), image_size=0,
+                    output=mlp_only, batch_size=BATCH, validation_fraction=0.1,
+                    augment=False, knn_k=0, epochs=3, classifiers=("mlp",),
+                    learning_rates=(0.1,),
+                    mlp_learning_rates=(0.1, 1.0), mlp_hidden_dim=32, mlp_dropout=0.1)
+    alone = exported_evaluation.json_ready(linear_eval_command.evaluate(settings))
+    assert alone["linear_top1"] is None and "linear" not in alone
+    assert alone["mlp"] == report["mlp"]  # the probes do not depend on each other
 
 
 def test_linear_eval_augmented_equals_the_library(export_dir, model, digits, tmp_path):
@@ -116,40 +142,6 @@ def test_linear_eval_augmented_equals_the_library(export_dir, model, digits, tmp
         float_image_encoder(model), digits.train_images, digits.train_labels,
         digits.test_images, digits.test_labels, 10, config, batch_size_encode=BATCH)
     assert report["linear"] == expected.to_dict()
-
-
-def test_linear_eval_mlp_classifier_equals_the_library(export_dir, model, digits, tmp_path):
-    both, mlp_only = str(tmp_path / "both.json"), str(tmp_path / "mlp.json")
-    result = _ok(_run(LINEAR_EVAL, f"--saved_model={export_dir}", "--dataset=digits",
-                      "--classifier=both", "--epochs=2", "--learning_rates=0.1",
-                      "--mlp_learning_rates=0.1,1", "--mlp_hidden_dim=32",
-                      "--mlp_dropout=0.1", "--knn_k=0", f"--output={both}"))
-    assert "Linear and MLP evaluation" in result.stdout
-    assert "linear top-1" in result.stdout and "mlp top-1" in result.stdout
-    with open(both) as f:
-        report = json.load(f)
-    assert report["protocol"]["classifiers"] == ["linear", "mlp"]
-    assert report["protocol"]["mlp"]["hidden_dim"] == 32
-    train, test = _features(model, digits.train_images), _features(model, digits.test_images)
-    expected = mlp_evaluation(train, digits.train_labels, test, digits.test_labels, 10,
-                              MLPEvalConfig(epochs=2, learning_rates=(0.1, 1.0),
-                                            hidden_dim=32, dropout=0.1))
-    assert report["mlp"] == expected.to_dict()
-    assert report["mlp_top1"] == expected.top1
-    assert report["mlp_learning_rate"] == expected.learning_rate
-    assert set(report["mlp_validation_top1"]) == {"0.1", "1.0"}
-    assert report["linear_validation_top1"] == {} and 0.0 <= report["linear_top1"] <= 1.0
-
-    # --classifier=mlp alone, in this process (a second subprocess costs ~10 s): the
-    # command's evaluate() on the settings its flags give.
-    settings = dict(report, metadata=read_export_metadata(export_dir), image_size=0,
-                    output=mlp_only, batch_size=BATCH, validation_fraction=0.1,
-                    augment=False, knn_k=0, epochs=2, classifiers=("mlp",),
-                    learning_rates=(0.1,),
-                    mlp_learning_rates=(0.1, 1.0), mlp_hidden_dim=32, mlp_dropout=0.1)
-    alone = exported_evaluation.json_ready(linear_eval_command.evaluate(settings))
-    assert alone["linear_top1"] is None and "linear" not in alone
-    assert alone["mlp"] == report["mlp"]  # the probes do not depend on each other
 
 
 def test_hash_retrieval_report_equals_the_library(export_dir, model, digits):
@@ -266,13 +258,18 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
 
 def test_checks_mirror_the_package_without_tensorflow():
     assert checks.EXPORT_METADATA == os.path.join("assets", METADATA_FILE)
-    # Importing them (as the commands do before checking flags) must not import TensorFlow.
-    for module in ("nac_tf.cli.checks", "nac_tf.evaluation.exported_evaluation",
-                   "nac_tf.cli.linear_eval", "nac_tf.cli.hash_retrieval", "nac_tf.cli.export"):
-        check = f"import sys; import {module}; sys.exit(int('tensorflow' in sys.modules))"
-        result = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=SUBPROCESS_ENV,
-                                capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, f"{module} imports TensorFlow: {result.stderr[-2000:]}"
+    # Importing them (as the commands do before checking flags) must not import TensorFlow:
+    # one process imports them in turn and names the first after which TensorFlow is loaded.
+    modules = ("nac_tf.cli.checks", "nac_tf.evaluation.exported_evaluation",
+               "nac_tf.cli.linear_eval", "nac_tf.cli.hash_retrieval", "nac_tf.cli.export")
+    check = ("import importlib, sys\n"
+             f"for module in {modules!r}:\n"
+             "    importlib.import_module(module)\n"
+             "    if 'tensorflow' in sys.modules:\n"
+             "        sys.exit(module + ' imports TensorFlow')\n")
+    result = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=SUBPROCESS_ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.fixture

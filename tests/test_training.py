@@ -88,20 +88,36 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+def _clis_at_once(*arg_lists):
+    """(exit code, stderr) of `python -m nac_tf.train ARGS` for each of `arg_lists`, run
+    concurrently (each starts TensorFlow, mostly single-threaded Python)."""
+    processes = [subprocess.Popen([sys.executable, "-m", "nac_tf.train", *args], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for args in arg_lists]
+    results = []
+    try:
+        for process in processes:
+            _, stderr = process.communicate(timeout=300)
+            results.append((process.returncode, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return results
+
+
 def test_cli_rejects_bad_flags_before_building_anything(tmp_path):
-    result = _cli("--flagfile=configs/quickstart.flags", "--flip_prob=0.7",
-                  f"--model_dir={tmp_path}")
-    assert result.returncode == 2
-    assert "--flip_prob: 0.7 is outside the accepted range (0.0, 0.5)" in result.stderr
+    quickstart, model_dir = "--flagfile=configs/quickstart.flags", f"--model_dir={tmp_path}"
+    flip_prob, encoder, augment_on = _clis_at_once(
+        [quickstart, "--flip_prob=0.7", model_dir], [quickstart, "--encoder=resnet9", model_dir],
+        [quickstart, "--augment_on=gpu", model_dir])
+    assert flip_prob[0] == 2
+    assert "--flip_prob: 0.7 is outside the accepted range (0.0, 0.5)" in flip_prob[1]
+    assert encoder[0] == 2 and "--encoder: 'resnet9' is not one of" in encoder[1]
+    assert augment_on[0] == 2
+    assert "error: --augment_on: 'gpu' is not one of: host, device" in augment_on[1]
     assert not os.listdir(tmp_path)  # nothing written
-    result = _cli("--flagfile=configs/quickstart.flags", "--encoder=resnet9",
-                  f"--model_dir={tmp_path}")
-    assert result.returncode == 2 and "--encoder: 'resnet9' is not one of" in result.stderr
-    result = _cli("--flagfile=configs/quickstart.flags", "--augment_on=gpu",
-                  f"--model_dir={tmp_path}")
-    assert result.returncode == 2
-    assert "error: --augment_on: 'gpu' is not one of: host, device" in result.stderr
-    assert not os.listdir(tmp_path)
 
 
 def test_final_linear_probe_trains_on_augmented_images(tmp_path, monkeypatch):
