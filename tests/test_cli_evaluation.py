@@ -6,13 +6,13 @@ the numbers the library functions give on the same SavedModel in this process.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from nac_tf.config import PretrainConfig
 from nac_tf.data import catalog
 from nac_tf.cli import checks
 from nac_tf.cli import linear_eval as linear_eval_command
@@ -23,9 +23,7 @@ from nac_tf.evaluation.linear import (LinearEvalConfig, linear_evaluation,
 from nac_tf.evaluation.mlp import MLPEvalConfig, mlp_evaluation
 from nac_tf.evaluation.evaluators import (embed, float_image_encoder,
                                           queries_without_relevant_items, retrieval_report)
-from nac_tf.export import (METADATA_FILE, export_saved_model, load_exported_model,
-                           read_export_metadata)
-from nac_tf.training import pretrain
+from nac_tf.export import METADATA_FILE, load_exported_model, read_export_metadata
 
 from test_bad_input import _error_lines, _run_concurrently, unprivileged
 
@@ -50,17 +48,12 @@ def _ok(result):
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    """A tiny NAC run (small CNN on 8x8 digits, 3 steps), exported."""
-    tmp_path = tmp_path_factory.mktemp("cli_evaluation")
-    config = PretrainConfig(
-        method="nac", dataset="digits", image_size=IMAGE_SIZE, encoder="small_cnn",
-        batch_size=32, train_steps=3, learning_rate=0.5, warmup_epochs=0.2,
-        code_dim=CODE_DIM, head_hidden_dim=32, crop_area_min=0.5, flip=False,
-        jitter_prob=0.0, grayscale_prob=0.0, checkpoint_every_steps=3, log_every_steps=3,
-        queue_size=128, evaluate=False, model_dir=str(tmp_path / "run"))
-    pretrain(config)
-    return export_saved_model(config.model_dir, str(tmp_path / "saved_model"))
+def export_dir(tiny_run, tiny_export, tmp_path_factory):
+    """A copy of the session's tiny NAC run's export (tests/conftest.py: small CNN on 8x8
+    digits): the commands write their reports beside it."""
+    assert (tiny_run.config.image_size, tiny_run.config.code_dim) == (IMAGE_SIZE, CODE_DIM)
+    return shutil.copytree(tiny_export.path,
+                           str(tmp_path_factory.mktemp("cli_evaluation") / "saved_model"))
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +74,16 @@ def _hash_codes(model, images):
     return embed(model, images, BATCH, "hash_codes")
 
 
-def test_linear_eval_report_equals_the_library(export_dir, model, digits):
+def test_linear_eval_report_equals_the_library(export_dir, model, digits, tmp_path):
+    # --classifier=both: the linear probe with its rate search, the kNN and the MLP probe
+    # in one command (each command starts TensorFlow: ~10 s).
     result = _ok(_run(LINEAR_EVAL, f"--saved_model={export_dir}", "--dataset=digits",
-                      "--epochs=3", "--learning_rates=0.1,1", "--knn_k=20"))
+                      "--epochs=3", "--learning_rates=0.1,1", "--knn_k=20",
+                      "--classifier=both", "--mlp_learning_rates=0.1,1",
+                      "--mlp_hidden_dim=32", "--mlp_dropout=0.1"))
     path = os.path.join(export_dir, "linear_eval_digits.json")  # the default output
-    assert f"Report: {path}" in result.stdout and "linear top-1" in result.stdout
+    assert f"Report: {path}" in result.stdout and "Linear and MLP evaluation" in result.stdout
+    assert "linear top-1" in result.stdout and "mlp top-1" in result.stdout
     with open(path) as f:
         report = json.load(f)
 
@@ -95,6 +93,8 @@ def test_linear_eval_report_equals_the_library(export_dir, model, digits):
     assert report["metadata"] == read_export_metadata(export_dir)
     assert report["protocol"]["linear"]["epochs"] == 3
     assert report["protocol"]["knn"] == {"k": 20, "temperature": 0.1}
+    assert report["protocol"]["classifiers"] == ["linear", "mlp"]
+    assert report["protocol"]["mlp"]["hidden_dim"] == 32
     for key in ("linear_top1", "knn_top1"):
         assert 0.0 <= report[key] <= 1.0
     assert report["linear_learning_rate"] in (0.1, 1.0)
@@ -109,6 +109,25 @@ def test_linear_eval_report_equals_the_library(export_dir, model, digits):
     assert report["linear_learning_rate"] == expected.learning_rate
     assert report["knn_top1"] == knn_accuracy(train, digits.train_labels, test,
                                               digits.test_labels, 10, k=20, temperature=0.1)
+    expected = mlp_evaluation(train, digits.train_labels, test, digits.test_labels, 10,
+                              MLPEvalConfig(epochs=3, learning_rates=(0.1, 1.0),
+                                            hidden_dim=32, dropout=0.1))
+    assert report["mlp"] == expected.to_dict()
+    assert report["mlp_top1"] == expected.top1
+    assert report["mlp_learning_rate"] == expected.learning_rate
+    assert set(report["mlp_validation_top1"]) == {"0.1", "1.0"}
+
+    # --classifier=mlp alone, in this process (a second subprocess costs ~10 s): the
+    # command's evaluate() on the settings its flags give.
+    mlp_only = str(tmp_path / "mlp.json")
+    settings = dict(report, metadata=read_export_metadata(export_dir), image_size=0,
+                    output=mlp_only, batch_size=BATCH, validation_fraction=0.1,
+                    augment=False, knn_k=0, epochs=3, classifiers=("mlp",),
+                    learning_rates=(0.1,),
+                    mlp_learning_rates=(0.1, 1.0), mlp_hidden_dim=32, mlp_dropout=0.1)
+    alone = exported_evaluation.json_ready(linear_eval_command.evaluate(settings))
+    assert alone["linear_top1"] is None and "linear" not in alone
+    assert alone["mlp"] == report["mlp"]  # the probes do not depend on each other
 
 
 def test_linear_eval_augmented_equals_the_library(export_dir, model, digits, tmp_path):
@@ -124,40 +143,6 @@ def test_linear_eval_augmented_equals_the_library(export_dir, model, digits, tmp
         float_image_encoder(model), digits.train_images, digits.train_labels,
         digits.test_images, digits.test_labels, 10, config, batch_size_encode=BATCH)
     assert report["linear"] == expected.to_dict()
-
-
-def test_linear_eval_mlp_classifier_equals_the_library(export_dir, model, digits, tmp_path):
-    both, mlp_only = str(tmp_path / "both.json"), str(tmp_path / "mlp.json")
-    result = _ok(_run(LINEAR_EVAL, f"--saved_model={export_dir}", "--dataset=digits",
-                      "--classifier=both", "--epochs=2", "--learning_rates=0.1",
-                      "--mlp_learning_rates=0.1,1", "--mlp_hidden_dim=32",
-                      "--mlp_dropout=0.1", "--knn_k=0", f"--output={both}"))
-    assert "Linear and MLP evaluation" in result.stdout
-    assert "linear top-1" in result.stdout and "mlp top-1" in result.stdout
-    with open(both) as f:
-        report = json.load(f)
-    assert report["protocol"]["classifiers"] == ["linear", "mlp"]
-    assert report["protocol"]["mlp"]["hidden_dim"] == 32
-    train, test = _features(model, digits.train_images), _features(model, digits.test_images)
-    expected = mlp_evaluation(train, digits.train_labels, test, digits.test_labels, 10,
-                              MLPEvalConfig(epochs=2, learning_rates=(0.1, 1.0),
-                                            hidden_dim=32, dropout=0.1))
-    assert report["mlp"] == expected.to_dict()
-    assert report["mlp_top1"] == expected.top1
-    assert report["mlp_learning_rate"] == expected.learning_rate
-    assert set(report["mlp_validation_top1"]) == {"0.1", "1.0"}
-    assert report["linear_validation_top1"] == {} and 0.0 <= report["linear_top1"] <= 1.0
-
-    # --classifier=mlp alone, in this process (a second subprocess costs ~10 s): the
-    # command's evaluate() on the settings its flags give.
-    settings = dict(report, metadata=read_export_metadata(export_dir), image_size=0,
-                    output=mlp_only, batch_size=BATCH, validation_fraction=0.1,
-                    augment=False, knn_k=0, epochs=2, classifiers=("mlp",),
-                    learning_rates=(0.1,),
-                    mlp_learning_rates=(0.1, 1.0), mlp_hidden_dim=32, mlp_dropout=0.1)
-    alone = exported_evaluation.json_ready(linear_eval_command.evaluate(settings))
-    assert alone["linear_top1"] is None and "linear" not in alone
-    assert alone["mlp"] == report["mlp"]  # the probes do not depend on each other
 
 
 def test_hash_retrieval_report_equals_the_library(export_dir, model, digits):
@@ -281,14 +266,19 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
 
 def test_checks_mirror_the_package_without_tensorflow():
     assert checks.EXPORT_METADATA == os.path.join("assets", METADATA_FILE)
-    # Importing them (as the commands do before checking flags) must not import TensorFlow.
-    for module in ("nac_tf.cli.checks", "nac_tf.evaluation.exported_evaluation",
-                   "nac_tf.evaluation.evaluators",
-                   "nac_tf.cli.linear_eval", "nac_tf.cli.hash_retrieval", "nac_tf.cli.export"):
-        check = f"import sys; import {module}; sys.exit(int('tensorflow' in sys.modules))"
-        result = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=SUBPROCESS_ENV,
-                                capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, f"{module} imports TensorFlow: {result.stderr[-2000:]}"
+    # Importing them (as the commands do before checking flags) must not import TensorFlow:
+    # one process imports them in turn and names the first after which TensorFlow is loaded.
+    modules = ("nac_tf.cli.checks", "nac_tf.evaluation.exported_evaluation",
+               "nac_tf.evaluation.evaluators",
+               "nac_tf.cli.linear_eval", "nac_tf.cli.hash_retrieval", "nac_tf.cli.export")
+    check = ("import importlib, sys\n"
+             f"for module in {modules!r}:\n"
+             "    importlib.import_module(module)\n"
+             "    if 'tensorflow' in sys.modules:\n"
+             "        sys.exit(module + ' imports TensorFlow')\n")
+    result = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=SUBPROCESS_ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.fixture

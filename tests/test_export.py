@@ -19,7 +19,6 @@ from nac_tf.export import (IMAGE_FORMAT, METADATA_FILE, export_saved_model,
 from nac_tf.methods.from_config import method_from_config
 from nac_tf.run_directory import (INPUT_STATISTICS_FILE, check_export_dir,
                                   prepare_run_directory, restore_pretrained_method)
-from nac_tf.training import pretrain
 
 from test_bad_input import _error_lines, _run_concurrently, unprivileged
 
@@ -101,24 +100,21 @@ def _assert_matches_keras(outputs, h, a):
 
 
 @pytest.fixture(scope="module")
-def nac_export(tmp_path_factory):
-    """(run directory, export directory) of a tiny NAC run exported by nac-export."""
-    tmp_path = tmp_path_factory.mktemp("export")
-    config = _tiny_config(tmp_path)
-    pretrain(config)
-    run = config.model_dir
-    export_dir = str(tmp_path / "saved_model")
-    result = subprocess.run(
-        [*EXPORT, f"--model_dir={run}", f"--export_dir={export_dir}"],
-        cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+def nac_export(tiny_run, tiny_export):
+    """(run directory, export directory) of the session's tiny NAC run, exported by
+    nac-export (tests/conftest.py)."""
+    assert (tiny_run.config.image_size, tiny_run.config.code_dim) == (IMAGE_SIZE, CODE_DIM)
+    return tiny_run.model_dir, tiny_export.path
+
+
+def test_command_prints_the_signatures_and_the_export_path(nac_export, tiny_export):
+    _, export_dir = nac_export
     for line in ("features: features float32 [None, 128]",
                  "serving_default: features float32 [None, 128]",
                  f"hash_codes: hash_codes uint8 [None, {CODE_DIM // 8}]",
                  f"codes: codes float32 [None, {CODE_DIM}]",
                  f"Export path: {export_dir}"):
-        assert line in result.stdout, result.stdout
-    return run, export_dir
+        assert line in tiny_export.stdout, tiny_export.stdout
 
 
 _RELOAD_SCRIPT = textwrap.dedent("""
@@ -176,7 +172,7 @@ def test_metadata_asset_describes_the_export(nac_export):
     assert metadata["method"] == "nac" and metadata["image_size"] == IMAGE_SIZE
     assert metadata["code_dim"] == CODE_DIM and metadata["hash_code_bytes"] == CODE_DIM // 8
     assert metadata["feature_dim"] == 128
-    assert metadata["checkpoint"].endswith("ckpt-3")
+    assert metadata["checkpoint"].endswith("ckpt-6")
     assert len(metadata["input_statistics"]["mean"]) == 3
 
 

@@ -70,12 +70,12 @@ def test_query_subset_is_fixed_by_the_seed():
         query_subset(100, 0, seed=0)
 
 
-def test_trajectory_has_every_eval_step_and_matches_the_final_evaluation(tmp_path, caplog):
-    # steps_per_loop=5 divides neither the evaluation (2) nor the checkpoint (3) interval:
-    # the loop must still stop at 2, 3, 4 and 6.
-    config = _tiny(tmp_path, steps_per_loop=5)
-    caplog.set_level(logging.INFO, logger="nac_tf")
-    results = pretrain(config)
+def test_trajectory_has_every_eval_step_and_matches_the_final_evaluation(tiny_run):
+    # The session's shared run (tests/conftest.py). steps_per_loop=5 divides neither the
+    # evaluation (2) nor the checkpoint (3) interval: the loop must still stop at 2, 3, 4, 6.
+    config, results, messages = tiny_run.config, tiny_run.results, tiny_run.messages
+    assert (config.train_steps, config.eval_every_steps, config.checkpoint_every_steps,
+            config.steps_per_loop) == (6, 2, 3, 5)
     run = config.model_dir
     trajectory = results["trajectory"]
     assert [entry["step"] for entry in trajectory] == [2, 4, 6]
@@ -89,7 +89,7 @@ def test_trajectory_has_every_eval_step_and_matches_the_final_evaluation(tmp_pat
     # Same weights (the last step) and the same kNN as the final evaluation.
     assert trajectory[-1]["knn_top1"] == results["knn_top1"]
     assert 0.0 <= results["final_metrics"]["code_norm_sq"] <= config.code_dim
-    assert sum("eval at step" in m and "knn_top1" in m for m in caplog.messages) == 3
+    assert sum("eval at step" in m and "knn_top1" in m for m in messages) == 3
     assert _tensorboard_steps(run, "eval/knn_top1") == [2, 4, 6]
     checkpoints = tf.train.get_checkpoint_state(os.path.join(run, "checkpoints"))
     assert [int(p.rsplit("-", 1)[1]) for p in checkpoints.all_model_checkpoint_paths] == [3, 6]

@@ -216,6 +216,9 @@ def test_flag_changes_are_checked_before_anything_is_written(finished_run, tmp_p
                                          for m in caplog.messages)
     with open(os.path.join(model_dir, FLAG_CHANGES_FILE)) as f:
         assert json.load(f) == [{"step": 6, "changes": {"train_steps": {"old": 6, "new": 8}}}]
+    # The same command again trains nothing and returns the stored results.
+    assert pretrain(_config(model_dir, train_steps=8, allow_flag_changes=True)) == results
+    assert "finished this run already (step 8)" in caplog.messages[-1]
 
 
 def test_a_checkpoint_of_other_networks_is_refused_untouched(finished_run, tmp_path):

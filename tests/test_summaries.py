@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nac_tf.config import PretrainConfig
 from nac_tf.data.pipeline import first_view_pairs
 from nac_tf.data.sources import load_digits_source
 from nac_tf.data.views import ViewPairAugmenter
@@ -17,23 +16,18 @@ from nac_tf.summaries import FINAL_METRICS, NUM_VIEW_PAIRS, PROBE_SIZE, final_me
 from nac_tf.run_directory import restore_pretrained_method
 from nac_tf.evaluation.pretraining import summary_table
 from nac_tf.recipes import augmentation_config
-from nac_tf.training import pretrain
 
 IMAGE_SIZE = 8
 CODE_DIM = 16
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """(config, results, {tag: [(step, tensor)]}) of one tiny evaluated run."""
-    config = PretrainConfig(
-        method="nac", dataset="digits", image_size=IMAGE_SIZE, encoder="small_cnn",
-        batch_size=32, train_steps=4, learning_rate=0.5, warmup_epochs=0.2,
-        code_dim=CODE_DIM, head_hidden_dim=32, crop_area_min=0.5, flip=False,
-        jitter_prob=0.0, grayscale_prob=0.0, knn_k=10, checkpoint_every_steps=4,
-        log_every_steps=2, linear_eval_epochs=1, linear_eval_augment=False, mlp_eval_epochs=1,
-        model_dir=str(tmp_path_factory.mktemp("summaries") / "run"))
-    results = pretrain(config)
+def run(tiny_run):
+    """(config, results, {tag: [(step, tensor)]}) of the session's evaluated tiny run
+    (tests/conftest.py: 6 steps, summaries every 2, linear and MLP probes of 1 epoch)."""
+    config, results = tiny_run.config, tiny_run.results
+    assert (config.image_size, config.code_dim) == (IMAGE_SIZE, CODE_DIM)
+    assert (config.mlp_eval_epochs, config.linear_eval_augment) == (1, False)
     with open(os.path.join(config.model_dir, "results.json")) as f:
         assert json.load(f) == results
     directory = os.path.join(config.model_dir, "tensorboard")
@@ -55,7 +49,7 @@ def test_final_metrics_are_the_results_at_the_last_step(run):
     assert sorted(written) == sorted(expected)
     for name, value in expected.items():
         (step, tensor), = written[name]
-        assert step == results["steps"] == 4
+        assert step == results["steps"] == 6
         assert float(tensor) == pytest.approx(value, rel=1e-6)  # stored as float32
 
 
@@ -78,7 +72,7 @@ def test_final_report_has_the_mlp_probe_beside_the_linear_one(run):
 def test_code_histogram_summarises_the_probe_pre_activations(run):
     config, _, summaries = run
     histograms = summaries["codes/pre_activations"]
-    assert [step for step, _ in histograms] == [0, 2, 4]  # the start, then every log step
+    assert [step for step, _ in histograms] == [0, 2, 4, 6]  # the start, every log step
     digits = load_digits_source(image_size=IMAGE_SIZE, seed=config.seed)
     probe = digits.train_images[:PROBE_SIZE]
     for _, buckets in histograms:

@@ -3,6 +3,7 @@ references written from the equations, the importance-sampling estimator against
 whose log p(x) is analytic, and the model itself (training, two optimizers, restoring a
 pretraining run's encoder)."""
 import math
+import os
 
 import keras
 import numpy as np
@@ -10,11 +11,9 @@ import pytest
 import tensorflow as tf
 from scipy.stats import multivariate_normal
 
-from nac_tf.config import PretrainConfig
 from nac_tf.experiments import likelihood
 from nac_tf.experiments.vae import (PretrainedEncoderVAE, build_decoder, encoder_of_run,
                                     evaluate_vae, random_encoder)
-from nac_tf.training import pretrain
 
 
 def _np_log_sigmoid(x):
@@ -277,21 +276,15 @@ def test_importance_log_likelihood_bounds_the_elbo():
         -result["log_likelihood"] / (8 * 8 * 3 * math.log(2.0)))
 
 
-def test_encoder_restored_from_a_pretraining_run(tmp_path):
-    config = PretrainConfig(
-        method="nac", dataset="digits", image_size=8, encoder="small_cnn", batch_size=32,
-        train_steps=3, learning_rate=0.5, warmup_epochs=0.2, code_dim=16, head_hidden_dim=32,
-        crop_area_min=0.5, flip=False, jitter_prob=0.0, grayscale_prob=0.0, knn_k=10,
-        checkpoint_every_steps=3, log_every_steps=3, model_dir=str(tmp_path / "run"),
-        linear_eval_epochs=1)
-    pretrain(config)
-    checkpoint = tf.train.load_checkpoint(str(tmp_path / "run" / "checkpoints"))
+def test_encoder_restored_from_a_pretraining_run(tiny_run):
+    config = tiny_run.config  # the session's shared run (tests/conftest.py): 8 px digits
+    directory = os.path.join(config.model_dir, "checkpoints")
+    checkpoint = tf.train.load_checkpoint(directory)
     encoder, statistics = encoder_of_run(config.model_dir)
     assert statistics["image_size"] == 8
     # The restored weights are the checkpoint's: every encoder variable equals a tensor
     # stored in the checkpoint file, read back here without the model (optimizer slots left
     # out), and training moved them away from any fresh initialisation (below).
-    directory = str(tmp_path / "run" / "checkpoints")
     stored = [checkpoint.get_tensor(name) for name, _ in tf.train.list_variables(directory)
               if "OPTIMIZER_SLOT" not in name and "VARIABLE_VALUE" in name]
     for variable in encoder.weights:
