@@ -6,8 +6,8 @@ CNN on scikit-learn's digits, the quickstart's recipe, D = 128) and require the 
 the training images' codewords to reach 3/4 of min(D (1 - H(p)), log2 N): a code that uses
 most of what the channel can carry. At p = 0.1 it does. At p = 0.4 (the paper's hashing
 setting, 3.7 bits) the codes collapse onto a few codewords (under 1 bit at lr 2), the known
-failure of results/code_capacity/ (benchmarks/code_capacity.py). Why (README, "Why NAC's
-bits become copies of one another at high p"): for codes as small as these runs keep, the
+failure of results/code_capacity/ (benchmarks/code_capacity.py). Why (docs/results.md, "Why
+NAC's bits become copies of one another at high p"): for codes as small as these runs keep, the
 objective couples two bits only with weight (1 - 2p)^2 (0.04 at p = 0.4), so the bits are
 free to repeat one another, and here they end up carrying less than the channel allows. That
 case is a strict xfail: it is reported as failing, and turns the suite red the day the
