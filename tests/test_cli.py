@@ -67,6 +67,17 @@ def test_train_flag_errors_exit_2_before_tensorflow(args, message):
     assert not _imports_tensorflow(result.stderr)
 
 
+def test_setting_errors_exit_2_before_tensorflow(tmp_path):
+    # Every setting is checked against its declaration before TensorFlow starts.
+    result = _run("nac_tf.cli.train", "--config=quickstart", "--flip_prob=0.7",
+                  f"--model_dir={tmp_path / 'run'}", python_args=("-X", "importtime"))
+    assert result.returncode == 2, (result.stdout, result.stderr[-2000:])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: --flip_prob: 0.7 is outside the accepted range (0.0, 0.5)"]
+    assert not _imports_tensorflow(result.stderr)
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_importing_nac_tf_does_not_import_tensorflow():
     check = ("import sys, nac_tf, nac_tf.cli.train; "
              "sys.exit(int('tensorflow' in sys.modules))")
@@ -82,19 +93,21 @@ _CPP_ERROR_LINE = re.compile(r"^(E\d{4} \d\d:\d\d:|\d{4}-\d\d-\d\d [\d:.]+: E )"
 
 @pytest.mark.parametrize("verbosity", [None, "0"])
 def test_tensorflow_start_up_info_lines_only_with_verbosity(tmp_path, verbosity):
-    """A command that imports TensorFlow (nac-train stops at --flip_prob, which is checked
-    after the import) prints its error and, by default, nothing from TensorFlow below
+    """A command that imports TensorFlow (nac-train stops at --strategy=multi_worker without
+    TF_CONFIG, which only a started TensorFlow can tell) prints its error and, by default,
+    nothing from TensorFlow below
     ERROR (on a machine without a CUDA driver TensorFlow 2.21 still logs "failed call to
     cuInit" at ERROR); --verbosity=0 lets TensorFlow's INFO lines through."""
     env = {k: v for k, v in SUBPROCESS_ENV.items()
-           if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
-    args = ["--config=quickstart", "--flip_prob=0.7", f"--model_dir={tmp_path / 'run'}"]
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "TF_CONFIG")}
+    args = ["--config=quickstart", "--strategy=multi_worker", f"--model_dir={tmp_path / 'run'}"]
     if verbosity is not None:
         args.append(f"--verbosity={verbosity}")
     result = subprocess.run([sys.executable, "-m", "nac_tf.cli.train", *args], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
-    error = "error: --flip_prob: 0.7 is outside the accepted range (0.0, 0.5)"
+    error = ("error: --strategy: multi_worker needs the TF_CONFIG environment variable "
+             "describing the cluster and this worker's task")
     if verbosity is None:
         *others, last = result.stderr.splitlines()
         assert last == error

@@ -131,13 +131,13 @@ def main(argv):
     # first step boundary, not answered with a KeyboardInterrupt traceback.
     stop = _StopOnSignal()
     config = config_from_flags()
-    # Before validate_config: checking the encoder and strategy names imports Keras, and
-    # with it TensorFlow.
-    common.import_tensorflow()
+    # Every setting is checked against its declaration without TensorFlow (nac_tf.config
+    # imports none), so a bad flag costs no TensorFlow start-up.
     try:
         validate_config(config)
     except ConfigError as error:
         common.exit_with_flag_error(error)
+    common.import_tensorflow()
     from nac_tf.checkpointing import CheckpointWriteError
     from nac_tf.distribute import WorkerLostError
     from nac_tf.training import NonFiniteLossError, TrainingInterrupted, pretrain
