@@ -5,7 +5,7 @@ A method's own hyperparameters are declared with the method (`nac_tf.methods.reg
 `nac_tf.config.PretrainConfig` has a field for each setting of both. In help texts a name in
 backquotes is another setting, which the command line shows as its flag.
 """
-from nac_tf.settings import (FIXED, RESUMABLE, Setting, non_negative, positive,
+from nac_tf.settings import (FIXED, RESUMABLE, Setting, alternatives, non_negative, positive,
                              unit_interval)
 from nac_tf.specs.datasets import DATASETS
 from nac_tf.specs.encoders import ENCODERS
@@ -39,11 +39,6 @@ AUGMENT_ON = ("host", "device")
 
 
 
-def _alternatives(names):
-    """'a, b or c'."""
-    return ", ".join(names[:-1]) + " or " + names[-1]
-
-
 # In the order of the command line's help; defaults: NAC on CIFAR-10, docs/protocols.md
 # section 1. `method` is checked against the registered methods (nac_tf.config), `data_dir`
 # and `init_weights` by nac_tf.config's own checks.
@@ -75,7 +70,7 @@ RUN_SETTINGS = (
             "with the file's name).",
             choices=ON_CORRUPT),
     Setting("encoder", "resnet50",
-            f"{_alternatives(ENCODERS)}. vgg16 is keras.applications' VGG16 without "
+            f"{alternatives(ENCODERS)}. vgg16 is keras.applications' VGG16 without "
             "BatchNorm (its layer names and weight shapes, its preprocessing: RGB -> BGR and "
             "ImageNet mean subtraction whatever the dataset), for `init_weights` with its "
             "ImageNet weights. The amdim_* encoders (AMDIM paper Sec. 3.6; ndf/nrkhs/ndepth "

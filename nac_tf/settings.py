@@ -31,6 +31,11 @@ class ConfigError(ValueError):
         self.reason = reason
 
 
+def alternatives(names):
+    """'a, b or c': names as a help text lists them."""
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
 def one_of(field, value, accepted):
     """`value`, or ConfigError naming `field` and listing the `accepted` values."""
     if value not in accepted:

@@ -44,6 +44,7 @@ from nac_tf.cli.configs import available_configs, expand_config_args
 from nac_tf.config import ConfigError, PretrainConfig, declared_settings, validate_config
 from nac_tf.errors import cannot_write
 from nac_tf.methods.registry import method_names
+from nac_tf.settings import alternatives
 
 WORKER_LOST_EXIT_CODE = 75  # sysexits.h's EX_TEMPFAIL (see the docstring)
 
@@ -55,8 +56,7 @@ def flag_help(setting):
     """The help of `setting`'s flag: its declared help, naming settings as flags and
     `{methods}` as the registered methods."""
     text = _SETTING_NAME.sub(r"--\1", setting.help)
-    names = method_names()
-    return text.replace("{methods}", ", ".join(names[:-1]) + " or " + names[-1])
+    return text.replace("{methods}", alternatives(method_names()))
 
 
 def define_flags(flag_values=flags.FLAGS):
