@@ -7,7 +7,7 @@ backquotes is another setting, which the command line shows as its flag.
 """
 from nac_tf.settings import (FIXED, RESUMABLE, Setting, alternatives, non_negative, positive,
                              unit_interval)
-from nac_tf.specs.datasets import DATASETS
+from nac_tf.specs.datasets import DATASET_SPECS, DATASETS
 from nac_tf.specs.encoders import ENCODERS
 
 ENCODER_STEMS = ("cifar", "imagenet")  # the ResNet stems (nac_tf.models.layers)
@@ -47,19 +47,16 @@ RUN_SETTINGS = (
             "Pretraining method: {methods} (amdim needs an amdim_* encoder).",
             run=FIXED),
     Setting("dataset", "cifar10",
-            "digits (bundled with scikit-learn), cifar10 / imagenet2012 (TFDS), npz (archive "
-            "with x_train, y_train, x_test, y_test), image_folder (root/<class>/), "
-            "cifar10_hashing (CIFAR-10 retrieval split: trains on 500 images per class, 1000 "
-            "queries per class) or flickr25k (MIRFLICKR-25000 from `data_dir`: trains on 5000 "
-            "images, 2000 queries).",
-            choices=DATASETS, run=FIXED),
+            alternatives([f"{spec.name} ({spec.description})" for spec in DATASET_SPECS])
+            + ".", choices=DATASETS, run=FIXED),
     Setting("data_dir", "",
-            "npz: the .npz file; image_folder: the root; imagenet2012: the TFDS manual dir "
-            "holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar; cifar10: optional "
-            "TFDS data_dir; cifar10_hashing: optional .npz archive or TFDS data_dir; "
-            "flickr25k: the dir holding mirflickr/ and mirflickr25k_annotations_v080/. A TFDS "
-            "data_dir holding cifar-10-binary.tar.gz (copied by hand, no internet needed) "
-            "prepares CIFAR-10 from it; else TFDS downloads it.",
+            "; ".join(f"{spec.name}: {spec.data_dir_needs or spec.data_dir_use}"
+                      for spec in DATASET_SPECS if spec.data_dir_needs or spec.data_dir_use)
+            + "." + "".join(
+                f" A TFDS data_dir holding {' and '.join(spec.tfds_source_files)} (copied by "
+                f"hand, no internet needed) prepares {spec.name} from it; else TFDS downloads "
+                "it." for spec in DATASET_SPECS if spec.tfds_source_files
+                and not spec.data_dir_needs),
             run=RESUMABLE),
     Setting("image_size", 0,
             "Training resolution; 0 keeps the dataset's native size.",

@@ -17,6 +17,8 @@ from nac_tf.specs.datasets import names_where
 MULTI_LABEL_DATASETS = names_where(lambda spec: spec.multi_label)
 # Streamed from TFDS, never held in memory: the commands evaluate arrays only.
 STREAMED_DATASETS = names_where(lambda spec: spec.streamed)
+# Loaded at the image_size setting (the others keep their images' own size).
+RESIZING_DATASETS = names_where(lambda spec: spec.resizes and not spec.streamed)
 # nac_tf.export.METADATA_FILE inside the SavedModel's assets/ (export imports TensorFlow).
 EXPORT_METADATA = os.path.join("assets", "nac_tf_export.json")
 _EXPORT_HINT = "a directory written by nac-export"

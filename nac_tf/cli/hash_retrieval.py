@@ -34,11 +34,13 @@ from nac_tf.evaluation import exported_evaluation
 def define_flags(flag_values=flags.FLAGS):
     define = common.define_evaluation_data_flags(
         flag_values,
-        dataset_help=f"Dataset: one of {', '.join(DATASETS)} (not imagenet2012: streamed). "
+        dataset_help=f"Dataset: one of {', '.join(DATASETS)} (not "
+        f"{', '.join(checks.STREAMED_DATASETS)}: streamed). "
         "cifar10_hashing and flickr25k use their retrieval protocol; the others query the "
         "training split with the test split.",
-        image_size_help="Size the resizing loaders (digits, image_folder, flickr25k) load "
-        "images at; 0: the SavedModel's training size.",
+        image_size_help="Size the resizing loaders "
+        f"({', '.join(checks.RESIZING_DATASETS)}) load images at; 0: the SavedModel's "
+        "training size.",
         seed_help="Seed of the dataset's split (the retrieval split of cifar10_hashing and "
         "flickr25k).")
     define("integer", "batch_size", 256, "Images per SavedModel call.")

@@ -30,12 +30,18 @@ from nac_tf.cli import checks, common
 from nac_tf.config import DATASETS, ConfigError
 
 
+# The datasets this command evaluates that are loaded at the image_size flag.
+_RESIZED = [name for name in checks.RESIZING_DATASETS
+            if name not in checks.MULTI_LABEL_DATASETS]
+
+
 def define_flags(flag_values=flags.FLAGS):
     define = common.define_evaluation_data_flags(
         flag_values,
-        dataset_help=f"Dataset to evaluate on: one of {', '.join(DATASETS)} (not flickr25k: "
-        "multi-label, not imagenet2012: streamed).",
-        image_size_help="Size the resizing loaders (digits, image_folder) load images at; "
+        dataset_help=f"Dataset to evaluate on: one of {', '.join(DATASETS)} (not "
+        f"{', '.join(checks.MULTI_LABEL_DATASETS)}: multi-label, not "
+        f"{', '.join(checks.STREAMED_DATASETS)}: streamed).",
+        image_size_help=f"Size the resizing loaders ({', '.join(_RESIZED)}) load images at; "
         "0: the SavedModel's training size.",
         seed_help="Seed of the dataset's split and of the probes (validation split, "
         "mini-batch order, augmentation; the MLP's initialisation and dropout).")

@@ -47,6 +47,9 @@ class DatasetSpec:
       machine without internet, ImageNet always (TFDS cannot download it).
     multi_label: labels are multi-hot (no class ids, so no top-1 accuracy).
     streamed: read lazily from TFDS, never held in memory as arrays.
+    description: what the dataset is, for the help of the dataset setting.
+    data_dir_use: what an optional data_dir may be (datasets without `data_dir_needs`), for
+      the help of the data_dir setting.
     """
 
     name: str
@@ -59,6 +62,8 @@ class DatasetSpec:
     tfds_source_files: Tuple[str, ...] = ()
     multi_label: bool = False
     streamed: bool = False
+    description: str = ""
+    data_dir_use: Optional[str] = None
 
     def __post_init__(self):
         unknown = set(self.loader_arguments) - set(LOADER_ARGUMENTS)
@@ -75,26 +80,31 @@ class DatasetSpec:
 
 DATASET_SPECS = (
     DatasetSpec("digits", "nac_tf.data.sources:load_digits_source", ("image_size", "seed"),
-                image_size=16),
+                image_size=16, description="bundled with scikit-learn"),
     DatasetSpec("cifar10", "nac_tf.data.tfds_sources:load_cifar10_source", ("data_dir",),
                 image_size=32, statistics=CIFAR10_STATISTICS,
-                tfds_source_files=("cifar-10-binary.tar.gz",)),
+                tfds_source_files=("cifar-10-binary.tar.gz",), description="TFDS",
+                data_dir_use="optional TFDS data_dir"),
     DatasetSpec("imagenet2012", "nac_tf.data.tfds_sources:load_imagenet_source",
                 ("data_dir", "image_size"), image_size=224, statistics=IMAGENET_STATISTICS,
                 data_dir_needs="the TFDS manual directory holding "
                                + " and ".join(IMAGENET_SOURCE_FILES),
-                tfds_source_files=IMAGENET_SOURCE_FILES, streamed=True),
+                tfds_source_files=IMAGENET_SOURCE_FILES, streamed=True, description="TFDS"),
     DatasetSpec("npz", "nac_tf.data.sources:load_npz_source", ("data_dir",), image_size=None,
                 data_dir_needs=f"the path of the .npz archive ({', '.join(NPZ_KEYS)})",
-                data_dir_kind="npz_file"),
+                data_dir_kind="npz_file",
+                description=f"an archive with {', '.join(NPZ_KEYS)}"),
     DatasetSpec("image_folder", "nac_tf.data.image_folder:load_image_folder_source",
                 ("data_dir", "image_size", "seed", "on_corrupt"), image_size=224,
                 data_dir_needs="the root directory of class folders (root/<class>/<image>)",
-                data_dir_kind="directory"),
+                data_dir_kind="directory", description="root/<class>/"),
     # Pixels of CIFAR-10, so CIFAR-10's statistics.
     DatasetSpec("cifar10_hashing", "nac_tf.data.tfds_sources:load_cifar10_hashing_source",
                 ("data_dir", "seed"), image_size=32, statistics=CIFAR10_STATISTICS,
-                data_dir_kind="npz_file_or_directory"),
+                data_dir_kind="npz_file_or_directory",
+                description="CIFAR-10 retrieval split: trains on 500 images per class, 1000 "
+                            "queries per class",
+                data_dir_use="optional .npz archive or TFDS data_dir"),
     # Flickr photos at ImageNet resolution; the NAC authors normalise them with
     # torchvision's ImageNet statistics (hash_utils.flickr_train_transform).
     DatasetSpec("flickr25k", "nac_tf.data.flickr25k:load_flickr25k_source",
@@ -103,7 +113,9 @@ DATASET_SPECS = (
                 data_dir_needs="the directory holding mirflickr/ (im1.jpg ... im25000.jpg) "
                                "and mirflickr25k_annotations_v080/ (MIRFLICKR-25000 is not "
                                "in TFDS)",
-                data_dir_kind="directory", multi_label=True),
+                data_dir_kind="directory", multi_label=True,
+                description="MIRFLICKR-25000 from `data_dir`: trains on 5000 images, 2000 "
+                            "queries"),
 )
 DATASETS = tuple(spec.name for spec in DATASET_SPECS)
 
