@@ -15,14 +15,12 @@ settings before paying for them.
 import dataclasses
 from typing import Optional, Tuple
 
-from nac_tf.methods.registry import (MQ_NEGATIVES, method_names,  # noqa: F401 (re-exported)
-                                     method_settings, method_spec, on_change)
-from nac_tf.run_settings import (AUGMENT_ON, AUGMENTATIONS, BATCH_NORM_MODES,  # noqa: F401
-                                 ENCODER_STEMS, HEAD_INITIALIZERS, LARS_RULES, LR_SCALINGS,
-                                 LR_SCHEDULES, ON_CORRUPT, OPTIMIZERS, PRECISIONS,
-                                 RUN_SETTINGS, SIMCLR_AUGMENTATION_FIELDS, STEMS, STRATEGIES)
-from nac_tf.settings import (FIXED, RESUMABLE, ConfigError, check_in_range,  # noqa: F401
-                             merge_settings, one_of as _one_of)
+from nac_tf.methods.registry import method_names, method_settings, method_spec, on_change
+from nac_tf.run_settings import (AUGMENT_ON, AUGMENTATIONS, ENCODER_STEMS,  # noqa: F401
+                                 HEAD_INITIALIZERS, LARS_RULES, LR_SCALINGS, LR_SCHEDULES,
+                                 ON_CORRUPT, OPTIMIZERS, PRECISIONS, RUN_SETTINGS,
+                                 SIMCLR_AUGMENTATION_FIELDS, STRATEGIES)
+from nac_tf.settings import FIXED, RESUMABLE, ConfigError, merge_settings, one_of as _one_of
 from nac_tf.specs import datasets as dataset_specs
 from nac_tf.specs import encoders as encoder_specs
 
@@ -168,11 +166,6 @@ def parse_fractions(field, text):
     if any(b <= a for a, b in zip(values, values[1:])):
         raise ConfigError(field, f"{text!r}: the fractions must increase")
     return values
-
-
-# {TFDS dataset: the files TFDS prepares it from} (nac_tf.specs.datasets.DatasetSpec).
-TFDS_SOURCE_FILES = {spec.name: spec.tfds_source_files
-                     for spec in dataset_specs.DATASET_SPECS if spec.tfds_source_files}
 
 
 def validate_data_settings(dataset, data_dir):

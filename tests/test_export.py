@@ -364,12 +364,9 @@ def test_command_gives_one_line_for_another_runs_checkpoint_and_unwritable_expor
 
 
 # ----------------------------------------------------------------------------- TF Serving
-def _readme_serving_section():
-    with open(os.path.join(REPO, "README.md")) as f:
-        readme = f.read()
-    start = readme.index("## Serving with TensorFlow Serving")
-    end = readme.find("\n## ", start + 1)
-    return readme[start:end if end >= 0 else None]
+def _serving_page():
+    with open(os.path.join(REPO, "docs", "serving.md")) as f:
+        return f.read()
 
 
 def _rest_predict(model, body):
@@ -396,9 +393,9 @@ def _quickstart_code_dim():
         return int(re.search(r"^--code_dim=(\d+)$", f.read(), re.MULTILINE).group(1))
 
 
-def test_readme_tf_serving_requests_get_the_documented_answers(nac_export):
+def test_documented_tf_serving_requests_get_the_documented_answers(nac_export):
     _, export_dir = nac_export
-    section = _readme_serving_section()
+    section = _serving_page()
     # The model name and version directory of the docker command, and the export it mounts
     # (nac-export puts saved_model.pb at the top of the export directory).
     model_name = re.search(r"-e MODEL_NAME=(\w+)", section).group(1)
@@ -428,7 +425,7 @@ def test_readme_tf_serving_requests_get_the_documented_answers(nac_export):
     bits = np.unpackbits(np.array(answer["predictions"], np.uint8), axis=1)
     clear = np.abs(codes) > SAFE_MARGIN
     np.testing.assert_array_equal(bits[clear], (codes > 0)[clear])
-    # The answer shown in the README has that structure, for the quickstart's code size.
+    # The answer shown in docs/serving.md has that structure, for the quickstart's code size.
     (documented,) = [json.loads(block) for block in
                      re.findall(r"```json\n(.+?)\n```", section, re.DOTALL)]
     assert list(documented) == ["predictions"] and len(documented["predictions"]) == 2
