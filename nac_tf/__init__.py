@@ -11,6 +11,8 @@ What a notebook needs, importable from here (README, "Python API"):
 - `export_saved_model(model_dir, export_dir)`, `load_exported_model(export_dir)` and
   `ExportedModel` (also `ExportedModel.from_method(model)` for a model in memory):
   `features`, `hash_codes` and `codes` of uint8 images (`nac_tf.export`).
+- `HashIndex`: a searchable index of a collection's hash codes (`nac_tf.search`;
+  docs/search.md).
 - the retrieval metrics of `nac_tf.evaluation.retrieval`: `mean_average_precision`,
   `average_precisions`, `precision_within_hamming_radius`, `precision_recall_curve`,
   `hamming_distances`, `inner_product_map`.
@@ -32,6 +34,7 @@ _EXPORTS = {
     "ExportedModel": "nac_tf.export",
     "export_saved_model": "nac_tf.export",
     "load_exported_model": "nac_tf.export",
+    "HashIndex": "nac_tf.search",
     "mean_average_precision": "nac_tf.evaluation.retrieval",
     "average_precisions": "nac_tf.evaluation.retrieval",
     "precision_within_hamming_radius": "nac_tf.evaluation.retrieval",

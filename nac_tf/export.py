@@ -14,7 +14,8 @@ normalisation is part of the encoder. BatchNorm runs in inference mode.
 
 The module also carries `image_size`, `code_dim`, `feature_dim`, `method`, `input_mean`,
 `input_std` (variables) and the asset `assets/nac_tf_export.json` with the same facts plus the
-run's input statistics and `codes_from`, readable without TensorFlow.
+run's input statistics, `codes_from` and the model's fingerprint `weights_sha256`
+(`weights_fingerprint`), readable without TensorFlow.
 
 Where the codes come from (`codes_from`): the projection head's output a for the methods that
 have one (NAC, NAC-MQ, SimCLR, MoCo-v2: the vector their objective scores); the features
@@ -34,6 +35,7 @@ Wrong inputs, as observed with TensorFlow 2.21:
   `load_exported_model(export_dir)`, whose methods check the array first and raise a short
   ValueError.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -170,6 +172,28 @@ class ExportModule(tf.Module):
                 "hash_codes": self.hash_codes, "codes": self.codes}
 
 
+def weights_fingerprint(module):
+    """The model's fingerprint: sha256 (hex) over what decides its codes: the image size,
+    where the codes come from and the code width, then every weight of the encoder and then
+    of the projection head, in layer order (dtype, shape and bytes of each).
+
+    A run exported, restored from its run directory or wrapped in memory has one fingerprint;
+    a hash index records it and refuses codes of any other model.
+    """
+    metadata = module.metadata
+    digest = hashlib.sha256(json.dumps(
+        {key: metadata[key] for key in ("image_size", "codes_from", "code_dim")},
+        sort_keys=True).encode())
+    networks = [module.encoder] + ([module.projection_head]
+                                   if module.projection_head is not None else [])
+    for network in networks:
+        for weight in network.weights:
+            value = np.ascontiguousarray(weight.numpy())
+            digest.update(f"{value.dtype.str}{list(value.shape)}".encode())
+            digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
 def build_export_module(method, image_size, input_statistics=None):
     """An ExportModule over `method`'s online encoder and projection head.
 
@@ -206,7 +230,8 @@ def export_saved_model(model_dir, export_dir, checkpoint=None, overwrite=False):
         raise ConfigError("export_dir", cannot_write(export_dir, error)) from None
     try:
         metadata = dict(module.metadata, model_dir=os.path.abspath(model_dir),
-                        checkpoint=os.path.abspath(checkpoint))
+                        checkpoint=os.path.abspath(checkpoint),
+                        weights_sha256=weights_fingerprint(module))
         metadata_path = os.path.join(staging, METADATA_FILE)
         with open(metadata_path, "w") as f:
             json.dump(metadata, f, indent=2, sort_keys=True)
@@ -250,6 +275,20 @@ class ExportedModel:
             metadata = read_export_metadata(export_dir)
         self.module = module
         self.metadata = metadata if metadata is not None else {}
+        self._fingerprint = self.metadata.get("weights_sha256")
+
+    @property
+    def fingerprint(self):
+        """The model's fingerprint (`weights_fingerprint`): from the export's metadata, or
+        computed from the networks of an in-memory module. ValueError for an export
+        written before nac_tf recorded it (export it again)."""
+        if self._fingerprint is None:
+            if not isinstance(self.module, ExportModule):
+                raise ValueError(f"the export {self.export_dir!r} has no weights_sha256 in "
+                                 f"assets/{METADATA_FILE} (written by an older nac_tf); "
+                                 "export the run again")
+            self._fingerprint = weights_fingerprint(self.module)
+        return self._fingerprint
 
     @classmethod
     def from_module(cls, module: "ExportModule"):

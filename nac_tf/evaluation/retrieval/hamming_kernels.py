@@ -13,6 +13,11 @@ instead, on all cores (`numba.prange` over queries), with the same results:
   bit for bit.
 - per-distance counts (`bucket_counts`): items and relevant items at every distance, for
   the expected-ties AP, the radius precision and the PR curve.
+- the exact top k (`top_k_hamming`, the hash index's own flat engine): the histogram of a
+  query's distances gives the distance t of its k-th item and where every distance group
+  starts in the result; one more pass in database order writes the items below t and the
+  first items at t into their places, so the k items come out sorted by (distance, id)
+  without a sort.
 
 Distances are popcounts of XOR (or, for the inner-product compatibility mode, bits minus
 the popcount of AND) over a word-major copy of the database, so the distance loop runs
@@ -168,6 +173,50 @@ def _bucket_counts(query_words, db_words, inner_product, num_bits, query_classes
             total[q, distance[i]] += 1
             relevant_total[q, distance[i]] += relevant[i]
     return total, relevant_total
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _top_k(query_words, db_words, num_bits, k, distance_like):
+    num_queries = query_words.shape[0]
+    num_items = db_words.shape[1]
+    ids = np.empty((num_queries, k), np.int64)
+    distances = np.empty((num_queries, k), np.int32)
+    for q in prange(num_queries):
+        distance = np.empty(num_items, distance_like.dtype)
+        _query_distances(query_words[q], db_words, False, num_bits, distance)
+        counts = np.zeros(num_bits + 1, np.int64)
+        for i in range(num_items):
+            counts[distance[i]] += 1
+        # t: the distance of the k-th item; next_slot[d]: where group d continues.
+        next_slot = np.zeros(num_bits + 1, np.int64)
+        before = 0
+        t = 0
+        while before + counts[t] < k:
+            next_slot[t] = before
+            before += counts[t]
+            t += 1
+        next_slot[t] = before
+        slots_at_t = k - before
+        for i in range(num_items):
+            d = distance[i]
+            if d < t or (d == t and slots_at_t > 0):
+                if d == t:
+                    slots_at_t -= 1
+                slot = next_slot[d]
+                next_slot[d] = slot + 1
+                ids[q, slot] = i
+                distances[q, slot] = d
+    return ids, distances
+
+
+def top_k_hamming(query_words, db_words, num_bits, k, num_threads):
+    """The k nearest items of every query by Hamming distance, ties in database order:
+    (ids int64 [Q, k], distances int32 [Q, k]). query_words uint64 [Q, W], db_words uint64
+    [W, N] (word-major), num_bits: 64 W or fewer, the largest possible distance; k <= N."""
+    dtype = np.uint8 if num_bits <= 255 else np.uint16 if num_bits <= 65535 else np.uint32
+    return CompiledRanking._launch(
+        _top_k, num_threads, np.ascontiguousarray(query_words, np.uint64),
+        np.ascontiguousarray(db_words, np.uint64), int(num_bits), int(k), np.zeros(0, dtype))
 
 
 class CompiledRanking:
