@@ -17,6 +17,7 @@ import dataclasses
 import html
 import logging
 import math
+import operator
 import os
 from collections.abc import Mapping, Sequence
 
@@ -95,6 +96,14 @@ def _text(value):
     return html.escape(str(value), quote=True)
 
 
+def _integer(value, name):
+    """`value` as an int (a NumPy integer too), or ValueError naming `name`."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name}: must be an integer; received {value!r}.") from None
+
+
 def _embedded(pixels):
     """`pixels` [H, W, C], block-averaged down by one integer factor so that no side exceeds
     MAX_EMBEDDED_SIDE (the few rows and columns past a whole block are dropped)."""
@@ -120,9 +129,10 @@ def _image_html(image, css_class, box_px, alt, name):
 
 
 def _result_html(rank, result, name):
+    item = _integer(result.id, f"{name}.id")
+    distance = _integer(result.distance, f"{name}.distance")
     classes = "result"
-    attributes = (f'data-id="{_text(int(result.id))}" '
-                  f'data-distance="{_text(int(result.distance))}" data-rank="{rank}"')
+    attributes = f'data-id="{item}" data-distance="{distance}" data-rank="{rank}"'
     mark = ""
     if result.relevant is not None:
         relevant = bool(result.relevant)
@@ -131,10 +141,10 @@ def _result_html(rank, result, name):
         attributes += f' data-relevant="{str(relevant).lower()}"'
         mark = f'<div class="mark">{mark_text}</div>'
     parts = [f'<td class="{classes}" {attributes}>',
-             _image_html(result.image, "thumbnail", THUMBNAIL_CSS_PX, f"id {result.id}",
+             _image_html(result.image, "thumbnail", THUMBNAIL_CSS_PX, f"id {item}",
                          f"{name}.image"),
-             f'<div class="rank">#{rank} &middot; id {_text(int(result.id))}</div>',
-             f'<div class="distance">distance {_text(int(result.distance))}</div>']
+             f'<div class="rank">#{rank} &middot; id {item}</div>',
+             f'<div class="distance">distance {distance}</div>']
     if result.label is not None:
         parts.append(f'<div class="label">label {_text(result.label)}</div>')
     parts.append(mark)
