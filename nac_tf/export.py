@@ -275,20 +275,19 @@ class ExportedModel:
             metadata = read_export_metadata(export_dir)
         self.module = module
         self.metadata = metadata if metadata is not None else {}
-        self._fingerprint = self.metadata.get("weights_sha256")
 
     @property
     def fingerprint(self):
         """The model's fingerprint (`weights_fingerprint`): from the export's metadata, or
-        computed from the networks of an in-memory module. ValueError for an export
+        computed from the current weights of an in-memory module. ValueError for an export
         written before nac_tf recorded it (export it again)."""
-        if self._fingerprint is None:
-            if not isinstance(self.module, ExportModule):
-                raise ValueError(f"the export {self.export_dir!r} has no weights_sha256 in "
-                                 f"assets/{METADATA_FILE} (written by an older nac_tf); "
-                                 "export the run again")
-            self._fingerprint = weights_fingerprint(self.module)
-        return self._fingerprint
+        if isinstance(self.module, ExportModule):  # its weights may still be changing
+            return weights_fingerprint(self.module)
+        if "weights_sha256" not in self.metadata:
+            raise ValueError(f"the export {self.export_dir!r} has no weights_sha256 in "
+                             f"assets/{METADATA_FILE} (written by an older nac_tf); export "
+                             "the run again")
+        return self.metadata["weights_sha256"]
 
     @classmethod
     def from_module(cls, module: "ExportModule"):

@@ -14,7 +14,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"nac-train": "nac_tf.cli.train", "nac-export": "nac_tf.cli.export",
            "nac-linear-eval": "nac_tf.cli.linear_eval",
-           "nac-hash-retrieval": "nac_tf.cli.hash_retrieval"}
+           "nac-hash-retrieval": "nac_tf.cli.hash_retrieval",
+           "nac-hash-index": "nac_tf.cli.hash_index", "nac-hash-search": "nac_tf.cli.hash_search"}
 
 
 def _setup_cfg():

@@ -18,6 +18,7 @@ index does nothing; another collection is added to it with --append. Flags are c
 before TensorFlow is imported; a bad flag or input (an index of another model, an empty
 collection, an unreadable image) exits with code 2 and one line `error: --flag: ...`.
 """
+import logging
 import os
 
 from absl import flags
@@ -73,10 +74,9 @@ def define_flags(flag_values=flags.FLAGS):
                       "--index_dir.", flag_values=flag_values)
 
 
-def check_model_flags(required):
+def check_model_flags(values, required):
     """{"model": path or None, "checkpoint", "flag": the model's flag, "fingerprint": known
     before TensorFlow (an export's metadata) or None}; ConfigError naming the flag."""
-    values = flags.FLAGS
     given = [name for name in MODEL_FLAGS if getattr(values, name)]
     if len(given) > 1:
         raise ConfigError(given[1], "give --saved_model or --model_dir, not both")
@@ -105,10 +105,9 @@ def check_model_flags(required):
             "flag": "model_dir", "fingerprint": None}
 
 
-def check_collection_flags(alternatives=()):
+def check_collection_flags(values, alternatives=()):
     """{"dataset" ...} or {"images": path}, checked; `alternatives`: other flags that may
     give the collection instead (--codes)."""
-    values = flags.FLAGS
     given = [name for name in ("dataset", "images", *alternatives) if getattr(values, name)]
     accepted = " or ".join(f"--{name}" for name in ("dataset", "images", *alternatives))
     if len(given) != 1:
@@ -138,6 +137,13 @@ def open_collection(settings, model_image_size):
         settings["image_size"] or model_image_size)
 
 
+def quiet_faiss_loader():
+    """FAISS's loader logs at INFO which of its builds it loads: shown with --verbosity
+    only, as TensorFlow's own INFO lines."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
 def flag_error(error, renamed):
     """A library ConfigError in the command's words: its parameter becomes the flag
     (`renamed`: {parameter: flag} where they differ)."""
@@ -146,15 +152,16 @@ def flag_error(error, renamed):
     return error
 
 
-def validate_flags():
-    values = flags.FLAGS
+def validate_flags(values=flags.FLAGS):
+    """The settings of the command line `values` (absl FlagValues); ConfigError naming the
+    first unusable flag. An index already in --index_dir is checked against them."""
     if not values.index_dir:
         raise ConfigError("index_dir", "is required: the directory of the index")
     problem = write_problem(os.path.join(values.index_dir, index_files.MANIFEST))
     if problem:
         raise ConfigError("index_dir", problem)
-    model = check_model_flags(required=not values.append)
-    collection = check_collection_flags()
+    model = check_model_flags(values, required=not values.append)
+    collection = check_collection_flags(values)
     params = {}
     for parameter in engines.PARAMETERS:
         value = checks.check_int(parameter.name, getattr(values, parameter.name), 0,
@@ -164,8 +171,11 @@ def validate_flags():
                 raise ConfigError(parameter.name, f"applies to {parameter.kind} indexes; "
                                   f"--index is {values.index}")
             params[parameter.name] = value
-    manifest = index_files.read_manifest(values.index_dir) \
-        if index_files.has_index(values.index_dir) else None
+    try:
+        manifest = index_files.read_manifest(values.index_dir) \
+            if index_files.has_index(values.index_dir) else None
+    except ConfigError as error:
+        raise flag_error(error, {"directory": "index_dir"}) from None
     if manifest is not None:
         if values["index"].present and values.index != manifest["kind"]:
             raise ConfigError("index", f"{values.index_dir!r} holds a {manifest['kind']} index; "
@@ -196,6 +206,7 @@ def model_image_size(location):
 def build(settings):
     """Builds, continues or extends the index; prints what it did."""
     from nac_tf.search import HashIndex  # noqa: PLC0415
+    from nac_tf.search.index import resolve_model  # noqa: PLC0415
 
     directory, model = settings["index_dir"], settings["model"]
     manifest = settings["manifest"]
@@ -204,45 +215,60 @@ def build(settings):
         raise ConfigError("saved_model", f"the index in {directory!r} records no model; "
                           "pass the one that made its codes")
     collection = open_collection(settings["collection"], model_image_size(location))
-    if manifest is not None:
-        described = [{k: v for k, v in part.items() if k != "first_id"}
-                     for part in manifest["parts"]]
-        if collection.description in described:
-            print(f"Nothing to do: the index in {directory} already holds these "
-                  f"{collection.count} images ({manifest['size']} items in all)")
-            return
-        if not settings["append"]:
-            raise ConfigError("append", f"{directory!r} holds a finished index of another "
-                              "collection; pass --append to add this one to it, or choose "
-                              "another --index_dir")
-        from nac_tf.search.index import resolve_model  # noqa: PLC0415
-
-        index = HashIndex.load(directory)
-        override = resolve_model(model["model"], model["checkpoint"])[0] \
-            if model["model"] else None
-        index.add(collection, model=override, batch_size=settings["batch_size"],
-                  progress=True, directory=directory)
-        print(f"Added {collection.count} images to the index in {directory}: {index}")
+    if manifest is None:
+        index = HashIndex.build(model["model"], collection, kind=settings["kind"],
+                                params=settings["params"], batch_size=settings["batch_size"],
+                                directory=directory, progress=True,
+                                checkpoint=model["checkpoint"])
+        print(f"Indexed {collection.count} images in {directory}: {index}")
         return
-    index = HashIndex.build(model["model"], collection, kind=settings["kind"],
-                            params=settings["params"], batch_size=settings["batch_size"],
-                            directory=directory, progress=True,
-                            checkpoint=model["checkpoint"])
-    print(f"Indexed {collection.count} images in {directory}: {index}")
+    index = HashIndex.load(directory)
+    # An export's fingerprint was checked before TensorFlow; a run directory's is known
+    # once its networks are restored (HashIndex.add checks it).
+    override = None
+    if model["model"] and model["fingerprint"] is None:
+        override = resolve_model(model["model"], model["checkpoint"])[0]
+    if override is not None and override.fingerprint != index.fingerprint:
+        raise ConfigError("model", f"the index in {directory!r} holds codes of another model "
+                          "(its fingerprint differs); use the model that built it, or "
+                          "another --index_dir")
+    described = [{k: v for k, v in part.items() if k != "first_id"} for part in index.parts]
+    if collection.description in described:
+        print(f"Nothing to do: the index in {directory} already holds these "
+              f"{collection.count} images ({index.size} items in all)")
+        return
+    if not settings["append"]:
+        raise ConfigError("append", f"{directory!r} holds a finished index of another "
+                          "collection; pass --append to add this one to it, or choose "
+                          "another --index_dir")
+    if override is None and model["model"]:
+        override = resolve_model(model["model"])[0]
+    index.add(collection, model=override, batch_size=settings["batch_size"], progress=True,
+              directory=directory)
+    print(f"Added {collection.count} images to the index in {directory}: {index}")
+
+
+def execute(values=flags.FLAGS):
+    """The command on parsed flags `values`: check them, import TensorFlow, build. Errors
+    are ConfigErrors naming the flag."""
+    renamed = {"directory": "index_dir", "kind": "index"}
+    try:
+        settings = validate_flags(values)
+        renamed.update(model=settings["model"]["flag"],
+                       images=next(iter(settings["collection"])))
+        common.import_tensorflow()
+        build(settings)
+    except ConfigError as error:
+        raise flag_error(error, renamed) from None
 
 
 def main(argv):
     common.reject_arguments(argv)
-    renamed = {"directory": "index_dir", "kind": "index"}
+    quiet_faiss_loader()
     try:
-        settings = validate_flags()
-        renamed.update(model=settings["model"]["flag"],
-                       images=next(iter(settings["collection"])),
-                       data_dir="data_dir")
-        common.import_tensorflow()
-        build(settings)
+        execute()
     except ConfigError as error:
-        common.exit_with_flag_error(flag_error(error, renamed))
+        common.exit_with_flag_error(error)
 
 
 def run(argv=None):

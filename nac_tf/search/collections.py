@@ -117,14 +117,14 @@ class Collection:
         """The images of the given item ids, a list of uint8 [H, W, 3]."""
         return [self.images(int(i), int(i) + 1)[0] for i in ids]
 
-    def name(self, i):
-        """The item's name: its file path relative to the collection's folder, or
-        "<what> i"."""
+    def name(self, i, what="item"):
+        """Item i's name: its file path relative to the collection's folder (or the file's
+        name), else "<what> i"."""
         if self.paths is not None:
             root = self.description.get("path", "")
             return os.path.relpath(self.paths[i], root) if os.path.isdir(root) \
                 else os.path.basename(self.paths[i])
-        return f"item {i}"
+        return f"{what} {i}"
 
 
 class ArrayCollection(Collection):

@@ -207,7 +207,8 @@ class HashIndex:
         kind = engines.check_kind(kind)
         parameters = engines.resolve_parameters(kind, collection.count, params)
         exported, location = resolve_model(model, checkpoint)
-        state = {"fingerprint": exported.fingerprint, "kind": kind, "parameters": parameters}
+        fingerprint = fingerprint_of(exported)
+        state = {"fingerprint": fingerprint, "kind": kind, "parameters": parameters}
         if directory is not None and index_files.has_index(directory):
             existing = cls.load(directory)
             if existing.parts == [dict(collection.description, first_id=0)] and all(
@@ -220,7 +221,7 @@ class HashIndex:
                               "choose another directory")
         codes, partial = encode(exported, collection, batch_size, directory, state, progress)
         index = cls.from_codes(codes, exported.metadata["code_dim"], collection.labels,
-                               collection.paths, kind, parameters, exported.fingerprint,
+                               collection.paths, kind, parameters, fingerprint,
                                engine, collection.description, collection.class_names)
         index.model_location, index._model = location, exported
         if directory is not None:
@@ -263,10 +264,10 @@ class HashIndex:
         the encoding is resumable and the index is saved there at the end."""
         collection = _as_collection(images, labels, paths)
         exported = self._checked_model(model)
-        state = {"fingerprint": exported.fingerprint, "append_to": self.size,
+        state = {"fingerprint": self.fingerprint, "append_to": self.size,
                  "kind": self.kind, "parameters": self.parameters}
         codes, partial = encode(exported, collection, batch_size, directory, state, progress)
-        self.add_codes(codes, collection.labels, collection.paths, exported.fingerprint,
+        self.add_codes(codes, collection.labels, collection.paths, None,
                        collection.description)
         if directory is not None:
             self.save(directory)
@@ -308,18 +309,18 @@ class HashIndex:
         return self._checked_model(None)
 
     def _checked_model(self, model):
-        if model is None:
-            if self._model is None:
-                self._model = load_model(self.model_location)
-                self._check_fingerprint(self._model.fingerprint, "model")
+        """`model` (default: the index's own, loaded once), refused unless its fingerprint
+        is the index's."""
+        if model is None and self._model is not None:
             return self._model
-        exported = resolve_model(model)[0]
-        self._check_fingerprint(exported.fingerprint, "model")
-        return exported
-
-    def _check_fingerprint(self, fingerprint, name):
+        exported = load_model(self.model_location) if model is None \
+            else resolve_model(model)[0]
+        fingerprint = fingerprint_of(exported)
         if self.fingerprint is not None and fingerprint != self.fingerprint:
-            raise ConfigError(name, _another_model(fingerprint, self.fingerprint))
+            raise ConfigError("model", _another_model(fingerprint, self.fingerprint))
+        if model is None:
+            self._model = exported
+        return exported
 
     # ------------------------------------------------------------------------ properties
     @property
@@ -389,6 +390,15 @@ class HashIndex:
     def __repr__(self):
         return (f"HashIndex({self.size} items, {self.code_bits}-bit codes, {self.kind} "
                 f"{self.parameters}, engine {self.engine})")
+
+
+def fingerprint_of(model):
+    """The fingerprint of an ExportedModel; ConfigError("model") for an export without
+    one."""
+    try:
+        return model.fingerprint
+    except ValueError as error:
+        raise ConfigError("model", str(error)) from None
 
 
 def _another_model(fingerprint, expected):
