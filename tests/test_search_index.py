@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from nac_tf import run_directory
 from nac_tf.data import catalog
-from nac_tf.export import ExportedModel, load_exported_model, read_export_metadata
+from nac_tf.export import load_exported_model, read_export_metadata
 from nac_tf.search import HashIndex, collections, index_files
 from nac_tf.settings import ConfigError
 
@@ -108,13 +108,17 @@ def test_hnsw_and_ivf_indexes_are_saved_with_their_faiss_files(model, digits, tm
 
 def test_fingerprint_of_the_export_and_its_run_directory_agree_and_another_model_is_refused(
         tiny_run, model, saved, digits):
-    _, statistics, method, _ = run_directory.restore_run(tiny_run.model_dir)
-    from_run = ExportedModel.from_method(method, statistics)
-    assert from_run.fingerprint == model.fingerprint
-    assert len(model.fingerprint) == 64
+    # An index built from the run directory: its restored networks are the export's.
+    from_directory = HashIndex.build(tiny_run.model_dir, digits.test_images[:50])
+    assert from_directory.fingerprint == model.fingerprint and len(model.fingerprint) == 64
+    assert from_directory.model_location == {
+        "model_dir": os.path.abspath(tiny_run.model_dir),
+        "checkpoint": run_directory.intact_checkpoint(tiny_run.model_dir)}
+    np.testing.assert_array_equal(from_directory.codes, model.hash_codes(digits.test_images[:50]))
+    from_run = from_directory.model()
     index = HashIndex.load(saved)
     index.search(images=digits.test_images[:2], k=3, model=from_run)  # the same model
-    weight = method.encoder.weights[0]
+    weight = from_run.module.encoder.weights[0]
     weight.assign(weight + 1e-3)  # another model: one weight changed in memory
     assert from_run.fingerprint != model.fingerprint
     for call in (lambda: index.search(images=digits.test_images[:2], k=3, model=from_run),

@@ -102,7 +102,7 @@ def validate_flags(values=flags.FLAGS):
 def _read_codes(path, code_bits):
     try:
         codes = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise ConfigError("codes", cannot_read(path, error)) from None
     code_bytes = -(-code_bits // 8)
     if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != code_bytes:
@@ -221,14 +221,25 @@ def _write_report(settings, collection, lines):
         queries.append(ReportQuery(
             line["name"], collection.images_at([q])[0] if collection is not None else None,
             results, line.get("label"), line.get("average_precision")))
+    parameters = dict(index.parameters, **settings["overrides"])
+    location = index.model_location or {}
     details = {"index": os.path.abspath(settings["index_dir"]), "items": index.size,
-               "kind": index.kind, "parameters": dict(index.parameters,
-                                                      **settings["overrides"]),
-               "engine": index.engine, "code bits": index.code_bits, "k": settings["k"],
-               "model": index.model_location, "queries": len(lines)}
+               "kind": index.kind, "engine": index.engine,
+               "parameters": ", ".join(f"{k}={v}" for k, v in parameters.items()) or "none",
+               "code bits": index.code_bits, "k": settings["k"],
+               "model": location.get("saved_model") or location.get("checkpoint")
+               or "not recorded",
+               "queries": f"{len(lines)} of {_described(settings['collection'])}"}
     write_search_report(settings["html"], queries,
                         f"Hash search: {len(lines)} queries, {settings['k']} results each",
                         details)
+
+
+def _described(collection):
+    """The query collection's flags as text."""
+    if "dataset" in collection:
+        return f"{collection['dataset']}, split {collection['split']}"
+    return next(iter(collection.values())) if "images" in collection else "the codes given"
 
 
 def search(settings, out):

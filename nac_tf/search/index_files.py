@@ -122,7 +122,7 @@ def read_data(directory, manifest):
         if paths_path is not None:
             with open(paths_path) as f:
                 paths = json.load(f)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise _corrupt(directory, cannot_read(getattr(error, "filename", None) or directory,
                                               error)) from None
     if codes.dtype != np.uint8 or codes.shape != (size, code_bytes):
@@ -218,7 +218,7 @@ class PartialBuild:
         damaged."""
         try:
             codes = np.load(self.chunk_path(chunk), allow_pickle=False)
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):
             return None
         return codes if codes.dtype == np.uint8 and codes.shape == (rows, code_bytes) \
             else None
