@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -89,6 +90,20 @@ def test_add_continues_the_ids_and_a_save_replaces_every_file(saved, model, digi
     np.testing.assert_array_equal(loaded.labels[1198:], digits.test_labels[:50])
     result = loaded.search(images=digits.test_images[:5], k=1)
     np.testing.assert_array_equal(result.distances, np.zeros((5, 1)))  # they are indexed
+
+
+def test_without_faiss_a_flat_index_runs_on_the_own_kernel_and_hnsw_is_refused(
+        saved, model, digits, monkeypatch):
+    expected = HashIndex.load(saved).search(codes=model.hash_codes(digits.test_images), k=12)
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` fails
+    index = HashIndex.load(saved)
+    assert index.engine == "nac_tf"
+    searched = index.search(codes=model.hash_codes(digits.test_images), k=12)
+    np.testing.assert_array_equal(searched.ids, expected.ids)
+    np.testing.assert_array_equal(searched.distances, expected.distances)
+    with pytest.raises(ConfigError, match=re.escape('kind: a hnsw index needs FAISS: pip '
+                                                    'install "nac_tf[faiss]"')):
+        HashIndex.build(model, digits.test_images, kind="hnsw")
 
 
 def test_hnsw_and_ivf_indexes_are_saved_with_their_faiss_files(model, digits, tmp_path):

@@ -162,6 +162,7 @@ def validate_flags(values=flags.FLAGS):
         raise ConfigError("index_dir", problem)
     model = check_model_flags(values, required=not values.append)
     collection = check_collection_flags(values)
+    engines.default_engine(values.index)  # an approximate kind without FAISS: refused now
     params = {}
     for parameter in engines.PARAMETERS:
         value = checks.check_int(parameter.name, getattr(values, parameter.name), 0,
@@ -234,6 +235,7 @@ def build(settings):
                           "another --index_dir")
     described = [{k: v for k, v in part.items() if k != "first_id"} for part in index.parts]
     if collection.description in described:
+        index_files.remove_finished_partial(directory, collection.description)
         print(f"Nothing to do: the index in {directory} already holds these "
               f"{collection.count} images ({index.size} items in all)")
         return
@@ -254,8 +256,9 @@ def execute(values=flags.FLAGS):
     renamed = {"directory": "index_dir", "kind": "index"}
     try:
         settings = validate_flags(values)
-        renamed.update(model=settings["model"]["flag"],
-                       images=next(iter(settings["collection"])))
+        collection_flag = next(iter(settings["collection"]))
+        renamed.update(model=settings["model"]["flag"], images=collection_flag,
+                       labels=collection_flag)
         common.import_tensorflow()
         build(settings)
     except ConfigError as error:

@@ -132,13 +132,19 @@ def _queries(settings):
                                     progress=True)
 
 
+def _comparable_labels(index, collection):
+    """Whether queries and items have labels of one kind (class ids, or multi-hot rows of
+    one width), so that relevance is defined."""
+    return collection is not None and collection.labels is not None \
+        and index.labels is not None and collection.labels.shape[1:] == index.labels.shape[1:]
+
+
 def _average_precisions(index, collection, codes):
     """AP@all of exact Hamming ranking per query ([Q], NaN for a query with no relevant
-    item), or None without labels on both sides."""
+    item), or None without comparable labels."""
     from nac_tf.evaluation.retrieval import average_precisions  # noqa: PLC0415
 
-    if collection is None or collection.labels is None or index.labels is None \
-            or collection.labels.shape[1:] != index.labels.shape[1:]:
+    if not _comparable_labels(index, collection):
         return None
     return average_precisions(codes, index.codes, collection.labels, index.labels,
                               packed=True).values
@@ -207,13 +213,14 @@ def _write_report(settings, collection, lines):
     index, count = settings["index"], settings["report_queries"]
     lines = lines[:count] if count else lines
     images = _ItemImages(index)
+    comparable = _comparable_labels(index, collection)
     queries = []
     for line in lines:
         q = line["query"]
         results = []
         for entry in line["results"]:
             relevant = None
-            if "label" in line and index.labels is not None:
+            if comparable:
                 relevant = bool(shares_label(collection.labels[q],
                                              index.labels[[entry["id"]]])[0])
             results.append(ReportResult(entry["id"], entry["distance"], images(entry["id"]),

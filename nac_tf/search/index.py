@@ -206,6 +206,7 @@ class HashIndex:
         collection = _as_collection(images, labels, paths)
         kind = engines.check_kind(kind)
         parameters = engines.resolve_parameters(kind, collection.count, params)
+        engine = engine or engines.default_engine(kind)  # no FAISS: refused before encoding
         exported, location = resolve_model(model, checkpoint)
         fingerprint = fingerprint_of(exported)
         state = {"fingerprint": fingerprint, "kind": kind, "parameters": parameters}
@@ -215,6 +216,7 @@ class HashIndex:
                     state[key] == getattr(existing, key) for key in state):
                 logger.info("The index in %s is complete (%d items): nothing to do",
                             directory, existing.size)
+                index_files.remove_finished_partial(directory, collection.description)
                 return existing
             raise ConfigError("directory", f"{directory!r} holds a finished index of another "
                               "collection or with other settings; load it and add to it, or "

@@ -175,6 +175,19 @@ def save(directory, manifest, codes, labels, paths, write_engine=None):
     return manifest
 
 
+def remove_finished_partial(directory, description):
+    """Removes the partial build of the collection `description` once the index holds it
+    (left behind by a kill between the index's save and the partial build's removal)."""
+    path = os.path.join(directory, PARTIAL_DIR)
+    try:
+        with open(os.path.join(path, PARTIAL_STATE)) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return
+    if isinstance(state, dict) and state.get("collection") == description:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class PartialBuild:
     """The codes of an unfinished build, saved chunk by chunk in <directory>/partial.
 
