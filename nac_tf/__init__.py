@@ -13,6 +13,9 @@ What a notebook needs, importable from here (README, "Python API"):
   `features`, `hash_codes` and `codes` of uint8 images (`nac_tf.export`).
 - `HashIndex`: a searchable index of a collection's hash codes (`nac_tf.search`;
   docs/search.md).
+- `export_keras_model(model_dir, path)`: the encoder as a .keras file that
+  `keras.saving.load_model` opens without nac_tf, and `keras_encoder_model(model)`, that
+  keras.Model of a model in memory (`nac_tf.keras_export`).
 - the retrieval metrics of `nac_tf.evaluation.retrieval`: `mean_average_precision`,
   `average_precisions`, `precision_within_hamming_radius`, `precision_recall_curve`,
   `hamming_distances`, `inner_product_map`.
@@ -35,6 +38,8 @@ _EXPORTS = {
     "export_saved_model": "nac_tf.export",
     "load_exported_model": "nac_tf.export",
     "HashIndex": "nac_tf.search",
+    "export_keras_model": "nac_tf.keras_export",
+    "keras_encoder_model": "nac_tf.keras_export",
     "mean_average_precision": "nac_tf.evaluation.retrieval",
     "average_precisions": "nac_tf.evaluation.retrieval",
     "precision_within_hamming_radius": "nac_tf.evaluation.retrieval",
