@@ -24,6 +24,7 @@ from nac_tf.search import HashIndex, collections
 from nac_tf.settings import ConfigError
 
 from test_bad_input import _error_lines
+from test_search_index import brute_force
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBPROCESS_ENV = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
@@ -68,13 +69,6 @@ def digits_index(export, tmp_path_factory):
     HashIndex.build(export, collections.dataset_collection("digits", "train", image_size=8),
                     batch_size=16, directory=directory)
     return directory
-
-
-def brute_force(query_codes, db_codes, k):
-    query_bits, db_bits = np.unpackbits(query_codes, axis=1), np.unpackbits(db_codes, axis=1)
-    distances = (query_bits[:, None, :] != db_bits[None, :, :]).sum(axis=2)
-    ids = np.argsort(distances, axis=1, kind="stable")[:, :k]
-    return ids, np.take_along_axis(distances, ids, axis=1)
 
 
 def test_killed_build_continues_and_the_search_equals_brute_force_with_its_report(

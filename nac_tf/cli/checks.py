@@ -2,8 +2,7 @@
 
 Each raises `nac_tf.config.ConfigError` naming the flag (`--saved_model: ...`), which the
 commands print as `error: <message>` with exit code 2. Importing this module does not import
-TensorFlow: the commands check their flags with it first and only then pay for TensorFlow;
-`load_arrays_source` imports the data loaders when called.
+TensorFlow: the commands check their flags with it first and only then pay for TensorFlow.
 """
 import json
 import math
@@ -120,18 +119,3 @@ def output_path(flag, path, default):
     if not os.path.isdir(parent):  # the reports are written into an existing directory
         raise ConfigError(flag, f"the directory {parent!r} does not exist")
     return path
-
-
-def load_arrays_source(dataset, data_dir, image_size, seed):
-    """`load_source` for the commands: errors about the data become ConfigError("data_dir")."""
-    from nac_tf.data.catalog import load_source
-
-    try:
-        source = load_source(dataset, data_dir=data_dir or None, image_size=image_size or None,
-                             seed=seed)
-    except (FileNotFoundError, ValueError) as error:
-        raise ConfigError("data_dir", f"cannot load --dataset={dataset}: {error}") from None
-    if not source.has_arrays:
-        raise ConfigError("dataset", f"{dataset} is streamed; these commands need a dataset "
-                          "held in memory")
-    return source

@@ -265,13 +265,20 @@ def execute(values=flags.FLAGS):
         raise flag_error(error, renamed) from None
 
 
-def main(argv):
-    common.reject_arguments(argv)
-    quiet_faiss_loader()
-    try:
-        execute()
-    except ConfigError as error:
-        common.exit_with_flag_error(error)
+def command_main(execute_command):
+    """The absl main of a search command (this one, nac-hash-search) that runs
+    `execute_command()`: a ConfigError becomes one `error: --flag: ...` line, exit 2."""
+    def main(argv):
+        common.reject_arguments(argv)
+        quiet_faiss_loader()
+        try:
+            execute_command()
+        except ConfigError as error:
+            common.exit_with_flag_error(error)
+    return main
+
+
+main = command_main(execute)
 
 
 def run(argv=None):

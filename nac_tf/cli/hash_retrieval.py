@@ -82,10 +82,11 @@ def validate_flags():
 def evaluate(settings):
     """Loads model and data, computes the codes and the metrics; the report dict."""
     from nac_tf.evaluation.evaluators import Embeddings, HashRetrieval, retrieval_sets
+    from nac_tf.data.catalog import load_arrays_source
     from nac_tf.export import load_exported_model
 
     metadata = settings["metadata"]
-    source = checks.load_arrays_source(
+    source = load_arrays_source(
         settings["dataset"], settings["data_dir"],
         settings["image_size"] or metadata["image_size"], settings["seed"])
     *_, sets = retrieval_sets(source)

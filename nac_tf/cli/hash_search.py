@@ -32,10 +32,9 @@ import numpy as np
 from absl import flags
 
 from nac_tf.cli import checks, common
-from nac_tf.cli.hash_index import (check_collection_flags, check_model_flags,
+from nac_tf.cli.hash_index import (check_collection_flags, check_model_flags, command_main,
                                    define_collection_flags, define_model_flags, flag_error,
-                                   model_image_size, open_collection,
-                                   quiet_faiss_loader)
+                                   model_image_size, open_collection)
 from nac_tf.config import ConfigError
 from nac_tf.errors import cannot_read, cannot_write
 from nac_tf.search import engines
@@ -290,13 +289,7 @@ def execute(values=flags.FLAGS):
     return lines
 
 
-def main(argv):
-    common.reject_arguments(argv)
-    quiet_faiss_loader()
-    try:
-        execute()
-    except ConfigError as error:
-        common.exit_with_flag_error(error)
+main = command_main(execute)
 
 
 def _messages_to_stderr():

@@ -131,10 +131,11 @@ def evaluate(settings):
     from nac_tf.evaluation.linear import LinearEvalConfig
     from nac_tf.evaluation.mlp import MLPEvalConfig
     from nac_tf.evaluation.report import EvaluationConfig, classification_evaluators
+    from nac_tf.data.catalog import load_arrays_source
     from nac_tf.export import load_exported_model
 
     metadata = settings["metadata"]
-    source = checks.load_arrays_source(
+    source = load_arrays_source(
         settings["dataset"], settings["data_dir"],
         settings["image_size"] or metadata["image_size"], settings["seed"])
     if source.multi_label:

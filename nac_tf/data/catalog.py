@@ -16,6 +16,23 @@ FALLBACK_MEAN = (0.5, 0.5, 0.5)
 FALLBACK_STD = (0.25, 0.25, 0.25)
 
 
+def load_arrays_source(dataset, data_dir=None, image_size=None, seed=0):
+    """`load_source` of a dataset held in memory (not streamed), for the evaluation commands
+    and the search collections: errors about the data are ConfigError("data_dir"), a
+    streamed dataset ConfigError("dataset"). Falsy data_dir / image_size: the defaults."""
+    from nac_tf.settings import ConfigError
+
+    try:
+        source = load_source(dataset, data_dir=data_dir or None, image_size=image_size or None,
+                             seed=seed)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError("data_dir", f"cannot load dataset {dataset}: {error}") from None
+    if not source.has_arrays:
+        raise ConfigError("dataset", f"{dataset} is streamed; this needs a dataset held in "
+                          "memory")
+    return source
+
+
 def load_source(dataset, data_dir=None, image_size=None, seed=0, on_corrupt="skip"):
     """The ImageSource of `dataset` (one of `nac_tf.config.DATASETS`).
 

@@ -159,19 +159,12 @@ def array_collection(images, labels=None, paths=None):
 def dataset_collection(dataset, split, data_dir=None, seed=0, image_size=None):
     """A split (`SPLITS`) of a dataset of `nac_tf.data.catalog`. Errors about the data are
     ConfigError("data_dir") (or "dataset"/"split")."""
-    from nac_tf.data.catalog import load_source  # noqa: PLC0415 (imports TensorFlow)
+    from nac_tf.data.catalog import load_arrays_source  # noqa: PLC0415 (imports TensorFlow)
     from nac_tf.evaluation.evaluators import retrieval_sets  # noqa: PLC0415
 
     if split not in SPLITS:
         raise ConfigError("split", f"{split!r} is not one of: {', '.join(SPLITS)}")
-    try:
-        source = load_source(dataset, data_dir=data_dir or None, image_size=image_size or None,
-                             seed=seed)
-    except (FileNotFoundError, ValueError) as error:
-        raise ConfigError("data_dir", f"cannot load dataset {dataset}: {error}") from None
-    if not source.has_arrays:
-        raise ConfigError("dataset", f"{dataset} is streamed; a collection must be held in "
-                          "memory")
+    source = load_arrays_source(dataset, data_dir, image_size, seed)
     query_images, query_labels, database_images, database_labels, _ = retrieval_sets(source)
     images, labels = {
         "train": (source.train_images, source.train_labels),
