@@ -121,6 +121,41 @@ def code_bit_statistics(packed_codes, code_dim):
     return statistics
 
 
+def authors_hash_map(query_packed, database_packed, query_labels, database_labels,
+                     num_classes, chunk=500):
+    """mAP@all as the NAC authors' `hash_utils.mean_average_precision` computes it (their
+    run_hash.py: R = the database size), reproduced step by step:
+
+    - codes: float32 {0, 1} bits (their `(out > 0).float()`); labels: float32 one-hot rows;
+    - ranking: `sim = gallery_hash @ query_hash.T` (float32 inner products, the number of
+      shared 1-bits, NOT Hamming distance), `np.argsort(-sim, axis=0)` with NumPy's default
+      (unstable) sort, so items of equal inner product come in the order that sort leaves;
+    - relevance: the query's one-hot row with its zeros set to -1, compared element-wise
+      with the item's: relevant when any position matches (a shared class);
+    - AP = sum(precision@rank x relevant) / (relevant items), queries without a relevant
+      item left out of the mean.
+
+    Queries are processed `chunk` at a time: argsort along axis 0 sorts every column by
+    itself, so a column's order does not depend on which other columns are in the matrix.
+    """
+    gallery = np.unpackbits(database_packed, axis=1).astype(np.float32)
+    gallery_target = np.eye(num_classes, dtype=np.float32)[database_labels]
+    query_target = np.eye(num_classes, dtype=np.float32)[query_labels]
+    ranks = np.arange(1, len(gallery) + 1, dtype=np.float64)
+    precisions = []
+    for start in range(0, len(query_packed), chunk):
+        query = np.unpackbits(query_packed[start:start + chunk], axis=1).astype(np.float32)
+        ids = np.argsort(-np.dot(gallery, query.T), axis=0)
+        for column in range(ids.shape[1]):
+            label = query_target[start + column].copy()
+            label[label == 0] = -1
+            match = np.sum(gallery_target[ids[:, column]] == label, axis=1) > 0
+            relevant = np.sum(match)
+            if relevant:
+                precisions.append(np.sum(np.cumsum(match) / ranks * match) / relevant)
+    return float(np.mean(precisions))
+
+
 class RunRegistry:
     """Named pretraining runs of one experiment, each recorded once it has finished.
 

@@ -27,6 +27,13 @@ import pytest  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_collection_modifyitems(items):
+    """The end-to-end runs (marked slow) first, in their order, then the rest: pytest-xdist
+    hands tests out in collection order, and a long run started last keeps one process busy
+    while the other has finished."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def two_replica_strategy():
     """One MirroredStrategy over the two logical CPUs, shared by every test.

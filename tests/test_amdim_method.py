@@ -221,6 +221,7 @@ def _interrupted_copy(reference, run, step):
                 f'all_model_checkpoint_paths: "ckpt-{step}"\n')
 
 
+@pytest.mark.slow
 def test_command_line_resumes_evaluates_and_exports_f1(tmp_path):
     """`python -m nac_tf.train --method=amdim ...` on a run directory interrupted after its
     step-2 checkpoint resumes, ends with the weights of the uninterrupted run of the same

@@ -195,6 +195,7 @@ def _write_npz(path, **arrays):
     return str(path)
 
 
+@pytest.mark.slow
 def test_cli_stops_bad_data_and_non_finite_loss_with_one_clear_line(tmp_path):
     images = np.zeros((40, 8, 8), np.uint8)
     labels = np.zeros(40, np.int64)

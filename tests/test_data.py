@@ -933,6 +933,7 @@ def test_pretrain_dataset_with_augmenter_under_mirrored_strategy(digits, two_rep
         np.testing.assert_array_equal(view.numpy(), elements[replica][0].numpy())
 
 
+@pytest.mark.slow
 def test_device_mode_elements_finish_as_the_host_mode_views(digits):
     """augment_on="device": the pipeline's CropPairs, finished by colour_pair, are the
     host-mode pipeline's view pairs, for every replica's share and after a resume."""

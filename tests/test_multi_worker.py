@@ -119,6 +119,7 @@ def test_lost_worker_errors_name_the_task_and_the_checkpoint():
     assert lost(HEARTBEATS, error=tf.errors.InvalidArgumentError) is None
 
 
+@pytest.mark.slow
 def test_a_lost_worker_stops_the_other_and_the_same_commands_resume(tmp_path,
                                                                    two_replica_strategy):
     """SIGKILL the chief after its first checkpoint: worker 1 exits with WORKER_LOST_EXIT_CODE

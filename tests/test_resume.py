@@ -143,6 +143,7 @@ def _checkpoint_values(path):
             if not name.startswith(("save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
 
 
+@pytest.mark.slow
 def test_killed_and_preempted_runs_end_with_the_uninterrupted_weights(tmp_path):
     logs = str(tmp_path)
     methods = ("nac", "nac_mq")

@@ -56,6 +56,7 @@ def test_pretrain_writes_the_run_directory(tmp_path, request, method):
         assert np.isfinite(results["final_metrics"]["mi_bound"])
 
 
+@pytest.mark.slow
 def test_augmenting_on_device_trains_the_host_run(tmp_path, caplog):
     """augment_on="device" (colour stages in the step, every stage of the ImageNet recipe
     on) ends with the host run's metrics and checkpointed weights, bit for bit on CPU; the
@@ -177,6 +178,7 @@ def test_precision_auto_trains_in_what_it_picks_and_keeps_auto_in_the_run(tmp_pa
         assert json.load(f)["precision"] == "auto"  # the same command resumes the run
 
 
+@pytest.mark.slow
 def test_init_weights_starts_a_new_run_from_the_file_and_a_resume_from_its_checkpoint(
         tmp_path, caplog):
     from nac_tf.run_directory import read_json, restore_pretrained_method
