@@ -142,7 +142,9 @@ def test_verbosity_maps_to_tensorflow_log_levels():
 # tools/<name>.py -> the command it runs
 TOOLS = {"export_savedmodel.py": "nac_tf.cli.export",
          "linear_eval.py": "nac_tf.cli.linear_eval",
-         "hash_retrieval.py": "nac_tf.cli.hash_retrieval"}
+         "hash_retrieval.py": "nac_tf.cli.hash_retrieval",
+         "hash_index.py": "nac_tf.cli.hash_index",
+         "hash_search.py": "nac_tf.cli.hash_search"}
 
 
 def test_every_tool_script_is_listed():
