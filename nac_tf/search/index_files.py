@@ -31,6 +31,7 @@ import shutil
 import numpy as np
 
 from nac_tf.errors import cannot_read, cannot_write
+from nac_tf.run_directory import write_json
 from nac_tf.settings import ConfigError
 
 FORMAT_VERSION = 1
@@ -59,12 +60,6 @@ def atomic_file(path, mode="wb"):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-
-
-def write_json(path, payload):
-    with atomic_file(path, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 def write_array(path, array):
