@@ -188,7 +188,63 @@ class RunRegistry:
         with open(path) as f:
             return json.load(f)
 
-    def run(self, name, config, analyse=None, retrain_missing=False):
+    def state_dir(self, name):
+        """Where `save_state` keeps the run state of `name`, committed with the results."""
+        return os.path.join(RESULTS_DIR, self.experiment, "run_state", name)
+
+    def save_state(self, name):
+        """Copies the small state of run `name` (its JSON files and its newest intact
+        checkpoint) from its run directory into `state_dir(name)`, replacing what was there:
+        for runs longer than one sitting, which must continue on a fresh clone (runs/ is not
+        committed). Returns the checkpoint's step (None: nothing to save)."""
+        import shutil
+
+        model_dir = self.model_dir(name)
+        prefix = run_directory.intact_checkpoint(model_dir) if os.path.isdir(model_dir) \
+            else None
+        if prefix is None:
+            return None
+        state = self.state_dir(name)
+        staging = state + ".partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(os.path.join(staging, run_directory.CHECKPOINT_DIR))
+        for file in os.listdir(model_dir):
+            if file.endswith(".json"):
+                shutil.copy2(os.path.join(model_dir, file), staging)
+        for file in os.listdir(os.path.dirname(prefix)):
+            if file.startswith(os.path.basename(prefix) + "."):
+                shutil.copy2(os.path.join(os.path.dirname(prefix), file),
+                             os.path.join(staging, run_directory.CHECKPOINT_DIR))
+        # The old state goes only once the new one is complete.
+        shutil.rmtree(state, ignore_errors=True)
+        os.replace(staging, state)
+        step = run_directory.checkpoint_step(prefix)
+        print(f"[{self.experiment}] {name}: run state of step {step} saved in "
+              f"{os.path.relpath(state, REPO)}", flush=True)
+        return step
+
+    def restore_state(self, name, config):
+        """Copies the saved state of `name` into its run directory when that has no
+        checkpoint (a fresh clone, another machine); flags.json takes this machine's
+        model_dir and data_dir (the same archive, elsewhere)."""
+        import shutil
+
+        state, model_dir = self.state_dir(name), self.model_dir(name)
+        if not os.path.isdir(state) or run_directory.checkpoint_steps(model_dir):
+            return
+        shutil.copytree(state, model_dir, dirs_exist_ok=True)
+        flags = run_directory.read_run_json(model_dir, run_directory.FLAGS_FILE)
+        flags.update(model_dir=config.model_dir, data_dir=config.data_dir)
+        run_directory.write_json(run_directory.path_in(model_dir, run_directory.FLAGS_FILE),
+                                 flags)
+        print(f"[{self.experiment}] {name}: continuing from the saved run state "
+              f"{os.path.relpath(state, REPO)}", flush=True)
+
+    def run(self, name, config, analyse=None, retrain_missing=False, stop_requested=None,
+            keep_state=False):
+        """`stop_requested`: polled between steps (`nac_tf.training.pretrain`); the run
+        then checkpoints and raises TrainingInterrupted. `keep_state`: the run continues
+        from, and leaves, its state in `state_dir(name)` (`restore_state`, `save_state`)."""
         record = self.load(name)
         if record is not None and retrain_missing and not os.path.isdir(self.model_dir(name)):
             print(f"[{self.experiment}] {name}: recorded, but its model is not on disk",
@@ -206,7 +262,13 @@ class RunRegistry:
 
         print(f"[{self.experiment}] {name}: training", flush=True)
         start = time.time()
-        results = pretrain(config)
+        if keep_state:
+            self.restore_state(name, config)
+        try:
+            results = pretrain(config, stop_requested=stop_requested)
+        finally:
+            if keep_state:
+                self.save_state(name)
         analysis = analyse(config, results) if analyse else {}
         record = {"name": name, "config": config.to_dict(), "results": results,
                   "analysis": analysis, "wall_seconds": round(time.time() - start, 1)}

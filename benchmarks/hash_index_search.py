@@ -13,7 +13,7 @@ one distance and any index returns a correct top 10; the SimCLR codes are 49 943
 
 Collections (the index), queries and the choice of search parameters:
 - real: the 50 000-image database minus the 1 000 validation queries of the hashing table
-  (`reproduce_paper.validation_split`), 49 000 codes; the 10 000 protocol queries search it.
+  (`nac_tf.evaluation.monitor.validation_split`), 49 000 codes; the 10 000 protocol queries search it.
 - synthetic (--synthetic_items, 1 000 000): no million-image set fits here, so item j is the
   code of real item j mod 49 000 with every bit flipped independently with probability
   --synthetic_flip (0.05, about 6 of 128 bits): near-duplicates around every real code, the
@@ -49,6 +49,7 @@ sys.path.insert(0, HERE)
 
 from experiments import (CIFAR10_ARCHIVE, RESULTS_DIR, RUNS_DIR,  # noqa: E402
                          exported_model_of_run, markdown_table, write_json, write_report)
+from nac_tf.evaluation.monitor import validation_split  # noqa: E402
 
 EXPERIMENT = "hash_index"
 K = 10
@@ -94,7 +95,7 @@ def real_codes(model_dir, archive):
         model = exported_model_of_run(model_dir)
         database = embed(model, arrays.database_images, output="hash_codes")
         queries = embed(model, arrays.query_images, output="hash_codes")
-        validation, rest = reproduce_paper.validation_split(arrays, seed)
+        validation, rest = validation_split(arrays, reproduce_paper.VALIDATION_QUERIES, seed)
         np.savez(cache + ".tmp.npz", items=database[rest], validation=database[validation],
                  queries=queries)
         os.replace(cache + ".tmp.npz", cache)

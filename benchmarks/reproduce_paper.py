@@ -51,6 +51,7 @@ from experiments import (CIFAR10_ARCHIVE, RESULTS_DIR, RUNS_DIR, RunRegistry,
                          authors_hash_map, channel_capacity_bits, cifar10_exact_split, code_bit_statistics,
                          codeword_distribution, exported_model_of_run, markdown_table,
                          write_report)
+from nac_tf.evaluation.monitor import validation_split
 
 FLIP_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.45)
 METHOD_SETTINGS = {
@@ -100,19 +101,10 @@ def hashing_config(args, registry, name, seed, settings, evaluate_during_trainin
         **settings)
 
 
+# The validation retrieval task that chooses the learning rates: this many database images
+# that are not pretraining images query the rest of the database
+# (`nac_tf.evaluation.monitor.validation_split`); the protocol's queries are never touched.
 VALIDATION_QUERIES = 1000
-
-
-def validation_split(arrays, seed=0):
-    """(query rows, database rows) of a validation retrieval task inside the database:
-    `VALIDATION_QUERIES` seeded database images that are not pretraining images query the
-    rest of the database. The protocol's real queries are never touched, so choosing a
-    setting by this mAP never looks at them."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x76616C]))
-    candidates = np.arange(arrays.num_train, len(arrays.database_images))
-    queries = np.sort(rng.choice(candidates, VALIDATION_QUERIES, replace=False))
-    database = np.setdiff1d(np.arange(len(arrays.database_images)), queries)
-    return queries, database
 
 
 def random_init_model(config, source):
@@ -160,7 +152,7 @@ def codeword_analysis(config, results):
     codes = embed(model, arrays.database_images, output="hash_codes")
     distribution = codeword_distribution(codes)
     bit_statistics = code_bit_statistics(codes, config.code_dim)
-    queries, database = validation_split(arrays, config.seed)
+    queries, database = validation_split(arrays, VALIDATION_QUERIES, config.seed)
     validation_map = retrieval.mean_average_precision(
         codes[queries], codes[database], arrays.database_labels[queries],
         arrays.database_labels[database], packed=True)

@@ -36,6 +36,10 @@ AUGMENTATIONS = ("simclr", "amdim")
 # Where the views are augmented (nac_tf.recipes.input_augmentation): host, all of it in the
 # input pipeline; device, the crop there and the colour stages in the train step.
 AUGMENT_ON = ("host", "device")
+# The queries of the mAP during training (nac_tf.evaluation.monitor.TrainingMonitor):
+# protocol, a subset of the retrieval protocol's queries against its whole database;
+# validation, database images that are not pretraining images against the rest of it.
+EVAL_QUERY_SETS = ("protocol", "validation")
 
 
 
@@ -259,14 +263,19 @@ RUN_SETTINGS = (
             "only, datasets held in memory): kNN top-1 of the test split against the train "
             "split (`knn_k`, `knn_temperature`; not for multi-label data) and, on "
             "cifar10_hashing and flickr25k, the Hamming mAP@all of `eval_num_queries` fixed "
-            "queries against the whole database. TensorBoard eval/knn_top1, eval/map_all; "
+            "queries (`eval_queries`). TensorBoard eval/knn_top1, eval/map_all; "
             "trajectory.json and results.json[\"trajectory\"] (kept across resumes). Cost on "
             "the quickstart (digits, 2 CPU cores): 0.04-0.5 s per evaluation.",
             at_least=0, zero_means="0: no evaluation during training"),
     Setting("eval_num_queries", 1000,
-            "Queries (a fixed, seeded subset of the retrieval queries) of the mAP of "
-            "`eval_every_steps`.",
+            "Number of fixed, seeded queries of the mAP of `eval_every_steps`.",
             at_least=1),
+    Setting("eval_queries", "protocol",
+            "Which queries score the mAP of `eval_every_steps`: protocol (a subset of the "
+            "retrieval protocol's queries, against the whole database) or validation "
+            "(database images that are not pretraining images, against the rest of the "
+            "database: a trajectory that chooses anything never sees the protocol's "
+            "queries).", choices=EVAL_QUERY_SETS),
     Setting("allow_flag_changes", False,
             "Resume a model_dir whose flags.json differs in the length of training, the "
             "learning-rate schedule, the optimizer's hyperparameters or data_dir "

@@ -79,14 +79,15 @@ class Embeddings:
     model: an `nac_tf.export.ExportedModel` (a SavedModel, or the trainer's live networks).
     batch_size: images per call of the model. progress: name every set embedded with a
     progress bar (the commands), and show the probes' progress.
-    queries: (images, labels) to use instead of the retrieval queries (the training
-    monitor's fixed subset of them).
+    queries, database: (images, labels) to use instead of the retrieval queries and database
+    (the training monitor's fixed queries, and the database they search).
     """
 
-    def __init__(self, model, source, batch_size=256, progress=False, queries=None):
+    def __init__(self, model, source, batch_size=256, progress=False, queries=None,
+                 database=None):
         self.model, self.source = model, source
         self.batch_size, self.progress = int(batch_size), progress
-        self._queries = queries
+        self._queries, self._database = queries, database
         self._sets = None
         self._outputs = {}
 
@@ -106,6 +107,8 @@ class Embeddings:
                 return ("query_subset", *self._queries, "the queries")
             return "queries" if own else "test", query_images, query_labels, "the queries"
         if part == "database":
+            if self._database is not None:
+                return ("database_subset", *self._database, "the database")
             return ("database" if own else "train", database_images, database_labels,
                     "the database")
         raise ValueError(f"part must be train, test, queries or database; received {part!r}")

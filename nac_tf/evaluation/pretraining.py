@@ -95,7 +95,8 @@ def training_evaluation(config: PretrainConfig, method, source, input_statistics
     elif config.eval_every_steps:
         monitor = TrainingMonitor(source, knn_k=config.knn_k,
                                   knn_temperature=config.knn_temperature,
-                                  num_queries=config.eval_num_queries, seed=config.seed)
+                                  num_queries=config.eval_num_queries, seed=config.seed,
+                                  queries=config.eval_queries)
         if not monitor.metric_names:
             logger.info("eval_every_steps: nothing to evaluate on %s (multi-label, no "
                         "retrieval protocol)", config.dataset)
