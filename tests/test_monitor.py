@@ -11,7 +11,7 @@ from nac_tf.config import PretrainConfig
 from nac_tf.data.splits import class_balanced_retrieval_split
 from nac_tf.data.sources import load_digits_source, retrieval_source
 from nac_tf.evaluation import retrieval
-from nac_tf.evaluation.monitor import TrainingMonitor, query_subset
+from nac_tf.evaluation.monitor import TrainingMonitor, query_subset, validation_split
 from nac_tf.evaluation.evaluators import embed
 from nac_tf.evaluation.report import EvaluationConfig, evaluate_model
 from nac_tf.export import ExportedModel, build_export_module
@@ -140,6 +140,45 @@ def test_monitor_computes_the_final_evaluation_features_and_codes(tmp_path):
                                        "map_all": report["map_all"]}
 
 
+def test_validation_queries_search_the_rest_of_the_database(tmp_path):
+    # eval_queries=validation: seeded database images that are not pretraining images query
+    # the rest of the database; the protocol's queries are never used.
+    source = _digits_retrieval_source()
+    arrays = source.retrieval
+    queries, rest = validation_split(arrays, 40, seed=3)
+    assert len(queries) == 40 and np.all(np.diff(queries) > 0)
+    assert queries.min() >= arrays.num_train and queries.max() < len(arrays.database_images)
+    assert sorted(np.concatenate([queries, rest])) == list(range(len(arrays.database_images)))
+    # The benchmarks' hashing table chose its learning rates with this rule since before it
+    # moved into the package: the same rows.
+    rng = np.random.default_rng(np.random.SeedSequence([3, 0x76616C]))
+    np.testing.assert_array_equal(queries, np.sort(rng.choice(
+        np.arange(arrays.num_train, len(arrays.database_images)), 40, replace=False)))
+    assert not np.array_equal(queries, validation_split(arrays, 40, seed=4)[0])
+
+    config = _tiny(tmp_path)
+    statistics = {"image_size": 8, "mean": [0.5] * 3, "std": [0.25] * 3}
+    model = ExportedModel.from_module(build_export_module(
+        method_from_config(config, statistics), 8, statistics))
+    monitor = TrainingMonitor(source, knn_k=0, num_queries=40, seed=3, queries="validation")
+    assert monitor.metric_names == ("map_all",)
+    codes = embed(model, arrays.database_images, output="hash_codes")
+    expected = retrieval.mean_average_precision(
+        codes[queries], codes[rest], arrays.database_labels[queries],
+        arrays.database_labels[rest], packed=True)
+    assert monitor.evaluate(model) == {"map_all": expected}
+    # ... which is not the protocol's number on the same networks.
+    protocol = TrainingMonitor(source, knn_k=0, num_queries=40, seed=3).evaluate(model)
+    assert protocol["map_all"] != expected
+
+    with pytest.raises(ValueError, match="eval_queries='validation'.*retrieval protocol"):
+        TrainingMonitor(load_digits_source(image_size=8), queries="validation")
+    with pytest.raises(ValueError, match="queries must be one of protocol, validation"):
+        TrainingMonitor(source, queries="test")
+    with pytest.raises(ValueError, match="num_queries must be an integer in"):
+        validation_split(arrays, len(arrays.database_images), seed=0)
+
+
 def test_trajectory_survives_a_resume(tmp_path, caplog):
     config = _tiny(tmp_path, train_steps=8, evaluate=False)
     polls = []
@@ -176,13 +215,16 @@ def test_eval_flags_reach_the_config(tmp_path):
     values = flags.FlagValues()
     entry.define_flags(values)
     values(["prog", "--eval_every_steps=300", "--eval_num_queries=50",
-            "--linear_eval_augment=false", f"--model_dir={tmp_path}"])
+            "--eval_queries=validation", "--linear_eval_augment=false",
+            f"--model_dir={tmp_path}"])
     config = entry.config_from_flags(values)
     assert config.eval_every_steps == 300 and config.eval_num_queries == 50
+    assert config.eval_queries == "validation"
     assert not config.linear_eval_augment
     defaults = PretrainConfig()
     assert defaults.eval_every_steps == 0 and defaults.eval_num_queries == 1000
+    assert defaults.eval_queries == "protocol"
     assert defaults.linear_eval_augment
     from nac_tf.config import RUN_DEFINING_FIELDS
-    new = {"eval_every_steps", "eval_num_queries", "linear_eval_augment"}
+    new = {"eval_every_steps", "eval_num_queries", "eval_queries", "linear_eval_augment"}
     assert not new & set(RUN_DEFINING_FIELDS)
