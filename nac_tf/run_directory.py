@@ -30,7 +30,8 @@ import os
 import re
 import shutil
 
-from nac_tf.config import FIXED, RESUMABLE, ConfigError, PretrainConfig, run_fields
+from nac_tf.config import (FIXED, RESUMABLE, ConfigError, PretrainConfig, declared_settings,
+                           run_fields)
 from nac_tf.errors import cannot_write, error_reason, write_problem
 
 logger = logging.getLogger(__name__)
@@ -112,9 +113,13 @@ def check_run_directory(config: PretrainConfig):
                           "run's settings; repair or remove it, or use a new model_dir")
     # Read now, not at import: a method registered since adds its fields.
     fixed_fields, resumable_fields = run_fields(FIXED), run_fields(RESUMABLE)
-    changed = {k: (previous.get(k), getattr(config, k))
+    # A setting added after the run was started is absent from its flags.json: the run had
+    # the behaviour that the setting's default keeps.
+    defaults = {k: setting.default for k, setting in declared_settings().items()}
+    recorded = {k: previous.get(k, defaults[k]) for k in fixed_fields + resumable_fields}
+    changed = {k: (recorded[k], getattr(config, k))
                for k in fixed_fields + resumable_fields
-               if previous.get(k) != getattr(config, k)}
+               if recorded[k] != getattr(config, k)}
 
     def listed(names):
         return ", ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in names)

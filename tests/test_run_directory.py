@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from nac_tf.config import ConfigError
+from nac_tf.config import ConfigError, PretrainConfig
 from nac_tf.run_directory import (DamagedCheckpointsError, FLAG_CHANGES_FILE,
                                   check_run_directory, intact_checkpoint, latest_checkpoint)
 from nac_tf.checkpointing import CheckpointWriteError
@@ -378,3 +378,16 @@ def test_export_takes_the_newest_intact_checkpoint(stopped_run, tmp_path):
     _truncate(_ckpt(model_dir, 2))
     with pytest.raises(DamagedCheckpointsError):
         export_saved_model(model_dir, str(tmp_path / "export"), overwrite=True)
+
+
+def test_a_setting_added_after_the_run_started_takes_its_default(tmp_path):
+    # flags.json of a run started before a setting existed: the run behaved as its default
+    # does, so the default resumes it and another value is refused as any change is.
+    config = PretrainConfig(model_dir=str(tmp_path / "run"))
+    os.makedirs(config.model_dir)
+    older = {k: v for k, v in config.to_dict().items() if k != "mq_negatives"}
+    with open(os.path.join(config.model_dir, "flags.json"), "w") as f:
+        json.dump(older, f)
+    assert check_run_directory(config) == {}
+    with pytest.raises(ConfigError, match="mq_negatives: 'batch_in_queue' -> 'queue_only'"):
+        check_run_directory(config.replace(mq_negatives="queue_only"))
