@@ -37,6 +37,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from experiments import RESULTS_DIR, markdown_table, write_report  # noqa: E402
+from parity_layout import ARCHITECTURES  # noqa: E402
+
+ARCH_ORDER = tuple(ARCHITECTURES)
 
 AUTHORS_MODULES = ("model", "lars", "train", "utils")
 METHODS = ("nac", "nac_mq", "simclr")
@@ -46,8 +49,6 @@ MATCHING = {"batch_norm": "per_view", "lars_rule": "authors"}
 MATCHING_NAC_MQ = {"mq_beta": "divide", "mq_inference_weight": 2.0}
 DEFAULTS = {"batch_norm": "sync", "lars_rule": "simclr"}
 DEFAULTS_NAC_MQ = {"mq_beta": "multiply", "mq_inference_weight": 1.0}
-PARTS = ("encoder", "heads", "momentum networks", "queue", "BN moving mean",
-         "BN moving variance")
 
 
 def fail(message):
@@ -167,13 +168,13 @@ class SideBySide:
         import keras
         import torch
         import torch_models
-        from nac_tf.methods import MethodConfig, build_method
+        from nac_tf.methods import MethodConfig, build_method, hyperparameters_of
         from nac_tf.models import build_encoder
         from nac_tf.optim import LARS, lars_rule_arguments
 
         self.authors, self.method_name, self.args = authors, method, args
         torch.manual_seed(args.seed)
-        encoder_name, width = torch_models.ARCHITECTURES[architecture]
+        encoder_name, width = ARCHITECTURES[architecture]
         self.net = torch_models.authors_model(authors.model, architecture, args.code_dim,
                                               vi=method != "simclr").double()
         self.pairs = torch_models.transfer_map(self.net, architecture)
@@ -200,14 +201,10 @@ class SideBySide:
         config = MethodConfig(code_dim=args.code_dim, head_hidden_dim=width,
                               per_view_batch_norm=settings["batch_norm"] == "per_view",
                               seed=args.seed)
-        hyperparameters = {"simclr": dict(temperature=args.temperature),
-                           "nac": dict(flip_prob=args.flip_prob),
-                           "nac_mq": dict(flip_prob=args.flip_prob, queue_size=args.queue_size,
-                                          momentum=args.momentum, l2_weight=args.l2_weight,
-                                          mq_beta=settings.get("mq_beta"),
-                                          mq_inference_weight=settings.get(
-                                              "mq_inference_weight"))}[method]
-        self.method = build_method(method, encoder, config, **hyperparameters)
+        # hyperparameters_of keeps the ones `method` declares.
+        hyperparameters = dict(vars(args), **settings)
+        self.method = build_method(method, encoder, config,
+                                   **hyperparameters_of(method, hyperparameters))
         self.method.build_networks(size)
         torch_models.check_covered(self.net, self.method, self.pairs, networks)
         if self.net_k is not None:
@@ -376,9 +373,6 @@ def plot(rows, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-ARCH_ORDER = ("resnet_tiny", "vgg16", "resnet50")
 
 
 def summarise(architecture, method, variant, settings, records):

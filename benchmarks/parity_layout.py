@@ -22,6 +22,14 @@ import numpy as np
 Pair = collections.namedtuple("Pair", "torch_name keras_path layout")
 
 LAYOUTS = ("conv", "dense", "vector")
+# The networks compared: their architecture name (their model.py; "resnet_tiny" is their
+# Model around benchmarks/torch_models.resnet_tiny), nac_tf's encoder (the ResNets with the
+# CIFAR stem) and the width of h.
+ARCHITECTURES = {
+    "resnet_tiny": ("resnet_tiny", 128),
+    "vgg16": ("vgg16_bn", 512),
+    "resnet50": ("resnet50", 2048),
+}
 
 # Their Model's heads (model.py): head = [Linear, ReLU], linear = [Linear], prediction =
 # [Linear, ReLU, Linear]; nac_tf's ProjectionHead: hidden_dense -> ReLU -> output_dense.

@@ -13,18 +13,12 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from parity_layout import (HEAD_LAYERS, Pair, keras_variable_path, module_pairs,
-                           resnet_keras_layer, to_keras, to_torch, vgg_keras_layers)
+from parity_layout import (ARCHITECTURES, HEAD_LAYERS, Pair, keras_variable_path,
+                           module_pairs, resnet_keras_layer, to_keras, to_torch,
+                           vgg_keras_layers)
 
 # nac_tf's resnet_tiny (nac_tf/models/resnet.py): one BasicBlock per stage, these widths.
 RESNET_TINY_WIDTHS = (16, 32, 64, 128)
-# The networks the harness compares: their architecture name (model.py), nac_tf's encoder
-# (with the CIFAR stem for the ResNets) and the width of h.
-ARCHITECTURES = {
-    "resnet_tiny": ("resnet_tiny", 128),
-    "vgg16": ("vgg16_bn", 512),
-    "resnet50": ("resnet50", 2048),
-}
 
 
 def resnet_tiny():
