@@ -36,8 +36,10 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from experiments import RESULTS_DIR, markdown_table, write_report  # noqa: E402
+from experiments import RESULTS_DIR, write_report  # noqa: E402
 from parity_layout import ARCHITECTURES  # noqa: E402
+from parity_report import (ZERO_GRADIENT, ZERO_PART, max_trained, parity_markdown,  # noqa: E402
+                           plot, summarise)
 
 ARCH_ORDER = tuple(ARCHITECTURES)
 
@@ -84,9 +86,10 @@ def import_authors(authors_dir):
 
 
 @contextlib.contextmanager
-def authors_step_patches(authors, uniforms):
+def authors_step_patches(authors, uniforms, reverse_shuffle=False):
     """Their step on CPU with this step's uniforms `uniforms` (a torch tensor) as their one
-    `torch.rand_like` draw; everything restored afterwards."""
+    `torch.rand_like` draw (and, with `reverse_shuffle`, the reversed order as their batch
+    shuffling); everything restored afterwards."""
     import torch
     from tqdm import tqdm
 
@@ -97,12 +100,14 @@ def authors_step_patches(authors, uniforms):
         return uniforms.to(tensor.dtype)
 
     saved = [(torch.Tensor, "cuda"), (torch.nn.Module, "cuda"), (torch.Tensor, "get_device"),
-             (torch, "rand_like"), (authors.train, "tqdm")]
+             (torch, "rand_like"), (torch, "randperm"), (authors.train, "tqdm")]
     saved = [(owner, name, getattr(owner, name)) for owner, name in saved]
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
     torch.nn.Module.cuda = lambda self, *args, **kwargs: self
     torch.Tensor.get_device = lambda self: "cpu"
     torch.rand_like = rand_like
+    if reverse_shuffle:
+        torch.randperm = lambda n, **kwargs: torch.arange(n - 1, -1, -1)
     authors.train.tqdm = functools.partial(tqdm, disable=True)
     try:
         yield
@@ -120,6 +125,8 @@ def relative_difference(ours, theirs):
 
 
 def part_of(keras_path):
+    if keras_path == "queue":
+        return "queue"
     network, leaf = keras_path.split("/")[0], keras_path.split("/")[-1]
     if leaf == "moving_mean":
         return "BN moving mean"
@@ -128,13 +135,6 @@ def part_of(keras_path):
     if network.startswith("momentum_"):
         return "momentum networks"
     return "encoder" if network == "encoder" else "heads"
-
-
-# A gradient below this fraction of the largest one is zero up to rounding on both sides:
-# vgg16_bn's convolution biases, whose effect the BatchNorm after them removes, have a zero
-# gradient analytically, so their relative difference compares rounding noise with noise.
-ZERO_GRADIENT = 1e-12
-ZERO_PART = "zero gradients (absolute)"
 
 
 def by_part(ours, theirs, zero_floor=None):
@@ -164,7 +164,7 @@ def loss_constant(method, code_dim):
 class SideBySide:
     """Their Model (and momentum copy, queue) and nac_tf's method from the same weights."""
 
-    def __init__(self, authors, architecture, method, settings, args):
+    def __init__(self, authors, architecture, method, settings, args, control=False):
         import keras
         import torch
         import torch_models
@@ -172,24 +172,22 @@ class SideBySide:
         from nac_tf.models import build_encoder
         from nac_tf.optim import LARS, lars_rule_arguments
 
-        self.authors, self.method_name, self.args = authors, method, args
+        self.method_name, self.args = method, args
         torch.manual_seed(args.seed)
         encoder_name, width = ARCHITECTURES[architecture]
-        self.net = torch_models.authors_model(authors.model, architecture, args.code_dim,
-                                              vi=method != "simclr").double()
+        net = torch_models.authors_model(authors.model, architecture, args.code_dim,
+                                         vi=method != "simclr").double()
+        self.theirs = AuthorsSide(authors, net, method, args)
+        # Their code against itself, with their batch shuffling reversed: how far rounding
+        # alone (the order of BatchNorm's sums) carries their own run.
+        self.control = (AuthorsSide(authors, copy.deepcopy(net), method, args, self.theirs)
+                        if control else None)
+        self.net, self.net_k = self.theirs.net, self.theirs.net_k
         self.pairs = torch_models.transfer_map(self.net, architecture)
         networks = {"encoder", "projection_head"} | (
             {"inference_network"} if method != "simclr" else set())
-        if method == "nac_mq":
-            self.net_k = copy.deepcopy(self.net)
-            for parameter in self.net_k.parameters():
-                parameter.requires_grad = False
-            self.queue = 1e-3 * torch.randn(args.code_dim, args.queue_size)
-            self.queue_ptr = torch.zeros(1, dtype=torch.long)
-            self.momentum_pairs = torch_models.transfer_map(self.net_k, architecture,
-                                                            "momentum_")
-        else:
-            self.net_k, self.momentum_pairs = None, []
+        self.momentum_pairs = [] if self.net_k is None else torch_models.transfer_map(
+            self.net_k, architecture, "momentum_")
 
         keras.config.set_floatx("float64")
         keras.config.set_dtype_policy("float64")
@@ -213,7 +211,7 @@ class SideBySide:
         torch_models.copy_torch_to_keras(self.net, self.method, self.pairs)
         if self.net_k is not None:
             torch_models.copy_torch_to_keras(self.net_k, self.method, self.momentum_pairs)
-            self.method.queue.assign(self.queue.numpy().T)
+            self.method.queue.assign(self.theirs.queue.numpy().T)
         # The flip signs are handed in (`step`), not drawn by nac_tf (`flip_signs` is the
         # methods' one source of channel noise).
         self.signs = None
@@ -232,7 +230,54 @@ class SideBySide:
 
         object.__setattr__(optimizer, "apply_gradients", recording_apply)
 
-        names = {id(p): name for name, p in self.net.named_parameters()}
+    def step(self, view1, view2, torch_view1, torch_view2, uniforms):
+        """One step on every side; (their loss + the constant, our loss, the control's)."""
+        import tensorflow as tf
+
+        theirs = self.theirs.step(torch_view1, torch_view2, uniforms)
+        control = None if self.control is None else self.control.step(
+            torch_view1, torch_view2, uniforms, reverse_shuffle=True)
+        self.signs = tf.constant(np.where(uniforms > self.args.flip_prob, 1.0, -1.0))
+        logs = self.method.train_step((tf.constant(view1), tf.constant(view2)))
+        constant = loss_constant(self.method_name, self.args.code_dim)
+        return theirs + constant, float(logs["loss"]), (
+            None if control is None else control + constant)
+
+    def differences(self):
+        """{"gradients": {part: rel}, "weights": {part: rel}} of the last step, and the same
+        for the control against their run (None without it)."""
+        theirs_grad, theirs = self.theirs.arrays(self.pairs, self.momentum_pairs)
+        ours = {v.path: v.numpy() for v in self.method.weights}
+        if self.net_k is not None:
+            ours["queue"] = self.method.queue.numpy()
+        largest = max(float(np.max(np.abs(value))) for value in theirs_grad.values())
+        result = {"gradients": by_part(self.our_gradients, theirs_grad, largest),
+                  "weights": by_part(ours, theirs)}
+        if self.control is None:
+            return result, None
+        control_grad, control = self.control.arrays(self.pairs, self.momentum_pairs)
+        return result, {"gradients": by_part(control_grad, theirs_grad, largest),
+                        "weights": by_part(control, theirs)}
+
+
+class AuthorsSide:
+    """Their Model `net` (with momentum copy and queue for NAC-MQ, made as their run.py
+    does), trained by their loop and their LARS; `like` (another AuthorsSide) gives the
+    momentum copy and queue to start from."""
+
+    def __init__(self, authors, net, method, args, like=None):
+        import torch
+
+        self.authors, self.net, self.method, self.args = authors, net, method, args
+        self.net_k = self.queue = self.queue_ptr = None
+        if method == "nac_mq":
+            self.net_k = copy.deepcopy(net if like is None else like.net_k)
+            for parameter in self.net_k.parameters():
+                parameter.requires_grad = False
+            self.queue = (1e-3 * torch.randn(args.code_dim, args.queue_size) if like is None
+                          else like.queue.clone())
+            self.queue_ptr = torch.zeros(1, dtype=torch.long)
+        names = {id(p): name for name, p in net.named_parameters()}
 
         class RecordingLARS(authors.lars.LARS):
             """Their LARS; it records the gradients before its in-place weight decay."""
@@ -243,48 +288,35 @@ class SideBySide:
                                   if p.grad is not None}
                 return super().step(*step_args, **step_kwargs)
 
-        self.their_optimizer = RecordingLARS(self.net.parameters(), lr=args.lr,
-                                             weight_decay=args.weight_decay)
+        self.optimizer = RecordingLARS(net.parameters(), lr=args.lr,
+                                       weight_decay=args.weight_decay)
 
-    def step(self, view1, view2, torch_view1, torch_view2, uniforms):
-        """One step on both sides; (their loss + the constant, our loss)."""
-        import tensorflow as tf
+    def step(self, torch_view1, torch_view2, uniforms, reverse_shuffle=False):
+        """One step of their loop on a one-batch loader; their loss."""
         import torch
 
-        args, authors = self.args, self.authors
+        args, train = self.args, self.authors.train
         loader = [(torch_view1, torch_view2, torch.zeros(len(torch_view1), dtype=torch.long))]
-        with authors_step_patches(authors, torch.from_numpy(uniforms)):
-            if self.method_name == "nac_mq":
-                theirs = authors.train.train_moco_symmetric(
-                    self.net, self.net_k, self.queue, self.queue_ptr, loader,
-                    self.their_optimizer, args.temperature, "nac", args.flip_prob, None,
-                    args.momentum, args.queue_size, args.l2_weight, 1, 1)
-            else:
-                objective = "simclr" if self.method_name == "simclr" else "nac"
-                theirs = authors.train.train(self.net, loader, self.their_optimizer,
-                                             args.temperature, objective, args.flip_prob,
-                                             None, 1, 1)
-        self.signs = tf.constant(np.where(uniforms > args.flip_prob, 1.0, -1.0))
-        logs = self.method.train_step((tf.constant(view1), tf.constant(view2)))
-        return theirs + loss_constant(self.method_name, args.code_dim), float(logs["loss"])
+        with authors_step_patches(self.authors, torch.from_numpy(uniforms), reverse_shuffle):
+            if self.method == "nac_mq":
+                return train.train_moco_symmetric(
+                    self.net, self.net_k, self.queue, self.queue_ptr, loader, self.optimizer,
+                    args.temperature, "nac", args.flip_prob, None, args.momentum,
+                    args.queue_size, args.l2_weight, 1, 1)
+            objective = "simclr" if self.method == "simclr" else "nac"
+            return train.train(self.net, loader, self.optimizer, args.temperature, objective,
+                               args.flip_prob, None, 1, 1)
 
-    def differences(self):
-        """{"gradients": {part: rel}, "weights": {part: rel}} of the last step."""
+    def arrays(self, pairs, momentum_pairs):
+        """({keras path: gradient}, {keras path: weight}) in nac_tf's layouts."""
         import torch_models
 
-        theirs_grad = torch_models.torch_arrays(self.net, self.pairs,
-                                                self.their_optimizer.recorded)
-        ours = {v.path: v.numpy() for v in self.method.weights}
-        theirs = torch_models.torch_arrays(self.net, self.pairs)
+        gradients = torch_models.torch_arrays(self.net, pairs, self.optimizer.recorded)
+        weights = torch_models.torch_arrays(self.net, pairs)
         if self.net_k is not None:
-            theirs.update(torch_models.torch_arrays(self.net_k, self.momentum_pairs))
-        weights = by_part(ours, theirs)
-        if self.net_k is not None:
-            weights["queue"] = relative_difference(self.method.queue.numpy(),
-                                                   self.queue.numpy().T)
-        largest = max(float(np.max(np.abs(value))) for value in theirs_grad.values())
-        return {"gradients": by_part(self.our_gradients, theirs_grad, largest),
-                "weights": weights}
+            weights.update(torch_models.torch_arrays(self.net_k, momentum_pairs))
+            weights["queue"] = self.queue.numpy().T
+        return gradients, weights
 
 
 def views(rng, args, mean, std):
@@ -302,30 +334,29 @@ def views(rng, args, mean, std):
     return out
 
 
-def compare(authors, architecture, method, settings, args, mean, std):
+def compare(authors, architecture, method, settings, args, mean, std, control=False):
     """Per-step records of one comparison."""
-    pair = SideBySide(authors, architecture, method, settings, args)
+    pair = SideBySide(authors, architecture, method, settings, args, control)
     rng = np.random.default_rng(args.seed + 1)
     records = []
     for step in range(1, args.steps + 1):
         (view1, torch_view1), (view2, torch_view2) = views(rng, args, mean, std)
         uniforms = rng.random((2 * args.batch_size, args.code_dim))
-        theirs, ours = pair.step(view1, view2, torch_view1, torch_view2, uniforms)
+        theirs, ours, again = pair.step(view1, view2, torch_view1, torch_view2, uniforms)
+        differences, control_differences = pair.differences()
         record = dict(step=step, loss_theirs=theirs, loss_ours=ours,
-                      loss=relative_difference(ours, theirs), **pair.differences())
+                      loss=relative_difference(ours, theirs), **differences)
+        if control_differences is not None:
+            record["control"] = dict(loss=relative_difference(again, theirs),
+                                     **control_differences)
         records.append(record)
         print(f"  step {step}: loss {theirs:.12g} vs {ours:.12g}, rel "
               f"{record['loss']:.2e}, gradients {max_trained(record['gradients']):.2e}, "
-              f"weights {max_trained(record['weights']):.2e}", flush=True)
+              f"weights {max_trained(record['weights']):.2e}" + (
+                  "" if "control" not in record else
+                  f"; their code vs itself: weights "
+                  f"{max_trained(record['control']['weights']):.2e}"), flush=True)
     return records
-
-
-def max_trained(parts):
-    """Max over the parts that training moves through the loss (BatchNorm moving
-    statistics are reported apart: they never enter a training step; so are gradients that
-    are zero up to rounding on both sides, ZERO_PART)."""
-    return max(value for part, value in parts.items()
-               if not part.startswith("BN moving") and part != ZERO_PART)
 
 
 def settings_of(method, variant, ablate=None):
@@ -345,61 +376,6 @@ def describe(method, settings):
     return " ".join(flags) or "defaults"
 
 
-def plot(rows, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    main = [row for row in rows if row["variant"] in ("matching", "defaults")]
-    labels = sorted({(r["architecture"], r["method"]) for r in main},
-                    key=lambda key: (list(ARCH_ORDER).index(key[0]), METHODS.index(key[1])))
-    fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 3, 4))
-    for offset, variant, colour in ((-0.2, "matching", "tab:green"),
-                                    (0.2, "defaults", "tab:red")):
-        heights = []
-        for key in labels:
-            row = next(r for r in main if (r["architecture"], r["method"]) == key
-                       and r["variant"] == variant)
-            heights.append(max(row["last"]["weights_trained"], 1e-17))
-        ax.bar(np.arange(len(labels)) + offset, heights, 0.4, color=colour,
-               label="nac_tf, matching options" if variant == "matching"
-               else "nac_tf defaults")
-    ax.set_yscale("log")
-    ax.set_xticks(np.arange(len(labels)))
-    ax.set_xticklabels([f"{a}\n{m}" for a, m in labels], fontsize=8)
-    ax.set_ylabel(f"max relative weight difference\nafter {rows[0]['steps']} LARS steps")
-    ax.set_title("nac_tf vs the authors' PyTorch code (float64, same weights, views, masks)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def summarise(architecture, method, variant, settings, records):
-    def at(record):
-        return dict(loss=record["loss"], gradients=max_trained(record["gradients"]),
-                    weights_trained=max_trained(record["weights"]),
-                    weights=record["weights"], gradients_by_part=record["gradients"])
-    return dict(architecture=architecture, method=method, variant=variant,
-                settings=settings, flags=describe(method, settings), steps=len(records),
-                first=at(records[0]), last=at(records[-1]), records=records)
-
-
-def table(rows, steps):
-    header = ["network", "method", "nac_tf", "options", "loss @1", "gradients @1",
-              "weights @1", f"loss @{steps}", f"gradients @{steps}", f"weights @{steps}",
-              f"BN moving mean / var @{steps}"]
-    body = []
-    for row in rows:
-        first, last = row["first"], row["last"]
-        body.append([row["architecture"], row["method"], row["variant"], f"`{row['flags']}`",
-                     *(f"{first[k]:.1e}" for k in ("loss", "gradients", "weights_trained")),
-                     *(f"{last[k]:.1e}" for k in ("loss", "gradients", "weights_trained")),
-                     f"{last['weights']['BN moving mean']:.1e} / "
-                     f"{last['weights']['BN moving variance']:.1e}"])
-    return markdown_table(header, body)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--authors_dir", required=True,
@@ -409,6 +385,12 @@ def main(argv=None):
     parser.add_argument("--ablations", default="resnet_tiny",
                         help="architectures on which each matching option is also set back "
                              "to nac_tf's default alone ('' for none)")
+    parser.add_argument("--variants", default="matching,defaults",
+                        help="nac_tf with the options matching the authors' code and/or with "
+                             "its defaults")
+    parser.add_argument("--rounding_control", default="",
+                        help="architectures on which the matching rows also run their code a "
+                             "second time, with their batch shuffling reversed")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
@@ -435,15 +417,14 @@ def main(argv=None):
     authors = import_authors(args.authors_dir)
     import torch
     torch.set_default_dtype(torch.float64)
-    # Their normalisation (utils.py's transforms), given to nac_tf's encoder as its input
-    # statistics.
+    # Their normalisation (utils.py's transforms), applied to the images of both sides.
     normalize = authors.utils.test_transform.transforms[-1]
     mean, std = [float(v) for v in normalize.mean], [float(v) for v in normalize.std]
 
     rows = []
     for architecture in architectures:
         for method in methods:
-            variants = [("matching", None), ("defaults", None)]
+            variants = [(variant, None) for variant in args.variants.split(",") if variant]
             if architecture in args.ablations.split(","):
                 keys = list(MATCHING) + (list(MATCHING_NAC_MQ) if method == "nac_mq" else [])
                 variants += [(f"matching but {key}", key) for key in keys]
@@ -451,8 +432,12 @@ def main(argv=None):
                 settings = settings_of(method, variant, ablate)
                 print(f"{architecture} {method} {variant}: {describe(method, settings)}",
                       flush=True)
-                records = compare(authors, architecture, method, settings, args, mean, std)
-                rows.append(summarise(architecture, method, variant, settings, records))
+                control = (variant == "matching"
+                           and architecture in args.rounding_control.split(","))
+                records = compare(authors, architecture, method, settings, args, mean, std,
+                                  control)
+                rows.append(summarise(architecture, method, variant, settings,
+                                      describe(method, settings), records))
     os.makedirs(args.out, exist_ok=True)
     plot(rows, os.path.join(args.out, "parity.png"))
     body = parity_markdown(rows, args)
@@ -460,37 +445,6 @@ def main(argv=None):
                    definition="max over tensors of max|nac_tf - theirs| / max|theirs|")
     write_report(os.path.relpath(args.out, RESULTS_DIR), payload, body,
                  "Step-level parity with the authors' PyTorch code")
-
-
-def parity_markdown(rows, args):
-    return (f"Both sides in float64 from the same weights, views (seeded uint8 images, batch "
-            f"{args.batch_size}, {args.image_size} px) and channel masks; their `train` / "
-            f"`train_moco_symmetric` and LARS (lr {args.lr:g}, constant; weight decay "
-            f"{args.weight_decay:g}), p = {args.flip_prob:g}, temperature "
-            f"{args.temperature:g}, queue {args.queue_size}, momentum {args.momentum:g}. "
-            "Each cell is the largest relative difference max|nac_tf - theirs| / max|theirs| "
-            "over the tensors compared (gradients: every trained variable; weights: encoder, "
-            "heads, momentum networks, queue), after step 1 and after the last step; "
-            "BatchNorm moving statistics apart (docs/parity.md: Keras' moving variance "
-            "takes the biased batch variance, PyTorch's the unbiased one; their NAC-MQ runs "
-            "the second view first). The loss adds to theirs the constant D log 2 per "
-            "positive term that nac_tf drops.\n\n" + table(rows, args.steps) +
-            zero_gradient_note(rows) + "\n\n![parity](parity.png)\n")
-
-
-def zero_gradient_note(rows):
-    """Which rows had gradients that are zero up to rounding (left out of the table)."""
-    zeros = [(row["architecture"], row["method"], row["variant"],
-              row["last"]["gradients_by_part"][ZERO_PART]) for row in rows
-             if ZERO_PART in row["last"]["gradients_by_part"]]
-    if not zeros:
-        return ""
-    largest = max(value for *_, value in zeros)
-    networks = sorted({architecture for architecture, *_ in zeros})
-    return (f"\n\nLeft out of the gradient columns ({', '.join(networks)}): gradients that "
-            f"are zero up to rounding on both sides (below {ZERO_GRADIENT:g} of the largest; "
-            f"the convolution biases before BatchNorm, whose gradient is zero analytically); "
-            f"the largest of them on either side: {largest:.1e}.")
 
 
 if __name__ == "__main__":
