@@ -121,7 +121,8 @@ def plot(rows, path):
     ax.set_xticks(np.arange(len(labels)))
     ax.set_xticklabels([f"{a}\n{m}" for a, m in labels], fontsize=8)
     ax.set_ylabel(f"max relative weight difference\nafter {rows[0]['steps']} LARS steps")
-    ax.set_title("nac_tf vs the authors' PyTorch code (float64, same weights, views, masks)")
+    ax.set_title("nac_tf vs the authors' PyTorch code\n(float64; same weights, views, masks)",
+                 fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
