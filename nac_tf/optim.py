@@ -92,6 +92,12 @@ def _check_patterns(argument, patterns):
     return patterns
 
 
+def _constant(value, dtype):
+    """A Python float hyperparameter as a tensor of `dtype`, converted directly: a cast would
+    go through float32 first (1e-3 becomes 1.0000000475e-3 in float64 variables)."""
+    return ops.convert_to_tensor(value, dtype=dtype)
+
+
 def _variable_path(variable):
     # Keras variables know their path; a raw backend variable only its (scoped) name.
     path = getattr(variable, "path", None)
@@ -184,21 +190,21 @@ class LARS(keras.optimizers.Optimizer):
         w = ops.convert_to_tensor(variable)
         lr = ops.cast(learning_rate, dtype)
         if self._weight_decay_flags[index]:
-            g = g + ops.cast(self.lars_weight_decay, dtype) * w
+            g = g + _constant(self.lars_weight_decay, dtype) * w
         if self._layer_adaptation_flags[index]:
             w_norm = ops.sqrt(ops.sum(ops.square(w)))
             g_norm = ops.sqrt(ops.sum(ops.square(g)))
             both_positive = ops.logical_and(w_norm > 0, g_norm > 0)
             # The denominator is made safe too, so no inf/NaN is ever computed.
-            denominator = ops.where(both_positive, g_norm + ops.cast(self.eps, dtype),
+            denominator = ops.where(both_positive, g_norm + _constant(self.eps, dtype),
                                     ops.ones_like(g_norm))
             fallback = (ops.where(w_norm > 0, ops.ones_like(w_norm), ops.zeros_like(w_norm))
                         if self.freeze_zero_norm else ops.ones_like(w_norm))
             trust = ops.where(both_positive,
-                              ops.cast(self.trust_coefficient, dtype) * w_norm / denominator,
+                              _constant(self.trust_coefficient, dtype) * w_norm / denominator,
                               fallback)
             lr = lr * trust
-        momentum = ops.cast(self.momentum, dtype)
+        momentum = _constant(self.momentum, dtype)
         velocity = self.momentums[index]
         new_velocity = momentum * velocity + lr * g
         self.assign(velocity, new_velocity)

@@ -166,6 +166,44 @@ def test_nac_mq_denominator_modes_match_float64_reference(mode):
     np.testing.assert_allclose(method.queue.numpy()[2 * K:4 * K], keys, rtol=1e-4, atol=1e-5)
 
 
+def test_nac_mq_authors_cifar_options_in_float64():
+    """mq_beta="divide" and mq_inference_weight=2 (the authors' CIFAR NAC-MQ) on float64
+    networks: the step's loss against a float64 reference, the denominator z~.v / beta over
+    the queue holding this step's keys, plus twice the online inference likelihood."""
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        method = _method("nac_mq", flip_prob=0.3, l2_weight=0.1, mq_beta="divide",
+                         mq_inference_weight=2.0)
+        view1, view2 = (tf.cast(view, tf.float64) for view in _views(5))
+        both = tf.concat([view1, view2], 0)
+        h = method.encoder(both, training=True)
+        codes = np.tanh(method.projection_head(h, training=True).numpy())
+        logits = method.inference_network(h, training=True).numpy()
+        h_hat = method.momentum_encoder(both, training=True)
+        keys = np.tanh(method.momentum_projection_head(h_hat, training=True).numpy())
+        momentum_logits = method.momentum_inference_network(h_hat, training=True).numpy()
+        signs = method.flip_signs(tf.shape(codes), 0.3).numpy().astype(np.float64)
+        stored = method.queue.numpy().copy()
+        stored[:2 * K] = keys
+        logs = method.train_step((view1, view2))
+    finally:
+        keras.config.set_floatx(floatx)
+        keras.config.set_dtype_policy(policy)
+    assert logs["loss"].dtype == tf.float64
+    n, beta = 2 * K, 0.5 * np.log(0.7 / 0.3)
+    # Dividing by beta is scoring with 1 / beta in the Eq. 20 reference.
+    code_loss = _np_nac_mq_code_loss(codes, momentum_logits, signs, 0.3,
+                                     [stored / beta ** 2] * n, 0.1)
+    likelihood = 0.0
+    for i in range(n):
+        r = logits[(i + K) % n]
+        likelihood -= 0.5 * np.sum(signs[i] * codes[i] * r - np.logaddexp(0, -r)
+                                   - np.logaddexp(0, r)) / n
+    np.testing.assert_allclose(float(logs["loss"]), code_loss + 2.0 * likelihood, rtol=1e-10)
+
+
 def test_queue_starts_as_small_gaussian_noise():
     method = _method("nac_mq", queue_size=400 * K)
     queue = method.queue.numpy()

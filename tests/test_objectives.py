@@ -223,6 +223,31 @@ def test_nac_mq_positive_key_denominator_matches_reference(p, k, d, m):
                       expected_bound, dtype, scale)
 
 
+def ref_nac_mq_divided_by_beta(codes, momentum_logits, signs, p, queue, l2_weight):
+    """The authors' CIFAR NAC-MQ denominator: logsumexp_m(z~_i . v_m / beta); the positive
+    and the l2 term as in Eq. 20."""
+    noisy = signs * codes
+    pos = ref_positive(noisy, momentum_logits)
+    total = 0.0
+    for i in range(codes.shape[0]):
+        scores = [np.dot(noisy[i], v) / _beta(p) for v in queue]
+        total += -pos[i] + _logsumexp(scores) + l2_weight * np.sum(codes[i] ** 2)
+    return total / codes.shape[0]
+
+
+@pytest.mark.parametrize("p", [0.1, 0.4])
+def test_nac_mq_beta_divided_matches_reference(p):
+    codes, logits, signs, queue = _nac_inputs(int(1000 * p) + 13, 4, 16, 24, p)
+    expected = ref_nac_mq_divided_by_beta(codes, logits, signs, p, queue, 0.1)
+    c, r, m, q = _cast("float64", codes, logits, signs, queue)
+    got = nac_mq_loss(c, r, m, p, q, 0.1, beta_rule="divide")
+    _assert_close(got, expected, "float64", 16 * (1.0 + 3.0 + 1.0 / _beta(p)))
+    # The default multiplies (Eq. 20): another value whenever beta != 1.
+    assert abs(float(nac_mq_loss(codes, logits, signs, p, queue, 0.1)) - expected) > 1e-3
+    with pytest.raises(ValueError, match="beta_rule"):
+        nac_mq_loss(codes, logits, signs, p, queue, 0.1, beta_rule="divided")
+
+
 def test_nac_mq_positive_keys_get_no_gradient():
     codes, logits, signs, queue = _nac_inputs(5, 4, 16, 24, 0.4)
     keys = tf.Variable(np.tanh(codes[::-1].copy()))

@@ -53,6 +53,15 @@ class MethodConfig:
     head_init: str = "keras"
 
 
+def loss_precision(x):
+    """`x` in the precision losses are computed in: float32 for 16-bit network outputs (mixed
+    precision), otherwise unchanged, so float64 networks keep float64 losses (the parity
+    harness, benchmarks/authors_parity.py, runs both frameworks in float64)."""
+    if keras.backend.standardize_dtype(x.dtype) in ("float32", "float64"):
+        return x
+    return keras.ops.cast(x, "float32")
+
+
 def write_into_queue(queue, pointer, keys):
     """`queue` [M, D] with rows pointer..pointer + n - 1 replaced by `keys` [n, D].
 

@@ -3,7 +3,7 @@ import keras
 import tensorflow as tf
 
 from nac_tf import distribute
-from nac_tf.methods.base import PairLoss, TwoViewMethod, binary_codes
+from nac_tf.methods.base import PairLoss, TwoViewMethod, binary_codes, loss_precision
 from nac_tf.methods.registry import FLIP_PROB
 from nac_tf.objectives import nac_loss, nac_mutual_information_bound
 
@@ -30,8 +30,8 @@ class NAC(TwoViewMethod):
                     self.inference_network(h, training=training))
 
         a, logits = self.forward_views(forward, view1, view2)
-        # Losses in float32 whatever the compute dtype (mixed precision).
-        a, logits = keras.ops.cast(a, "float32"), keras.ops.cast(logits, "float32")
+        # Losses in float32 at least whatever the compute dtype (mixed precision).
+        a, logits = loss_precision(a), loss_precision(logits)
         codes = keras.ops.tanh(a)
         signs = self.flip_signs(tf.shape(codes), self.flip_prob)
         # The 2K codes of the global batch (the denominator of Eq. 19 is order-invariant;

@@ -23,6 +23,10 @@ from nac_tf.settings import FIXED, Setting, merge_settings, non_negative, positi
 # positive_key: each row's positive momentum key prepended (their ImageNet code, MoCo's way);
 # queue_only: the stored queue alone (Eq. 20 read literally).
 MQ_NEGATIVES = ("batch_in_queue", "positive_key", "queue_only")
+# How the NAC-MQ denominator applies the channel's beta = 1/2 log((1 - p) / p)
+# (nac_tf.objectives.nac_mq_loss): multiply (Eq. 20, the authors' ImageNet code) or divide
+# (the authors' CIFAR code).
+MQ_BETA_RULES = ("multiply", "divide")
 
 # NAC's noisy channel (NAC, NAC-MQ).
 FLIP_PROB = Setting("flip_prob", 0.1,
@@ -51,6 +55,16 @@ MQ_NEGATIVES_SETTING = Setting(
     "written into the queue before the loss, the authors' CIFAR code), positive_key (each "
     "row's positive momentum key prepended to the queue, their ImageNet code / MoCo), "
     "queue_only (the stored queue).", choices=MQ_NEGATIVES, run=FIXED)
+MQ_BETA = Setting(
+    "mq_beta", "multiply",
+    "How the NAC-MQ denominator applies beta = 1/2 log((1 - p) / p): multiply (Eq. 20, the "
+    "authors' ImageNet code) or divide (the authors' CIFAR code: z~.v / beta).",
+    choices=MQ_BETA_RULES, run=FIXED)
+MQ_INFERENCE_WEIGHT = Setting(
+    "mq_inference_weight", 1.0,
+    "Weight of NAC-MQ's online inference-network likelihood, a mean over the 2K rows (the "
+    "authors' CIFAR code sums the two views' means: 2). It trains phi only.",
+    interval=positive(), run=FIXED)
 # AMDIM (AMDIM Sec. 3.3 and 3.7; nac_tf.methods.amdim).
 AMDIM_SETTINGS = (
     Setting("amdim_regularization_weight", 4e-2,
@@ -153,7 +167,7 @@ def method_settings(methods=None):
 register_method("nac", "nac_tf.methods.nac:NAC", (FLIP_PROB,))
 register_method("nac_mq", "nac_tf.methods.nac_mq:NACMQ",
                 (FLIP_PROB, QUEUE_SIZE, MOMENTUM, L2_WEIGHT, MQ_NEGATIVES_SETTING,
-                 QUEUE_INIT_SCALE))
+                 QUEUE_INIT_SCALE, MQ_BETA, MQ_INFERENCE_WEIGHT))
 register_method("simclr", "nac_tf.methods.simclr:SimCLR", (TEMPERATURE,))
 register_method("moco_v2", "nac_tf.methods.moco:MoCoV2",
                 (TEMPERATURE, QUEUE_SIZE, MOMENTUM, QUEUE_INIT_SCALE))

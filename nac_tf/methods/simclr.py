@@ -3,7 +3,7 @@ import keras
 import tensorflow as tf
 
 from nac_tf import distribute
-from nac_tf.methods.base import PairLoss, TwoViewMethod
+from nac_tf.methods.base import PairLoss, TwoViewMethod, loss_precision
 from nac_tf.methods.registry import TEMPERATURE
 from nac_tf.objectives import nt_xent_loss
 
@@ -22,7 +22,7 @@ class SimCLR(TwoViewMethod):
             return self.projection_head(self.encoder(images, training=training),
                                         training=training)
 
-        a = keras.ops.cast(self.forward_views(forward, view1, view2), "float32")
+        a = loss_precision(self.forward_views(forward, view1, view2))
         unit = keras.ops.normalize(a, axis=-1, order=2)
         # Replica order [rep0 view1, rep0 view2, rep1 view1, ...]: this replica's 2k rows are
         # one contiguous block starting at replica_id * 2k, which is where nt_xent_loss masks

@@ -9,7 +9,7 @@ import math
 
 from keras import ops
 
-from nac_tf.methods.registry import FLIP_PROB, L2_WEIGHT
+from nac_tf.methods.registry import FLIP_PROB, L2_WEIGHT, MQ_BETA
 from nac_tf.objectives.common import (as_float, check_same_shape, check_same_width,
                                       check_setting, check_view_pairs, compute_dtype,
                                       is_python_number, other_view, scalar)
@@ -55,12 +55,14 @@ def _mutual_information_constant(num_samples, dim, flip_prob, dtype):
 
 
 def _noisy_channel_terms(codes, logits, flip_signs, flip_prob, samples,
-                         codes_name, logits_name, samples_name, positive_keys=None):
+                         codes_name, logits_name, samples_name, positive_keys=None,
+                         beta_rule="multiply"):
     """Validated, dtype-aligned per-row positive and negative terms shared by NAC and NAC-MQ.
 
     `positive_keys` [2K, D] (optional): each row's own momentum code; row i's denominator then
     also holds beta z~_i . k_pi(i), the key of its other view (MoCo's positive logit), and the
-    number of samples is M + 1.
+    number of samples is M + 1. `beta_rule="divide"` scores the denominator with z~ . s / beta
+    instead (the authors' CIFAR NAC-MQ code); the positive term never involves beta.
     """
     check_setting(FLIP_PROB, flip_prob)
     dtype = compute_dtype(codes)
@@ -75,6 +77,8 @@ def _noisy_channel_terms(codes, logits, flip_signs, flip_prob, samples,
 
     noisy_codes = flip_signs * codes
     beta = _channel_beta(flip_prob, dtype)
+    if MQ_BETA.check(beta_rule, "beta_rule") == "divide":
+        beta = 1.0 / beta
     positive = _positive_term(noisy_codes, logits)
     num_samples = ops.shape(samples)[0]
     if positive_keys is None:
@@ -143,7 +147,7 @@ def nac_mutual_information_bound(codes, logits, flip_signs, flip_prob, negatives
 # --------------------------------------------------------------------------------------------
 
 def nac_mq_loss(codes, momentum_logits, flip_signs, flip_prob, queue, l2_weight,
-                positive_keys=None):
+                positive_keys=None, beta_rule="multiply"):
     """Negative relaxed NAC-MQ objective (Eq. 20), constants dropped; minimise it.
 
     Which momentum codes the denominator holds is the caller's choice of `queue` and
@@ -162,6 +166,8 @@ def nac_mq_loss(codes, momentum_logits, flip_signs, flip_prob, queue, l2_weight,
       l2_weight: lambda >= 0 of the lambda ||z||^2 term (on the clean code z).
       positive_keys: optional momentum codes k [2K, D] of each row's own view; row i's
         denominator then also holds beta z~_i . k_pi(i) (no gradient through k).
+      beta_rule: "multiply" (Eq. 20) or "divide": the denominator's scores are
+        z~_i . v_m / beta, as the authors' CIFAR NAC-MQ code computes them.
 
     Returns:
       Scalar mean_i [-pos_i + logsumexp_m(beta z~_i . v_m) + lambda ||z_i||^2], the
@@ -170,7 +176,7 @@ def nac_mq_loss(codes, momentum_logits, flip_signs, flip_prob, queue, l2_weight,
     check_setting(L2_WEIGHT, l2_weight)
     codes, positive, negative, _ = _noisy_channel_terms(
         codes, momentum_logits, flip_signs, flip_prob, queue, "codes", "momentum_logits",
-        "queue", positive_keys)
+        "queue", positive_keys, beta_rule)
     l2_weight = scalar(l2_weight, codes.dtype)
     return ops.mean(negative - positive + l2_weight * ops.sum(ops.square(codes), axis=-1))
 
