@@ -25,8 +25,6 @@ reproduce the authors' code (docs/parity.md). Needs the `parity` extra
 import argparse
 import contextlib
 import copy
-import functools
-import importlib
 import math
 import os
 import sys
@@ -36,6 +34,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from authors_code import (DEFAULTS, DEFAULTS_NAC_MQ, MATCHING, MATCHING_NAC_MQ, fail,  # noqa: E402
+                          import_authors, running_on_cpu)
 from experiments import RESULTS_DIR, write_report  # noqa: E402
 from parity_layout import ARCHITECTURES  # noqa: E402
 from parity_report import (ZERO_GRADIENT, ZERO_PART, max_trained, parity_markdown,  # noqa: E402
@@ -43,55 +43,15 @@ from parity_report import (ZERO_GRADIENT, ZERO_PART, max_trained, parity_markdow
 
 ARCH_ORDER = tuple(ARCHITECTURES)
 
-AUTHORS_MODULES = ("model", "lars", "train", "utils")
 METHODS = ("nac", "nac_mq", "simclr")
-# nac_tf settings that reproduce the authors' code, where nac_tf's default differs. The
-# harness transfers the initial weights, so head_init (keras / pytorch) does not enter.
-MATCHING = {"batch_norm": "per_view", "lars_rule": "authors"}
-MATCHING_NAC_MQ = {"mq_beta": "divide", "mq_inference_weight": 2.0}
-DEFAULTS = {"batch_norm": "sync", "lars_rule": "simclr"}
-DEFAULTS_NAC_MQ = {"mq_beta": "multiply", "mq_inference_weight": 1.0}
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def import_authors(authors_dir):
-    """Their modules (a namespace) imported from `authors_dir`; exits 2 with one line when
-    torch / torchvision are missing or the directory is not a checkout of yookoon/nac."""
-    try:
-        import torch  # noqa: F401
-        import torchvision  # noqa: F401
-    except ImportError as error:
-        fail(f"the parity harness needs torch and torchvision ({error}): "
-             "pip install -e .[parity]")
-    directory = os.path.abspath(authors_dir)
-    missing = [f"{name}.py" for name in AUTHORS_MODULES
-               if not os.path.isfile(os.path.join(directory, f"{name}.py"))]
-    if missing:
-        fail(f"--authors_dir={authors_dir}: not a checkout of yookoon/nac (no "
-             f"{', '.join(missing)})")
-    for name in AUTHORS_MODULES:
-        sys.modules.pop(name, None)  # their module names are generic ("utils")
-    sys.path.insert(0, directory)
-    try:
-        modules = {name: importlib.import_module(name) for name in AUTHORS_MODULES}
-    except Exception as error:  # their code, their import errors
-        fail(f"--authors_dir={authors_dir}: importing their modules failed: {error!r}")
-    finally:
-        sys.path.remove(directory)
-    return argparse.Namespace(**modules)
 
 
 @contextlib.contextmanager
 def authors_step_patches(authors, uniforms, reverse_shuffle=False):
-    """Their step on CPU with this step's uniforms `uniforms` (a torch tensor) as their one
-    `torch.rand_like` draw (and, with `reverse_shuffle`, the reversed order as their batch
-    shuffling); everything restored afterwards."""
+    """Their step on CPU (`running_on_cpu`) with this step's uniforms `uniforms` (a torch
+    tensor) as their one `torch.rand_like` draw (and, with `reverse_shuffle`, the reversed
+    order as their batch shuffling); everything restored afterwards."""
     import torch
-    from tqdm import tqdm
 
     def rand_like(tensor, **kwargs):
         if tuple(tensor.shape) != tuple(uniforms.shape):
@@ -99,18 +59,14 @@ def authors_step_patches(authors, uniforms, reverse_shuffle=False):
                                f"draw {tuple(uniforms.shape)}")
         return uniforms.to(tensor.dtype)
 
-    saved = [(torch.Tensor, "cuda"), (torch.nn.Module, "cuda"), (torch.Tensor, "get_device"),
-             (torch, "rand_like"), (torch, "randperm"), (authors.train, "tqdm")]
-    saved = [(owner, name, getattr(owner, name)) for owner, name in saved]
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
-    torch.Tensor.get_device = lambda self: "cpu"
+    saved = [(owner, name, getattr(owner, name))
+             for owner, name in ((torch, "rand_like"), (torch, "randperm"))]
     torch.rand_like = rand_like
     if reverse_shuffle:
         torch.randperm = lambda n, **kwargs: torch.arange(n - 1, -1, -1)
-    authors.train.tqdm = functools.partial(tqdm, disable=True)
     try:
-        yield
+        with running_on_cpu(authors):
+            yield
     finally:
         for owner, name, value in saved:
             setattr(owner, name, value)

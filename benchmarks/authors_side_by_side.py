@@ -11,8 +11,11 @@ same warm-up + cosine learning rates, seed 0) twice on the same training images:
   (NAC-MQ) called on their `CIFAR10Pair` views (torchvision, PIL) with their LARS, on a
   torch module equal to nac_tf's resnet_tiny in their `Model` (`torch_models`); `.cuda()`
   is made a no-op while it runs;
-- through nac_tf (`nac_tf.training.pretrain`), with its defaults and the same method
-  settings as the CPU-scale tables.
+- through nac_tf (`nac_tf.training.pretrain`), with the method settings of the CPU-scale
+  tables, twice: with nac_tf's defaults, and with the options that reproduce the authors'
+  code (`authors_code.matching_options`: per-view BatchNorm, their LARS rule, PyTorch's
+  initialisation of the heads, and NAC-MQ's beta division and doubled likelihood; the
+  parity harness, benchmarks/authors_parity.py, shows that their steps are then equal).
 
 Along the run, on each step's batch of first views: the mean squared norm of the relaxed
 codes tanh(a) (NAC, NAC-MQ), the fraction of distinct codewords and the bit balance
@@ -28,14 +31,13 @@ continues an interrupted set; a run cut short starts again (nac_tf's from its ch
 the authors' from its last saved chunk of `--chunk_steps`).
 """
 import argparse
-import contextlib
 import itertools
 import os
-import sys
 import time
 
 import numpy as np
 
+from authors_code import import_authors, matching_options, running_on_cpu
 from experiments import (CIFAR10_ARCHIVE, RESULTS_DIR, RUNS_DIR, RunRegistry,
                          cifar10_exact_split, markdown_table, write_json, write_report)
 from reproduce_paper import LABELS, METHOD_SETTINGS, base_config
@@ -46,6 +48,13 @@ CURVES = ("code_norm_sq", "distinct_code_fraction", "bit_balance")
 CURVE_TITLES = {"code_norm_sq": "mean ||tanh(a)||^2 (both views)",
                 "distinct_code_fraction": "distinct codewords / batch (first views)",
                 "bit_balance": "bit balance (first views)"}
+# The runs of each setting: nac_tf with its defaults, nac_tf with the options that reproduce
+# the authors' code (`authors_code.matching_options`), and the authors' loop.
+NAC_TF_LOOPS = ("nac_tf", "nac_tf_matching")
+LOOPS = NAC_TF_LOOPS + ("authors",)
+LOOP_LABELS = {"nac_tf": "nac_tf (defaults)",
+               "nac_tf_matching": "nac_tf (the authors' options)",
+               "authors": "the authors' code"}
 # setting: (split, the tables' method key, peak learning rate, the authors' loop arguments)
 SETTINGS = {
     "table1_nac": ("linear", "nac_p0.1", 3.0, dict(loop="train", objective="nac")),
@@ -69,13 +78,18 @@ def training_source(split, archive):
     return dataset, data_dir, load_source(dataset, data_dir=data_dir, seed=0)
 
 
-def nac_tf_config(args, registry, name, setting, dataset, data_dir, warmup_epochs):
+def nac_tf_config(args, registry, setting, loop, dataset, data_dir, warmup_epochs):
+    """The nac_tf run `loop` ("nac_tf": its defaults, "nac_tf_matching": the options that
+    reproduce the authors' code, their head initialisation included) of `setting`."""
     _, key, learning_rate, _ = SETTINGS[setting]
+    method_settings = dict(METHOD_SETTINGS[key], learning_rate=learning_rate)
+    if loop == "nac_tf_matching":
+        method_settings.update(matching_options(method_settings["method"], from_scratch=True))
     return base_config(
         args, 0, dataset=dataset, data_dir=data_dir, warmup_epochs=warmup_epochs,
-        model_dir=registry.model_dir(name), log_every_steps=args.log_every_steps,
-        checkpoint_every_steps=args.chunk_steps, evaluate=False,
-        **dict(METHOD_SETTINGS[key], learning_rate=learning_rate))
+        model_dir=registry.model_dir(run_names(setting, args.steps)[loop]),
+        log_every_steps=args.log_every_steps, checkpoint_every_steps=args.chunk_steps,
+        evaluate=False, **method_settings)
 
 
 # ---------------------------------------------------------------------- the statistics
@@ -131,12 +145,21 @@ def final_evaluation(features_and_codes, source):
 
 
 def run_names(setting, steps):
-    """(nac_tf's run, the authors' run) of `setting` at `steps` steps."""
-    return f"{setting}_nac_tf_{steps}steps", f"{setting}_authors_{steps}steps"
+    """{loop: run name} of `setting` at `steps` steps, for every one of LOOPS."""
+    return {loop: f"{setting}_{loop}_{steps}steps" for loop in LOOPS}
 
 
 def run_records(registry, setting, steps):
-    return tuple(registry.load(name) for name in run_names(setting, steps))
+    """{loop: (curves, final)} of `setting`'s recorded runs; None until all are recorded."""
+    records = {loop: registry.load(name) for loop, name in run_names(setting, steps).items()}
+    if not all(records.values()):
+        return None
+    return {loop: _curves_and_final(record) for loop, record in records.items()}
+
+
+def _curves_and_final(record):
+    part = record.get("analysis", record)  # nac_tf's records keep them in their analysis
+    return part["curves"], part["final"]
 
 
 # ---------------------------------------------------------------------- nac_tf's side
@@ -160,21 +183,6 @@ def run_nac_tf(args, registry, config, source):
 
 
 # ---------------------------------------------------------------- the authors' side
-@contextlib.contextmanager
-def cuda_as_cpu():
-    """Their loops call `.cuda()` on tensors and modules: identity while they run here."""
-    import torch
-
-    saved = torch.Tensor.cuda, torch.nn.Module.cuda, torch.Tensor.get_device
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
-    torch.Tensor.get_device = lambda self: "cpu"
-    try:
-        yield
-    finally:
-        torch.Tensor.cuda, torch.nn.Module.cuda, torch.Tensor.get_device = saved
-
-
 class _Batches:
     """`steps` batches of a DataLoader, cycling over epochs, as the one-epoch loader their
     loop iterates (it asks for its length)."""
@@ -197,7 +205,7 @@ def run_authors(args, registry, setting, config, source, authors):
 
     import torch_models
 
-    name = run_names(setting, args.steps)[1]
+    name = run_names(setting, args.steps)["authors"]
     record = registry.load(name)
     if record is not None:
         print(f"[{EXPERIMENT}] {name}: recorded, skipped", flush=True)
@@ -259,7 +267,7 @@ def run_authors(args, registry, setting, config, source, authors):
         chunk = min(args.chunk_steps, args.steps - step)
         calls.clear()
         start = time.time()
-        with cuda_as_cpu():
+        with running_on_cpu(authors):
             if loop["loop"] == "train":
                 authors.train.train(net, _Batches(loader, chunk), optimizer,
                                     config.temperature if config.method == "simclr" else 0.5,
@@ -318,77 +326,62 @@ def nac_tf_schedule(config, source):
     return learning_rate_schedule(config, config.learning_rate, total, warmup)
 
 
-def import_authors(path):
-    """Their modules (model, lars, train, utils) from the checkout at `path`."""
-    import types
-
-    missing = [f for f in ("model.py", "lars.py", "train.py", "utils.py")
-               if not os.path.exists(os.path.join(path, f))]
-    if missing:
-        sys.exit(f"error: --authors_dir: {path} is not a checkout of the NAC authors' code "
-                 f"(no {', '.join(missing)})")
-    try:
-        import torch  # noqa: F401
-        import torchvision  # noqa: F401
-    except ImportError as error:
-        sys.exit(f"error: {error}; install the parity extra: pip install -e .[parity]")
-    sys.path.insert(0, os.path.abspath(path))
-    import importlib
-    return types.SimpleNamespace(**{name: importlib.import_module(name)
-                                    for name in ("model", "lars", "train", "utils")})
-
-
 # --------------------------------------------------------------------------- report
-def plot(setting, ours, theirs, path):
+def plot(setting, runs, path):
+    """One panel per curve, the three loops overlaid; the final kNN in the title."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [c for c in CURVES if any(c in v for v in theirs["curves"].values())]
+    names = [c for c in CURVES if any(c in v for v in runs["authors"][0].values())]
     figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6))
     for axis, curve in zip(np.atleast_1d(axes), names):
-        for label, curves, style in (("nac_tf", ours["analysis"]["curves"], "C0-"),
-                                     ("authors' code", theirs["curves"], "C1-")):
+        for index, loop in enumerate(LOOPS):
+            curves = runs[loop][0]
             steps = sorted(int(s) for s in curves if curve in curves[s])
-            axis.plot(steps, [curves[str(s)][curve] for s in steps], style, label=label,
-                      linewidth=1)
+            axis.plot(steps, [curves[str(s)][curve] for s in steps], f"C{index}-",
+                      label=LOOP_LABELS[loop], linewidth=1)
         axis.set_title(CURVE_TITLES[curve], fontsize=9)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].legend(fontsize=8)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
     split, key, learning_rate, _ = SETTINGS[setting]
-    figure.suptitle(f"{LABELS[key]}, {split} split, lr {learning_rate:g}: kNN nac_tf "
-                    f"{100 * ours['analysis']['final']['knn_top1']:.1f} %, authors' "
-                    f"{100 * theirs['final']['knn_top1']:.1f} %", fontsize=10)
+    figure.suptitle(f"{LABELS[key]}, {split} split, lr {learning_rate:g}; final kNN top-1: "
+                    + ", ".join(f"{LOOP_LABELS[loop]} {100 * runs[loop][1]['knn_top1']:.1f} %"
+                                for loop in LOOPS), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     print(f"wrote {path}")
 
 
-def report(args, pairs):
+def report(args, settings):
     rows = []
-    for setting, (ours, theirs) in pairs.items():
+    for setting, runs in settings.items():
         split, key, learning_rate, _ = SETTINGS[setting]
-        for label, final, curves in (("nac_tf", ours["analysis"]["final"],
-                                      ours["analysis"]["curves"]),
-                                     ("authors' code", theirs["final"], theirs["curves"])):
+        for loop in LOOPS:
+            curves, final = runs[loop]
             last = curves[max(curves, key=int)]
-            rows.append([f"{LABELS[key]}, {split}, lr {learning_rate:g}", label] + [
+            rows.append([f"{LABELS[key]}, {split}, lr {learning_rate:g}", LOOP_LABELS[loop]] + [
                 f"{last[c]:.3f}" if c in last else "" for c in CURVES] + [
                 f"{100 * final['knn_top1']:.1f}",
                 f"{100 * final['map_all']:.1f}" if "map_all" in final else "",
                 final.get("database_distinct_codewords", "")])
-        plot(setting, ours, theirs, os.path.join(RESULTS_DIR, EXPERIMENT, f"{setting}.png"))
-    table = markdown_table(["setting", "loop", "last mean squared norm of tanh(a)", "last distinct / batch",
-                            "last bit balance", "kNN top-1 (%)", "mAP@all (%)",
-                            "database codewords"], rows)
+        plot(setting, runs, os.path.join(RESULTS_DIR, EXPERIMENT, f"{setting}.png"))
+    table = markdown_table(["setting", "loop", "last mean squared norm of tanh(a)",
+                            "last distinct / batch", "last bit balance", "kNN top-1 (%)",
+                            "mAP@all (%)", "database codewords"], rows)
     body = (f"{args.steps} LARS steps of batch 256 per run, resnet_tiny, seed 0; the last "
             "step's batch statistics, then the final networks evaluated by the same nac_tf "
-            "code.\n\n" + table + "\n\n" + "\n".join(
-                f"![{setting}]({setting}.png)" for setting in pairs) + "\n")
+            "code. nac_tf runs twice: with its defaults, and with the options that reproduce "
+            "the authors' code (" + ", ".join(
+                f"`--{k}={v}`" for k, v in matching_options("nac_mq", True).items())
+            + "; the NAC-MQ ones for NAC-MQ only).\n\n" + table + "\n\n" + "\n".join(
+                f"![{setting}]({setting}.png)" for setting in settings) + "\n")
     write_report(EXPERIMENT, {"steps": args.steps, "runs": {
-        setting: {"nac_tf": ours, "authors": theirs} for setting, (ours, theirs) in
-        pairs.items()}}, body, "The authors' loop and nac_tf's, side by side")
+        setting: {loop: {"curves": curves, "final": final}
+                  for loop, (curves, final) in runs.items()}
+        for setting, runs in settings.items()}}, body,
+        "The authors' loop and nac_tf's, side by side")
 
 
 def main():
@@ -420,14 +413,16 @@ def main():
         dataset, data_dir, source = training_source(SETTINGS[setting][0], args.archive)
         # The tables' warm-up: 5 % of training.
         warmup_epochs = 0.05 * args.steps / (source.num_train // args.batch_size)
-        config = nac_tf_config(args, registry, run_names(setting, args.steps)[0], setting,
-                               dataset, data_dir, warmup_epochs)
-        run_nac_tf(args, registry, config, source)
-        run_authors(args, registry, setting, config, source, authors)
-    # Every setting with both runs recorded at this step count, whichever command ran it.
-    pairs = {setting: pair for setting in SETTINGS
-             for pair in [run_records(registry, setting, args.steps)] if all(pair)}
-    report(args, pairs)
+        configs = {loop: nac_tf_config(args, registry, setting, loop, dataset, data_dir,
+                                       warmup_epochs) for loop in NAC_TF_LOOPS}
+        for config in configs.values():
+            run_nac_tf(args, registry, config, source)
+        # The method's hyperparameters and schedule are the same in both nac_tf configs.
+        run_authors(args, registry, setting, configs["nac_tf"], source, authors)
+    # Every setting with all its runs recorded at this step count, whichever command ran it.
+    settings = {setting: runs for setting in SETTINGS
+                for runs in [run_records(registry, setting, args.steps)] if runs}
+    report(args, settings)
 
 
 if __name__ == "__main__":
