@@ -98,7 +98,7 @@ def report(args, registry, names, short_runs):
             if record is None:
                 done = curves[key][-1]["step"] if curves[key] else 0
                 rows.append([label, f"in progress: step {done} of {args.steps}"]
-                            + [""] * 6)
+                            + [""] * 7)
                 continue
             results, analysis = record["results"], record["analysis"]
             rows.append([label, record["config"]["learning_rate"]] + [
