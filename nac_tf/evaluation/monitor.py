@@ -94,8 +94,8 @@ class TrainingMonitor:
                 self.query_indices, rows = validation_split(source.retrieval, num_queries,
                                                             seed)
                 query_images, query_labels = database_images, database_labels
-                # A view would do for the rows kept, but fancy indexing copies: 49 000
-                # CIFAR images are 150 MB, kept for the run like the queries.
+                # The rows searched, copied once (fancy indexing; 150 MB for CIFAR-10's
+                # 49 000) and kept for the run like the queries.
                 self.database = (database_images[rows], database_labels[rows])
             else:
                 self.query_indices = query_subset(len(query_images), num_queries, seed)
