@@ -59,16 +59,17 @@ def trajectory_of(registry, name):
 
 
 def plot(curves, short_runs, path):
-    """Validation mAP and kNN against step, one line per method; the 1 000-step selected
-    run's final validation mAP and kNN as a marker."""
+    """Validation mAP, kNN and the distinct codewords of the training batch against step,
+    one line per method; the 1 000-step selected run's final validation mAP and kNN as a
+    marker."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     for index, (key, trajectory) in enumerate(curves.items()):
         steps = [entry["step"] for entry in trajectory]
-        for axis, metric in zip(axes, ("map_all", "knn_top1")):
+        for axis, metric in zip(axes, ("map_all", "knn_top1", "distinct_code_fraction")):
             axis.plot(steps, [100 * entry[metric] for entry in trajectory], "o-",
                       markersize=3, color=f"C{index}", label=LABELS[key])
         short = short_runs[key]
@@ -78,11 +79,13 @@ def plot(curves, short_runs, path):
         axes[1].plot([1000], [100 * short["results"]["knn_top1"]], "s", color=f"C{index}",
                      markersize=8, fillstyle="none")
     for axis, title in zip(axes, ("Hamming mAP@all (%), 1 000 validation queries",
-                                  "kNN top-1 (%), queries vs. training images")):
+                                  "kNN top-1 (%), queries vs. training images",
+                                  "distinct codewords in a training batch of 256 (%)")):
         axis.set_xlabel("LARS step (batch 256)")
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    # In the codeword panel, where the curves leave room (the mAP curves cross the middle).
+    axes[2].legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="center right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     print(f"wrote {path}")
@@ -90,15 +93,15 @@ def plot(curves, short_runs, path):
 
 def report(args, registry, names, short_runs):
     curves = {key: trajectory_of(registry, names[key]) for key in args.methods}
+    step_count = f"{args.steps:,}".replace(",", " ")
     records = {key: registry.load(names[key]) for key in args.methods}
     rows = []
     for key in args.methods:
         for label, record in ((f"{LABELS[key]}, 1 000 steps", short_runs[key]),
-                              (f"{LABELS[key]}, {args.steps} steps", records[key])):
+                              (f"{LABELS[key]}, {step_count} steps", records[key])):
             if record is None:
                 done = curves[key][-1]["step"] if curves[key] else 0
-                rows.append([label, f"in progress: step {done} of {args.steps}"]
-                            + [""] * 7)
+                rows.append([label, f"in progress: step {done} of {step_count}"] + [""] * 8)
                 continue
             results, analysis = record["results"], record["analysis"]
             rows.append([label, record["config"]["learning_rate"]] + [
@@ -106,11 +109,13 @@ def report(args, registry, names, short_runs):
                     analysis["validation_map_all"], results["map_all"],
                     results["map_all_expected_ties"], analysis["authors_map_all"],
                     results["knn_top1"], results["linear_top1"])]
-                + [analysis["database_distinct_codewords"]])
+                + [analysis["database_distinct_codewords"],
+                   f"{analysis['database_effective_bits']:.1f}"])
     table = markdown_table(
         ["run", "lr", "validation mAP (%)", "mAP@all (%), stable ties",
          "mAP@all (%), expected ties", "mAP@all (%), the authors' ranking", "kNN top-1 (%)",
-         "linear top-1 (%)", "distinct codewords in the database"], rows)
+         "linear top-1 (%)", "distinct codewords in the database",
+         "effective bits (database)"], rows)
     trajectory_rows = []
     steps = sorted({entry["step"] for curve in curves.values() for entry in curve})
     for step in steps:
@@ -124,14 +129,17 @@ def report(args, registry, names, short_runs):
         ["step"] + [f"{LABELS[key]} {metric}" for key in args.methods
                     for metric in ("validation mAP (%)", "kNN (%)")], trajectory_rows)
     body = (f"The selected runs of the 1 000-step Table 3 (results/hashing) trained for "
-            f"{args.steps} LARS steps of batch 256: CIFAR-10 retrieval split, resnet_tiny, "
+            f"{step_count} LARS steps of batch 256: CIFAR-10 retrieval split, resnet_tiny, "
             "128-bit codes, each method at the learning rate the 1 000-step table selected "
             "on validation queries, warm-up 5 % of training, seed 0. The trajectory is "
             f"measured every {args.eval_every_steps} steps on the 1 000 validation queries "
             "(database images that are not training images, against the rest of the "
             "database); the table's protocol columns are the 10 000 real queries at the "
             "last step. The 1 000-step runs' cosine schedule ends at step 1 000, so their "
-            "marker is not a point of the long runs' curves.\n\n" + table + "\n\n"
+            "marker is not a point of the long runs' curves. Effective bits: the participation "
+            "ratio of the database codes' bit covariance, (sum of eigenvalues)^2 / sum of their "
+            "squares (128 for independent balanced bits, 1 for copies of one bit).\n\n"
+            + table + "\n\n"
             + AUTHORS_METRIC_NOTE + "\n\n![validation mAP and kNN during training]"
             "(trajectories.png)\n\nEvery evaluation during training:\n\n" + trajectory + "\n")
     write_report(EXPERIMENT, {"steps": args.steps, "eval_every_steps": args.eval_every_steps,
@@ -139,7 +147,7 @@ def report(args, registry, names, short_runs):
                               "finished": {key: records[key] is not None
                                            for key in args.methods},
                               "trajectories": curves, "records": records}, body,
-                 f"Table 3 at {args.steps} steps: NAC (p = 0.4) and SimCLR")
+                 f"Table 3 at {step_count} steps: NAC (p = 0.4) and SimCLR")
     plot(curves, short_runs, os.path.join(RESULTS_DIR, EXPERIMENT, "trajectories.png"))
 
 
