@@ -13,14 +13,17 @@ import importlib
 import os
 import sys
 
+from nac_tf.config import PretrainConfig
+
 AUTHORS_MODULES = ("model", "lars", "train", "utils")
 # nac_tf settings that reproduce the authors' code, where nac_tf's default differs. The
 # parity harness transfers the initial weights, so head_init (keras / pytorch) does not
 # enter there; a run from scratch adds it (`MATCHING_INITIALISATION`).
 MATCHING = {"batch_norm": "per_view", "lars_rule": "authors"}
 MATCHING_NAC_MQ = {"mq_beta": "divide", "mq_inference_weight": 2.0}
-DEFAULTS = {"batch_norm": "sync", "lars_rule": "simclr"}
-DEFAULTS_NAC_MQ = {"mq_beta": "multiply", "mq_inference_weight": 1.0}
+# The same settings at nac_tf's defaults (declared with the settings, read here).
+DEFAULTS = {name: getattr(PretrainConfig(), name) for name in MATCHING}
+DEFAULTS_NAC_MQ = {name: getattr(PretrainConfig(), name) for name in MATCHING_NAC_MQ}
 MATCHING_INITIALISATION = {"head_init": "pytorch"}
 
 

@@ -129,6 +129,11 @@ def make_pretrain_dataset(source, augmenter, global_batch_size, input_context=No
         replica = pipeline_id * local_replicas + element % local_replicas
         return element // local_replicas, replica * batch_size
 
+    # Not converted by AutoGraph, which both maps below apply: the augmenters branch and loop
+    # in Python over static values only (shapes, recipe settings), so converting their
+    # thousand-odd calls changes no op and costs about a quarter of the maps' tracing time,
+    # paid at every start of a run.
+    @tf.autograph.experimental.do_not_convert
     def views(images, batch, offset):
         return augmenter(images, batch_index=batch, rows=(offset, global_batch_size))
 
@@ -146,7 +151,7 @@ def make_pretrain_dataset(source, augmenter, global_batch_size, input_context=No
             return views(tf.gather(images, indices), batch, offset)
 
         dataset = tf.data.Dataset.counter(start=start, dtype=tf.int64)
-        dataset = dataset.map(_traced_as_written(element), num_parallel_calls=tf.data.AUTOTUNE,
+        dataset = dataset.map(element, num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=True)
         return _in_order(dataset.prefetch(tf.data.AUTOTUNE))
 
@@ -162,18 +167,9 @@ def make_pretrain_dataset(source, augmenter, global_batch_size, input_context=No
     stream = (stream.batch(batch_size, drop_remainder=True) if source.uniform_size else
               stream.ragged_batch(batch_size, drop_remainder=True))
     dataset = tf.data.Dataset.zip(tf.data.Dataset.counter(start=start, dtype=tf.int64), stream)
-    dataset = dataset.map(
-        _traced_as_written(lambda j, batch_images: views(batch_images, *batch_layout(j))),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(lambda j, batch_images: views(batch_images, *batch_layout(j)),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _in_order(dataset.prefetch(tf.data.AUTOTUNE))
-
-
-def _traced_as_written(function):
-    """`function` for `Dataset.map` without AutoGraph's conversion. The augmenters branch and
-    loop in Python over static values only (shapes, recipe settings), so converting their
-    thousand-odd calls changes no op and costs about a quarter of the map's tracing time,
-    paid at every start of a run."""
-    return tf.autograph.experimental.do_not_convert(function)
 
 
 def _batch_indices(global_batch_size, batch, offset, count, num_images, seed):
