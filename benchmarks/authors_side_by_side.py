@@ -48,6 +48,8 @@ CURVES = ("code_norm_sq", "distinct_code_fraction", "bit_balance")
 CURVE_TITLES = {"code_norm_sq": "mean ||tanh(a)||^2 (both views)",
                 "distinct_code_fraction": "distinct codewords / batch (first views)",
                 "bit_balance": "bit balance (first views)"}
+# The curves that are fractions, drawn on [0, 1] so that settings compare at a glance.
+FRACTION_CURVES = ("distinct_code_fraction", "bit_balance")
 # The runs of each setting: nac_tf with its defaults, nac_tf with the options that reproduce
 # the authors' code (`authors_code.matching_options`), and the authors' loop.
 NAC_TF_LOOPS = ("nac_tf", "nac_tf_matching")
@@ -334,7 +336,7 @@ def plot(setting, runs, path):
     import matplotlib.pyplot as plt
 
     names = [c for c in CURVES if any(c in v for v in runs["authors"][0].values())]
-    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6))
+    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.9))
     for axis, curve in zip(np.atleast_1d(axes), names):
         for index, loop in enumerate(LOOPS):
             curves = runs[loop][0]
@@ -342,11 +344,13 @@ def plot(setting, runs, path):
             axis.plot(steps, [curves[str(s)][curve] for s in steps], f"C{index}-",
                       label=LOOP_LABELS[loop], linewidth=1)
         axis.set_title(CURVE_TITLES[curve], fontsize=9)
+        if curve in FRACTION_CURVES:
+            axis.set_ylim(0, 1.05)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=7)
     split, key, learning_rate, _ = SETTINGS[setting]
-    figure.suptitle(f"{LABELS[key]}, {split} split, lr {learning_rate:g}; final kNN top-1: "
+    figure.suptitle(f"{LABELS[key]}, {split} split, lr {learning_rate:g}\nfinal kNN top-1: "
                     + ", ".join(f"{LOOP_LABELS[loop]} {100 * runs[loop][1]['knn_top1']:.1f} %"
                                 for loop in LOOPS), fontsize=9)
     figure.tight_layout()
