@@ -22,8 +22,9 @@ AUTHORS_MODULES = ("model", "lars", "train", "utils")
 MATCHING = {"batch_norm": "per_view", "lars_rule": "authors"}
 MATCHING_NAC_MQ = {"mq_beta": "divide", "mq_inference_weight": 2.0}
 # The same settings at nac_tf's defaults (declared with the settings, read here).
-DEFAULTS = {name: getattr(PretrainConfig(), name) for name in MATCHING}
-DEFAULTS_NAC_MQ = {name: getattr(PretrainConfig(), name) for name in MATCHING_NAC_MQ}
+_NAC_TF_DEFAULTS = PretrainConfig()
+DEFAULTS = {name: getattr(_NAC_TF_DEFAULTS, name) for name in MATCHING}
+DEFAULTS_NAC_MQ = {name: getattr(_NAC_TF_DEFAULTS, name) for name in MATCHING_NAC_MQ}
 MATCHING_INITIALISATION = {"head_init": "pytorch"}
 
 

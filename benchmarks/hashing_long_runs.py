@@ -28,8 +28,8 @@ from experiments import (CIFAR10_ARCHIVE, RESULTS_DIR, RunRegistry, markdown_tab
                          write_report)
 from nac_tf import run_directory
 import reproduce_paper
-from reproduce_paper import (AUTHORS_METRIC_NOTE, LABELS, METHOD_SETTINGS, codeword_analysis,
-                             hashing_config)
+from reproduce_paper import (AUTHORS_METRIC_NOTE, EFFECTIVE_BITS_NOTE, LABELS, METHOD_SETTINGS,
+                             analysis_cell, codeword_analysis, hashing_config)
 
 EXPERIMENT = "hashing_long"
 METHODS = ("nac_p0.4", "simclr")
@@ -110,7 +110,7 @@ def report(args, registry, names, short_runs):
                     results["map_all_expected_ties"], analysis["authors_map_all"],
                     results["knn_top1"], results["linear_top1"])]
                 + [analysis["database_distinct_codewords"],
-                   f"{analysis['database_effective_bits']:.1f}"])
+                   analysis_cell([record], "database_effective_bits")])
     table = markdown_table(
         ["run", "lr", "validation mAP (%)", "mAP@all (%), stable ties",
          "mAP@all (%), expected ties", "mAP@all (%), the authors' ranking", "kNN top-1 (%)",
@@ -136,9 +136,8 @@ def report(args, registry, names, short_runs):
             "(database images that are not training images, against the rest of the "
             "database); the table's protocol columns are the 10 000 real queries at the "
             "last step. The 1 000-step runs' cosine schedule ends at step 1 000, so their "
-            "marker is not a point of the long runs' curves. Effective bits: the participation "
-            "ratio of the database codes' bit covariance, (sum of eigenvalues)^2 / sum of their "
-            "squares (128 for independent balanced bits, 1 for copies of one bit).\n\n"
+            "marker is not a point of the long runs' curves. In the database's codes: "
+            + EFFECTIVE_BITS_NOTE + ".\n\n"
             + table + "\n\n"
             + AUTHORS_METRIC_NOTE + "\n\n![validation mAP and kNN during training]"
             "(trajectories.png)\n\nEvery evaluation during training:\n\n" + trajectory + "\n")

@@ -184,6 +184,9 @@ def mean_and_spread(values):
     return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
 
 
+# What the reports' "effective bits" is (`experiments.code_bit_statistics`).
+EFFECTIVE_BITS_NOTE = ("effective bits, the participation ratio of the ±1 bits' covariance "
+                       "(128 for independent balanced bits, 1 when all bits repeat one)")
 AUTHORS_METRIC_NOTE = (
     "The authors' column is mAP@all computed as the NAC code's `hash_utils."
     "mean_average_precision` computes it (`experiments.authors_hash_map`): the codes as "
@@ -350,9 +353,8 @@ def run_flip_sweep(args, seeds, hashing_records):
             "trained on the 5 000 training images and tested on the 10 000 queries. Paper "
             "(ResNet-18): linear accuracy best at p = 0.1, nearest-neighbour search best at "
             "p = 0.4. Code statistics over the 50 000 database codes: codeword entropy (plug-in, "
-            "at most log2 50 000 = 15.6 bits); effective bits, the participation ratio of the "
-            "±1 bits' covariance (128 for independent balanced bits, 1 when all bits repeat "
-            "one); the mean |correlation| between two bits. (1-2p)^2 is the weight the "
+            "at most log2 50 000 = 15.6 bits); " + EFFECTIVE_BITS_NOTE + "; the mean "
+            "|correlation| between two bits. (1-2p)^2 is the weight the "
             "denominator of Eq. 19 puts on correlations between bits, relative to each bit's "
             "own variance, in its expansion for small codes (see docs/results.md).\n\n"
             + table + "\n\n![linear top-1, mAP and code statistics against p](flip_sweep.png)\n")
